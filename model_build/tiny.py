@@ -1,0 +1,139 @@
+"""A tiny, randomly initialised LCM of the LCM_Dreamshaper_v7 family, built in code.
+
+Same architecture family as the real model (SD1.5-style UNet with
+``time_cond_proj_dim``, CLIP text encoder, 8x-downsampling KL VAE, the LCMScheduler
+of LCM_Dreamshaper_v7) with small widths, so the whole pipeline exports, quantizes
+and renders in seconds with no network. Deterministic: the same seed gives
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_build.errors import BuildInputError
+from model_build.prompts import load_prompts
+from model_build.tokenizer import BOS, EOS, MAX_LENGTH, train_clip_bpe
+
+logger = logging.getLogger(__name__)
+
+#: LCMScheduler settings of SimianLuo/LCM_Dreamshaper_v7.
+LCM_DREAMSHAPER_V7_SCHEDULER: dict[str, Any] = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.995,
+    "num_train_timesteps": 1000,
+    "original_inference_steps": 50,
+    "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 1,
+    "thresholding": False,
+    "timestep_scaling": 10.0,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+}
+#: LCM_Dreamshaper_v7's guidance-embedding width.
+TIME_COND_PROJ_DIM = 256
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of the tiny model. ``image_size`` must be a multiple of 8 (the VAE factor)."""
+
+    image_size: int = 128
+    seed: int = 0
+    text_hidden: int = 64
+    unet_channels: tuple[int, int] = (32, 64)
+    vae_channels: tuple[int, int, int, int] = (16, 32, 32, 32)
+
+
+def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
+    """Write a diffusers ``LatentConsistencyModelPipeline`` folder at ``out_dir``."""
+    spec = spec or TinySpec()
+    if spec.image_size % 8 or spec.image_size < 64:
+        raise BuildInputError(
+            f"image_size={spec.image_size} must be a multiple of 8 and at least 64"
+        )
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        LatentConsistencyModelPipeline,
+        LCMScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir = out_dir / "_tokenizer_build"
+    train_clip_bpe(load_prompts("calibration"), tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    vocab = tokenizer.get_vocab()
+
+    torch.manual_seed(spec.seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=spec.text_hidden,
+            intermediate_size=spec.text_hidden * 2,
+            projection_dim=spec.text_hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_LENGTH,
+            hidden_act="quick_gelu",
+            bos_token_id=vocab[BOS],
+            eos_token_id=vocab[EOS],
+            pad_token_id=vocab[EOS],
+        )
+    )
+    torch.manual_seed(spec.seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=spec.image_size // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=spec.unet_channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=spec.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        time_cond_proj_dim=TIME_COND_PROJ_DIM,
+    )
+    torch.manual_seed(spec.seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=spec.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=spec.image_size,
+        scaling_factor=0.18215,
+    )
+    pipe = LatentConsistencyModelPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=LCMScheduler(**LCM_DREAMSHAPER_V7_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    logger.info("tiny LCM (%dx%d) written to %s", spec.image_size, spec.image_size, out_dir)
+    return out_dir

@@ -1,0 +1,119 @@
+"""Python API: ``submit(...) -> JobHandle`` and ``JobHandle.wait(timeout_s)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from producer.backoff import Backoff, call_with_backoff
+from producer.contract import TASK_RENDER, Job, JobResult, parse_job
+from producer.errors import InvalidJob, JobFailed, JobTimeout, SubmitError
+from producer.settings import ProducerSettings
+from producer.queue import cached_client
+
+logger = logging.getLogger(__name__)
+
+_TRANSIENT = (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError)
+
+
+class JobHandle:
+    """A submitted job: its id, its state, and its result once the worker is done."""
+
+    def __init__(self, job: Job | None, job_id: str, client: Celery) -> None:
+        self.job = job
+        self.job_id = job_id
+        self._client = client
+
+    @property
+    def _async(self) -> AsyncResult:
+        return AsyncResult(self.job_id, app=self._client)
+
+    @property
+    def state(self) -> str:
+        """Celery state: PENDING (queued or unknown), STARTED, RETRY, SUCCESS or FAILURE."""
+        return str(self._async.state)
+
+    def wait(self, timeout_s: float = 300.0, poll_s: float = 0.25) -> JobResult:
+        """Block until the job finishes; return its result or raise JobFailed / JobTimeout."""
+        result = self._async
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = result.state
+            if state == "SUCCESS":
+                return JobResult.model_validate(result.result)
+            if state == "FAILURE":
+                info = result.info
+                reason = f"{type(info).__name__}: {info}" if isinstance(info, BaseException) else str(info)
+                raise JobFailed(self.job_id, reason)
+            if time.monotonic() >= deadline:
+                raise JobTimeout(
+                    f"job {self.job_id} not finished after {timeout_s:.0f}s (state {state}); "
+                    "it may still be queued or running: wait again with its id"
+                )
+            time.sleep(poll_s)
+
+    def __repr__(self) -> str:
+        return f"JobHandle(job_id={self.job_id!r})"
+
+
+def handle(job_id: str, settings: ProducerSettings | None = None) -> JobHandle:
+    """A handle for a job submitted earlier, by its id."""
+    settings = settings or ProducerSettings()
+    return JobHandle(None, job_id, cached_client(settings))
+
+
+def submit_job(job: Job, settings: ProducerSettings | None = None, queue: str | None = None) -> JobHandle:
+    """Publish an already validated job."""
+    settings = settings or ProducerSettings()
+    client = cached_client(settings)
+    backoff = Backoff(
+        base_s=settings.publish_backoff_base_s,
+        cap_s=max(settings.publish_backoff_cap_s, settings.publish_backoff_base_s),
+        attempts=settings.publish_attempts,
+    )
+
+    def publish() -> None:
+        client.send_task(
+            TASK_RENDER,
+            args=[job.model_dump(mode="json")],
+            task_id=job.job_id,
+            queue=queue or settings.queue,
+            retry=False,
+        )
+
+    try:
+        call_with_backoff(publish, transient=_TRANSIENT, backoff=backoff, what=f"publish job {job.job_id}")
+    except _TRANSIENT as e:
+        raise SubmitError(
+            f"could not reach the broker at {settings.redis_url} after {backoff.attempts} attempts: {e}; "
+            "check LCM_REDIS_URL and that Redis is running"
+        ) from e
+    logger.info("submitted job %s (%d image(s), seed %d)", job.job_id, job.num_images, job.seed)
+    return JobHandle(job, job.job_id, client)
+
+
+def submit(
+    prompt: str,
+    *,
+    settings: ProducerSettings | None = None,
+    queue: str | None = None,
+    **fields: Any,
+) -> JobHandle:
+    """Validate and enqueue one job; return its handle.
+
+    ``fields`` are the other job fields (seed, steps, guidance_scale, width, height,
+    num_images, job_id). Invalid input raises :class:`InvalidJob` naming the field,
+    the value and the allowed range, before anything is queued.
+    """
+    job = parse_job({"prompt": prompt, **fields})
+    return submit_job(job, settings=settings, queue=queue)
+
+
+__all__ = ["InvalidJob", "JobHandle", "handle", "submit", "submit_job"]

@@ -1,0 +1,190 @@
+"""The job contract between producers and workers.
+
+Everything both sides must agree on lives here and nowhere else: the job schema and
+its limits, the result schema, the Celery task and queue names, the wire settings
+(JSON only, never pickle) and the object-key layout in storage. The worker imports
+this module; it imports nothing heavy (no OpenVINO, torch or worker code).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from producer.errors import InvalidJob
+
+#: Celery task name of a render job. Producers send by name; they never import the worker.
+TASK_RENDER = "lcm_fleet.render"
+#: Default queue of render jobs.
+QUEUE_RENDER = "lcm.render"
+
+#: Celery settings that producers and workers must share.
+WIRE_CONFIG: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    "task_default_queue": QUEUE_RENDER,
+    "result_extended": True,
+}
+
+# Limits of the contract. LCM renders in 1 to 8 steps; images are multiples of 8
+# because the VAE downsamples by 8.
+STEPS_MIN, STEPS_MAX, STEPS_DEFAULT = 1, 8, 4
+GUIDANCE_MIN, GUIDANCE_MAX, GUIDANCE_DEFAULT = 1.0, 20.0, 8.0
+SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
+IMAGES_MIN, IMAGES_MAX = 1, 8
+SEED_MAX = 2**32 - 1
+PROMPT_MAX_CHARS = 2000
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+# What each field allows, spelled out for error messages.
+ALLOWED: dict[str, str] = {
+    "job_id": "1-128 characters of letters, digits, '.', '_' or '-', starting with a letter "
+    "or digit (default: a random id)",
+    "prompt": f"a non-empty text of at most {PROMPT_MAX_CHARS} characters",
+    "seed": f"an integer from 0 to {SEED_MAX} (default: random, recorded in the result)",
+    "steps": f"an integer from {STEPS_MIN} to {STEPS_MAX} (LCM; default {STEPS_DEFAULT})",
+    "guidance_scale": f"a number from {GUIDANCE_MIN} to {GUIDANCE_MAX} "
+    f"(default {GUIDANCE_DEFAULT})",
+    "width": f"a multiple of {SIZE_MULTIPLE} from {SIZE_MIN} to {SIZE_MAX} that the worker's "
+    "model serves (default: the model's size)",
+    "height": f"a multiple of {SIZE_MULTIPLE} from {SIZE_MIN} to {SIZE_MAX} that the worker's "
+    "model serves (default: the model's size)",
+    "num_images": f"an integer from {IMAGES_MIN} to {IMAGES_MAX} (default 1)",
+}
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def random_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+class Job(BaseModel):
+    """One render request: a prompt rendered ``num_images`` times.
+
+    Image ``i`` is rendered with seed ``(seed + i) mod 2**32``; the result records each.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str = Field(default_factory=new_job_id, pattern=JOB_ID_PATTERN)
+    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
+    seed: int = Field(default_factory=random_seed, ge=0, le=SEED_MAX)
+    steps: int = Field(default=STEPS_DEFAULT, ge=STEPS_MIN, le=STEPS_MAX)
+    guidance_scale: float = Field(default=GUIDANCE_DEFAULT, ge=GUIDANCE_MIN, le=GUIDANCE_MAX)
+    width: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX)
+    height: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX)
+    num_images: int = Field(default=1, ge=IMAGES_MIN, le=IMAGES_MAX)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is blank")
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % SIZE_MULTIPLE:
+            raise ValueError(f"{value} is not a multiple of {SIZE_MULTIPLE}")
+        return value
+
+    def image_seed(self, index: int) -> int:
+        return (self.seed + index) % (SEED_MAX + 1)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error.get("loc", ())) or "job"
+    field = str(error["loc"][0]) if error.get("loc") else ""
+    if error.get("type") == "missing":
+        problem = "is required"
+    elif error.get("type") == "extra_forbidden":
+        return (
+            f"field '{loc}' is not part of a job; known fields: "
+            f"{', '.join(Job.model_fields)}"
+        )
+    else:
+        problem = f"got {error.get('input')!r}: {error.get('msg', 'invalid')}"
+    allowed = ALLOWED.get(field)
+    return f"field '{loc}' {problem}" + (f"; allowed: {allowed}" if allowed else "")
+
+
+def parse_job(payload: Any) -> Job:
+    """Validate a job payload (a mapping); raise :class:`InvalidJob` naming each bad field."""
+    if isinstance(payload, Job):
+        return payload
+    if not isinstance(payload, dict):
+        raise InvalidJob(
+            f"a job payload must be a JSON object with the fields {', '.join(Job.model_fields)}; "
+            f"got {type(payload).__name__}: {str(payload)[:200]!r}"
+        )
+    try:
+        return Job.model_validate(payload)
+    except ValidationError as e:
+        details = "; ".join(_describe(err) for err in e.errors())  # type: ignore[arg-type]
+        raise InvalidJob(f"invalid job: {details}") from e
+
+
+class ImageRecord(BaseModel):
+    """One rendered image as stored."""
+
+    index: int
+    seed: int
+    key: str
+    uri: str
+    sha256: str
+    bytes: int
+
+
+class JobResult(BaseModel):
+    """What a worker returns for a finished job (also stored beside the images)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    status: Literal["succeeded"] = "succeeded"
+    prompt: str
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    images: list[ImageRecord]
+    model_manifest_sha256: str
+    #: Seconds per stage: text_encoder, unet, vae, encode, upload, render, total.
+    durations_s: dict[str, float]
+    worker: str
+
+
+# Object-key layout in storage: deterministic per job, so a redelivered job
+# overwrites its own objects and never creates new ones.
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
+
+
+def normalise_prefix(prefix: str) -> str:
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"storage prefix {prefix!r} may hold only letters, digits, '.', '_', '-' and '/'"
+        )
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def job_prefix(prefix: str, job_id: str) -> str:
+    return f"{normalise_prefix(prefix)}jobs/{job_id}/"
+
+
+def image_key(prefix: str, job_id: str, index: int) -> str:
+    return f"{job_prefix(prefix, job_id)}{index:03d}.png"
+
+
+def result_key(prefix: str, job_id: str) -> str:
+    return f"{job_prefix(prefix, job_id)}result.json"

@@ -1,0 +1,31 @@
+"""Exceptions of the producer, and the contract's own rejection error."""
+
+from __future__ import annotations
+
+
+class ProducerError(Exception):
+    """Base of everything the producer raises."""
+
+
+class InvalidJob(ProducerError, ValueError):
+    """A job that can never succeed: rejected at submit, or failed once by a worker.
+
+    The message names the field, the value and what is allowed. Workers never retry it.
+    """
+
+
+class SubmitError(ProducerError):
+    """The job could not be put on the queue (broker unreachable after retries)."""
+
+
+class JobFailed(ProducerError):
+    """The worker finished the job with a failure; ``reason`` says why."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id} failed: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+class JobTimeout(ProducerError):
+    """No result arrived within the wait timeout (the job may still be queued or running)."""

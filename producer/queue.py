@@ -1,0 +1,33 @@
+"""The producer's Celery client: publishes jobs by task name, reads results.
+
+It defines no tasks and never imports the worker.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from producer.contract import WIRE_CONFIG
+from producer.settings import ConnectionSettings
+
+
+def make_client(settings: ConnectionSettings) -> Celery:
+    app = Celery("lcm_fleet_producer", broker=settings.redis_url, backend=settings.redis_url)
+    app.conf.update(WIRE_CONFIG)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        result_expires=settings.result_expires_s,
+        broker_connection_retry_on_startup=False,
+        # Fail fast here; call_with_backoff does bounded retries around publishing.
+        broker_connection_max_retries=1,
+        redis_socket_connect_timeout=5,
+        redis_socket_timeout=30,
+    )
+    return app
+
+
+@lru_cache(maxsize=8)
+def cached_client(settings: ConnectionSettings) -> Celery:
+    return make_client(settings)
