@@ -18,7 +18,7 @@ from typing import Any
 from model_build.calibration import CalibrationSpec, capture_unet_inputs
 from model_build.compare import Comparison, compare_artifacts
 from model_build.errors import BuildInputError
-from model_build.export import check_source, export_ir, missing_ir_files
+from model_build.export import check_source, export_ir, missing_ir_files, prepare_output_dir
 from model_build.manifest import (
     MANIFEST_NAME,
     artifact_files,
@@ -76,7 +76,9 @@ def _model_info(ir_dir: Path) -> dict[str, Any]:
     }
 
 
-def export_artifact(source: str, out_dir: Path, *, revision: str = "main", overwrite: bool = False) -> BuildResult:
+def export_artifact(
+    source: str, out_dir: Path, *, revision: str = "main", overwrite: bool = False
+) -> BuildResult:
     """Stage 1: source -> full-precision (fp32) IR artifact with its manifest."""
     check_source(source)
     t0 = time.perf_counter()
@@ -88,7 +90,11 @@ def export_artifact(source: str, out_dir: Path, *, revision: str = "main", overw
         {
             "source": describe_source(source, revision),
             "precision": "fp32",
-            "export": {"tool": "optimum-intel main_export", "task": "text-to-image", "weight_format": "fp32"},
+            "export": {
+                "tool": "optimum-intel main_export",
+                "task": "text-to-image",
+                "weight_format": "fp32",
+            },
             "quantization": None,
             "fake_quantize_count": 0,
             "shape": shape,
@@ -97,7 +103,10 @@ def export_artifact(source: str, out_dir: Path, *, revision: str = "main", overw
     )
     manifest = read_manifest(out_dir)
     return BuildResult(
-        artifact=out_dir, manifest_sha256=manifest.sha256, precision="fp32", shape=shape,
+        artifact=out_dir,
+        manifest_sha256=manifest.sha256,
+        precision="fp32",
+        shape=shape,
         durations_s={"export": round(time.perf_counter() - t0, 3)},
     )
 
@@ -110,13 +119,10 @@ def _check_quantize_inputs(ir_dir: Path, out_dir: Path, overwrite: bool) -> None
             "make one with `lcm-build export SOURCE DIR`"
         )
     if out_dir.resolve() == ir_dir.resolve():
-        raise BuildInputError("the quantized artifact needs its own folder: OUT must differ from IR")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise BuildInputError(
-                f"output folder {str(out_dir)!r} is not empty; choose a new folder or pass --overwrite"
-            )
-        shutil.rmtree(out_dir)
+        raise BuildInputError(
+            "the quantized artifact needs its own folder: OUT must differ from IR"
+        )
+    prepare_output_dir(out_dir, overwrite)
 
 
 def quantize_artifact(
@@ -157,7 +163,12 @@ def quantize_artifact(
 
     t0 = time.perf_counter()
     comparison = compare_artifacts(
-        ir_dir, out_dir, spec.width, spec.height, steps=spec.steps, guidance_scale=spec.guidance_scale
+        ir_dir,
+        out_dir,
+        spec.width,
+        spec.height,
+        steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
     )
     durations["compare"] = round(time.perf_counter() - t0, 3)
 
@@ -196,8 +207,13 @@ def quantize_artifact(
     )
     manifest = read_manifest(out_dir)
     return BuildResult(
-        artifact=out_dir, manifest_sha256=manifest.sha256, precision="int8-unet", shape=shape,
-        fake_quantize_count=fq, comparison=comparison, durations_s=durations,
+        artifact=out_dir,
+        manifest_sha256=manifest.sha256,
+        precision="int8-unet",
+        shape=shape,
+        fake_quantize_count=fq,
+        comparison=comparison,
+        durations_s=durations,
     )
 
 

@@ -23,9 +23,14 @@ logger = logging.getLogger("model_build")
 
 
 def _calibration_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", type=int, default=200, help="UNet calls to calibrate on (default 200)")
-    p.add_argument("--prompts", default="calibration",
-                   help="shipped prompt set name or a text file, one prompt per line")
+    p.add_argument(
+        "--samples", type=int, default=200, help="UNet calls to calibrate on (default 200)"
+    )
+    p.add_argument(
+        "--prompts",
+        default="calibration",
+        help="shipped prompt set name or a text file, one prompt per line",
+    )
     p.add_argument("--width", type=int, help="target width (default: the model's native size)")
     p.add_argument("--height", type=int, help="target height (default: the model's native size)")
     p.add_argument("--steps", type=int, default=4, help="LCM steps while calibrating (default 4)")
@@ -35,8 +40,9 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcm-build", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lcm-build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -71,8 +77,13 @@ def _parser() -> argparse.ArgumentParser:
 def _spec(args: argparse.Namespace) -> CalibrationSpec:
     if (args.width is None) != (args.height is None):
         raise BuildInputError("pass both --width and --height, or neither (native size)")
-    return CalibrationSpec(width=args.width, height=args.height, samples=args.samples,
-                           steps=args.steps, guidance_scale=args.guidance_scale)
+    return CalibrationSpec(
+        width=args.width,
+        height=args.height,
+        samples=args.samples,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+    )
 
 
 def _summary(result) -> None:
@@ -86,7 +97,10 @@ def _summary(result) -> None:
         rows["FakeQuantize ops"] = str(result.fake_quantize_count)
     if result.comparison is not None:
         c = result.comparison
-        rows["vs fp32"] = f"PSNR {c.psnr_db} dB (min {c.min_psnr_db}), mean |diff| {c.mean_abs_diff} over {c.images} images"
+        rows["vs fp32"] = (
+            f"PSNR {c.psnr_db} dB (min {c.min_psnr_db}), "
+            f"mean |diff| {c.mean_abs_diff} over {c.images} images"
+        )
     for stage, seconds in result.durations_s.items():
         rows[f"{stage} s"] = f"{seconds:.1f}"
     width = max(len(k) for k in rows)
@@ -111,21 +125,36 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "export":
         from model_build.build import export_artifact
 
-        _summary(export_artifact(args.source, args.out, revision=args.revision, overwrite=args.overwrite))
+        _summary(
+            export_artifact(args.source, args.out, revision=args.revision, overwrite=args.overwrite)
+        )
         return 0
     if args.command == "quantize":
         from model_build.build import quantize_artifact
 
-        result = quantize_artifact(args.ir, args.out, spec=_spec(args), prompts=args.prompts,
-                                   overwrite=args.overwrite, progress=not args.no_progress)
+        result = quantize_artifact(
+            args.ir,
+            args.out,
+            spec=_spec(args),
+            prompts=args.prompts,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
         _summary(result)
         return 0
     if args.command == "build":
         from model_build.build import build_artifact
 
-        result = build_artifact(args.source, args.out, work_dir=args.work_dir, revision=args.revision,
-                                spec=_spec(args), prompts=args.prompts, overwrite=args.overwrite,
-                                progress=not args.no_progress)
+        result = build_artifact(
+            args.source,
+            args.out,
+            work_dir=args.work_dir,
+            revision=args.revision,
+            spec=_spec(args),
+            prompts=args.prompts,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
         _summary(result)
         return 0
     raise AssertionError(args.command)
@@ -133,8 +162,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return run(args)
     except BuildInputError as e:

@@ -42,8 +42,13 @@ def psnr(a: Any, b: Any) -> float:
 
 
 def render_set(
-    artifact: Path, width: int, height: int, steps: int, guidance_scale: float,
-    prompts: tuple[str, ...], seeds: tuple[int, ...],
+    artifact: Path,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+    prompts: tuple[str, ...],
+    seeds: tuple[int, ...],
 ) -> list[Any]:
     import numpy as np
     import openvino_genai as ov_genai
@@ -55,24 +60,36 @@ def render_set(
     for prompt in prompts:
         for seed in seeds:
             out = pipe.generate(
-                prompt, width=width, height=height, num_inference_steps=steps,
-                guidance_scale=guidance_scale, generator=ov_genai.CppStdGenerator(seed),
+                prompt,
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                generator=ov_genai.CppStdGenerator(seed),
             )
             images.append(np.array(out.data[0], copy=True))
     return images
 
 
 def compare_artifacts(
-    reference: Path, candidate: Path, width: int, height: int, steps: int = 4,
-    guidance_scale: float = 8.0, prompts: tuple[str, ...] = CHECK_PROMPTS,
+    reference: Path,
+    candidate: Path,
+    width: int,
+    height: int,
+    steps: int = 4,
+    guidance_scale: float = 8.0,
+    prompts: tuple[str, ...] = CHECK_PROMPTS,
     seeds: tuple[int, ...] = (0, 1),
 ) -> Comparison:
     import numpy as np
 
     ref = render_set(reference, width, height, steps, guidance_scale, prompts, seeds)
     cand = render_set(candidate, width, height, steps, guidance_scale, prompts, seeds)
-    diffs = [float(np.mean(np.abs(r.astype(np.int16) - c.astype(np.int16)))) for r, c in zip(ref, cand)]
-    psnrs = [psnr(r, c) for r, c in zip(ref, cand)]
+    diffs = [
+        float(np.mean(np.abs(r.astype(np.int16) - c.astype(np.int16))))
+        for r, c in zip(ref, cand, strict=True)
+    ]
+    psnrs = [psnr(r, c) for r, c in zip(ref, cand, strict=True)]
     finite = [p for p in psnrs if math.isfinite(p)]
     mean_psnr = sum(finite) / len(finite) if finite else math.inf
     result = Comparison(

@@ -53,16 +53,24 @@ def missing_ir_files(ir_dir: Path) -> list[str]:
     return [rel for rel in REQUIRED_IR_FILES if not (ir_dir / rel).is_file()]
 
 
-def export_ir(source: str, out_dir: Path, *, revision: str = "main", overwrite: bool = False) -> Path:
-    """Export ``source`` to full-precision (fp32) OpenVINO IR in ``out_dir``."""
-    check_source(source)
-    out_dir = Path(out_dir)
+def prepare_output_dir(out_dir: Path, overwrite: bool) -> Path:
+    """An output folder must be new or empty, unless the operator asked to overwrite it."""
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise BuildInputError(
-                f"output folder {str(out_dir)!r} is not empty; choose a new folder or pass --overwrite"
+                f"output folder {str(out_dir)!r} is not empty; "
+                "choose a new folder or pass --overwrite"
             )
         shutil.rmtree(out_dir)
+    return out_dir
+
+
+def export_ir(
+    source: str, out_dir: Path, *, revision: str = "main", overwrite: bool = False
+) -> Path:
+    """Export ``source`` to full-precision (fp32) OpenVINO IR in ``out_dir``."""
+    check_source(source)
+    out_dir = prepare_output_dir(Path(out_dir), overwrite)
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 

@@ -162,7 +162,9 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             continue
         actual = sha256_file(path)
         if actual != entry.get("sha256"):
-            problems.append(f"{rel}: sha256 {actual[:16]}..., manifest says {str(entry.get('sha256'))[:16]}...")
+            problems.append(
+                f"{rel}: sha256 {actual[:16]}..., manifest says {str(entry.get('sha256'))[:16]}..."
+            )
     if problems:
         raise ManifestError(
             f"artifact {folder} does not match its manifest ({len(problems)} problem(s)): "

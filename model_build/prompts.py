@@ -13,8 +13,10 @@ SHIPPED = {"calibration": "calibration_prompts.txt"}
 def load_prompts(name_or_path: str | Path) -> list[str]:
     """A shipped set by name (``calibration``) or a text file with one prompt per line."""
     if str(name_or_path) in SHIPPED:
-        text = resources.files("model_build").joinpath("data", SHIPPED[str(name_or_path)]).read_text(
-            encoding="utf-8"
+        text = (
+            resources.files("model_build")
+            .joinpath("data", SHIPPED[str(name_or_path)])
+            .read_text(encoding="utf-8")
         )
         source = f"shipped set {name_or_path!r}"
     else:

@@ -79,21 +79,20 @@ def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
     vocab = tokenizer.get_vocab()
 
     torch.manual_seed(spec.seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=spec.text_hidden,
-            intermediate_size=spec.text_hidden * 2,
-            projection_dim=spec.text_hidden,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_LENGTH,
-            hidden_act="quick_gelu",
-            bos_token_id=vocab[BOS],
-            eos_token_id=vocab[EOS],
-            pad_token_id=vocab[EOS],
-        )
+    text_config: dict[str, Any] = dict(
+        vocab_size=len(vocab),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_hidden * 2,
+        projection_dim=spec.text_hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        hidden_act="quick_gelu",
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
     )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     torch.manual_seed(spec.seed + 1)
     unet = UNet2DConditionModel(
         sample_size=spec.image_size // 8,
@@ -121,7 +120,7 @@ def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
         sample_size=spec.image_size,
         scaling_factor=0.18215,
     )
-    pipe = LatentConsistencyModelPipeline(
+    pipe: Any = LatentConsistencyModelPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

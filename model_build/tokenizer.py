@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -69,7 +70,8 @@ def train_clip_bpe(corpus: Iterable[str], out_dir: Path, vocab_size: int = 4096)
     vocab.setdefault(BOS, len(vocab))
     vocab.setdefault(EOS, len(vocab))
 
-    merge_list = [tuple(line.split(" ")) for line in merges.splitlines()[1:] if line.strip()]
+    # The tokenizers backend takes merges as (left, right) pairs.
+    merge_list: Any = [tuple(line.split(" ")) for line in merges.splitlines()[1:] if line.strip()]
     clip = CLIPTokenizer(vocab=vocab, merges=merge_list, model_max_length=MAX_LENGTH)
     clip.save_pretrained(str(out_dir))
     for f in raw.iterdir():

@@ -15,8 +15,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from producer.backoff import Backoff, call_with_backoff
 from producer.contract import TASK_RENDER, Job, JobResult, parse_job
 from producer.errors import InvalidJob, JobFailed, JobTimeout, SubmitError
-from producer.settings import ProducerSettings
 from producer.queue import cached_client
+from producer.settings import ProducerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,11 @@ class JobHandle:
                 return JobResult.model_validate(result.result)
             if state == "FAILURE":
                 info = result.info
-                reason = f"{type(info).__name__}: {info}" if isinstance(info, BaseException) else str(info)
+                reason = (
+                    f"{type(info).__name__}: {info}"
+                    if isinstance(info, BaseException)
+                    else str(info)
+                )
                 raise JobFailed(self.job_id, reason)
             if time.monotonic() >= deadline:
                 raise JobTimeout(
@@ -69,7 +73,9 @@ def handle(job_id: str, settings: ProducerSettings | None = None) -> JobHandle:
     return JobHandle(None, job_id, cached_client(settings))
 
 
-def submit_job(job: Job, settings: ProducerSettings | None = None, queue: str | None = None) -> JobHandle:
+def submit_job(
+    job: Job, settings: ProducerSettings | None = None, queue: str | None = None
+) -> JobHandle:
     """Publish an already validated job."""
     settings = settings or ProducerSettings()
     client = cached_client(settings)
@@ -89,10 +95,13 @@ def submit_job(job: Job, settings: ProducerSettings | None = None, queue: str | 
         )
 
     try:
-        call_with_backoff(publish, transient=_TRANSIENT, backoff=backoff, what=f"publish job {job.job_id}")
+        call_with_backoff(
+            publish, transient=_TRANSIENT, backoff=backoff, what=f"publish job {job.job_id}"
+        )
     except _TRANSIENT as e:
         raise SubmitError(
-            f"could not reach the broker at {settings.redis_url} after {backoff.attempts} attempts: {e}; "
+            f"could not reach the broker at {settings.redis_url} "
+            f"after {backoff.attempts} attempts: {e}; "
             "check LCM_REDIS_URL and that Redis is running"
         ) from e
     logger.info("submitted job %s (%d image(s), seed %d)", job.job_id, job.num_images, job.seed)

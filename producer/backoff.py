@@ -59,7 +59,11 @@ def call_with_backoff(
             wait = backoff.delay(attempt)
             logger.warning(
                 "%s failed (attempt %d of %d): %s; retrying in %.2fs",
-                what, attempt + 1, backoff.attempts, e, wait,
+                what,
+                attempt + 1,
+                backoff.attempts,
+                e,
+                wait,
             )
             sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -108,10 +108,7 @@ def _describe(error: dict[str, Any]) -> str:
     if error.get("type") == "missing":
         problem = "is required"
     elif error.get("type") == "extra_forbidden":
-        return (
-            f"field '{loc}' is not part of a job; known fields: "
-            f"{', '.join(Job.model_fields)}"
-        )
+        return f"field '{loc}' is not part of a job; known fields: {', '.join(Job.model_fields)}"
     else:
         problem = f"got {error.get('input')!r}: {error.get('msg', 'invalid')}"
     allowed = ALLOWED.get(field)

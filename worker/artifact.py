@@ -1,0 +1,89 @@
+"""Check a model artifact before serving it: manifest, file hashes, versions, shape."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from model_build.errors import ManifestError
+from model_build.manifest import Manifest, read_manifest, verify_files
+from worker.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A verified artifact and the static shape this worker compiles it for."""
+
+    path: Path
+    manifest: Manifest
+    width: int
+    height: int
+
+
+def _major_minor(version: str | None) -> tuple[int, ...]:
+    if not version:
+        return ()
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def check_versions(manifest: Manifest) -> None:
+    """Refuse an artifact built with a newer OpenVINO than this worker runs."""
+    built = manifest.versions.get("openvino")
+    try:
+        running = metadata.version("openvino")
+    except metadata.PackageNotFoundError as e:
+        raise ModelLoadError("openvino is not installed: install lcm-fleet[worker]") from e
+    if built and _major_minor(built) > _major_minor(running):
+        raise ModelLoadError(
+            f"the artifact was built with openvino {built}, this worker runs {running}: "
+            "upgrade the worker's openvino (lcm-fleet[worker]) or rebuild the artifact"
+        )
+    if built and _major_minor(built) != _major_minor(running):
+        logger.warning("artifact built with openvino %s, worker runs %s", built, running)
+
+
+def verify_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
+    """Read and verify the manifest at ``path``; raise ModelLoadError on any mismatch."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"model_dir={str(path)!r} is not a folder; set LCM_MODEL_DIR to an artifact built "
+            "with `lcm-build build`"
+        )
+    try:
+        manifest = read_manifest(path)
+        verify_files(path, manifest)
+    except ManifestError as e:
+        raise ModelLoadError(f"refusing to serve {path}: {e}") from e
+    check_versions(manifest)
+    shape = manifest.shape
+    w = width or shape.get("width")
+    h = height or shape.get("height")
+    if not w or not h:
+        raise ModelLoadError(
+            f"{path}/manifest.json has no shape; "
+            "set LCM_WIDTH and LCM_HEIGHT or rebuild the artifact"
+        )
+    if (w, h) != (shape.get("width"), shape.get("height")):
+        logger.warning(
+            "serving %dx%d; the artifact was calibrated at %sx%s",
+            w,
+            h,
+            shape.get("width"),
+            shape.get("height"),
+        )
+    logger.info(
+        "artifact %s verified: %d files, manifest %s",
+        path,
+        len(manifest.files),
+        manifest.sha256[:16],
+    )
+    return ServedModel(path=path, manifest=manifest, width=int(w), height=int(h))

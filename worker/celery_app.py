@@ -1,0 +1,41 @@
+"""The worker's Celery app. Created bare at import; ``configure`` applies the settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from producer.contract import WIRE_CONFIG
+from worker.settings import WorkerSettings
+
+app = Celery("lcm_fleet_worker")
+app.conf.update(WIRE_CONFIG)
+
+
+def configure(settings: WorkerSettings) -> Celery:
+    app.conf.update(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        task_default_queue=settings.queue,
+        result_expires=settings.result_expires_s,
+        # A job is acknowledged only when it finished (stored or failed for good); if the
+        # worker process dies mid-job, the job goes back to the queue.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # The pipeline compiles in worker_process_init; Celery's default 4 s would kill
+        # every new child before it is ready, in an endless respawn loop.
+        worker_proc_alive_timeout=settings.startup_timeout_s,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=20,
+        worker_hijack_root_logger=True,
+        worker_redirect_stdouts=False,
+    )
+    # Register the task on this app (import for its side effect).
+    import worker.tasks  # noqa: F401
+
+    return app

@@ -1,0 +1,94 @@
+"""``lcm-worker``: verify the artifact and storage, then run a Celery worker.
+
+All settings come from ``LCM_*`` environment variables (see worker/settings.py).
+Required: LCM_MODEL_DIR, LCM_S3_ACCESS_KEY_ID, LCM_S3_SECRET_ACCESS_KEY.
+
+    lcm-worker            verify, then serve until SIGTERM (the running job finishes first)
+    lcm-worker --check    verify the artifact, storage and broker, then exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from producer.settings import ENV_PREFIX
+from worker.errors import WorkerError
+
+logger = logging.getLogger("worker")
+
+
+def settings_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        env = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        value = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        lines.append(f"  {env}: {err['msg']}{value}")
+    return "invalid worker settings:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lcm-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="verify and exit")
+    args = parser.parse_args(argv)
+
+    from worker.settings import WorkerSettings
+
+    try:
+        settings = WorkerSettings()  # type: ignore[call-arg]
+    except ValidationError as e:
+        print(f"lcm-worker: {settings_error(e)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    from worker import runtime
+    from worker.artifact import verify_artifact
+    from worker.celery_app import configure
+    from worker.storage import ObjectStore
+
+    try:
+        model = verify_artifact(settings.model_dir, settings.width, settings.height)
+        ObjectStore(settings).check_bucket()
+    except WorkerError as e:
+        print(f"lcm-worker: {e}", file=sys.stderr)
+        return 2
+    runtime.install(settings, model)
+    app = configure(settings)
+    if args.check:
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1)
+        except Exception as e:
+            print(f"lcm-worker: broker {settings.redis_url} unreachable: {e}", file=sys.stderr)
+            return 2
+        print(
+            f"ok: {settings.model_dir} ({model.width}x{model.height}), "
+            f"bucket {settings.s3_bucket}, "
+            f"broker {settings.redis_url}"
+        )
+        return 0
+    app.worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={settings.concurrency}",
+            f"--loglevel={settings.log_level}",
+            f"--queues={settings.queue}",
+            "--hostname=lcm-worker@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

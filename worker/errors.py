@@ -1,0 +1,23 @@
+"""Exceptions of the worker. Invalid jobs raise the contract's ``producer.errors.InvalidJob``."""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Base of everything the worker raises."""
+
+
+class ModelLoadError(WorkerError):
+    """The artifact cannot be served: bad manifest, mismatched files, or compile failure."""
+
+
+class StorageError(WorkerError):
+    """Object storage refused or failed a request."""
+
+
+class TransientStorageError(StorageError):
+    """A storage fault worth retrying (connection, timeout, 5xx, throttling)."""
+
+
+class StartupError(WorkerError):
+    """The worker's settings or environment cannot work; the message says what to fix."""

@@ -1,0 +1,66 @@
+"""The worker's settings: one object per process, from ``LCM_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from producer.settings import ConnectionSettings
+
+
+class WorkerSettings(ConnectionSettings):
+    #: The artifact folder (built by lcm-build) this worker serves.
+    model_dir: Path
+    #: OpenVINO device: CPU, GPU, GPU.1, ...
+    device: str = "CPU"
+    #: OpenVINO compile cache; makes later start-ups fast. Empty string disables it.
+    cache_dir: str = str(Path.home() / ".cache" / "lcm-fleet" / "openvino")
+    #: OpenVINO inference precision: "default" lets the device choose (bf16 on AMX CPUs).
+    inference_precision: Literal["default", "f32", "bf16", "f16"] = "default"
+    #: Static shape to compile; None takes the artifact's shape from its manifest.
+    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+
+    #: Required: no defaults for secrets.
+    s3_access_key_id: SecretStr
+    s3_secret_access_key: SecretStr
+
+    #: Worker processes, each with its own compiled pipeline (one per socket or GPU).
+    concurrency: int = Field(default=1, ge=1, le=64)
+    task_soft_time_limit_s: int = Field(default=600, ge=1)
+    task_time_limit_s: int = Field(default=660, ge=1)
+    #: Redis re-delivers an unacknowledged job after this long; must exceed the hard limit.
+    visibility_timeout_s: int = Field(default=3600, ge=60)
+    #: Seconds a new worker process may take to load and compile its pipeline.
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    #: Deliveries of one job (crashes included) before it is failed for good.
+    max_deliveries: int = Field(default=3, ge=1, le=20)
+
+    upload_attempts: int = Field(default=4, ge=1, le=20)
+    upload_backoff_base_s: float = Field(default=0.5, gt=0)
+    upload_backoff_cap_s: float = Field(default=8.0, gt=0)
+    #: Task-level retries after a job's uploads kept failing.
+    task_max_retries: int = Field(default=3, ge=0, le=20)
+    retry_backoff_base_s: float = Field(default=5.0, gt=0)
+    retry_backoff_cap_s: float = Field(default=120.0, gt=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _limits(self) -> WorkerSettings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError(
+                f"task_soft_time_limit_s={self.task_soft_time_limit_s} must be below "
+                f"task_time_limit_s={self.task_time_limit_s}"
+            )
+        if self.visibility_timeout_s <= self.task_time_limit_s + self.retry_backoff_cap_s:
+            raise ValueError(
+                f"visibility_timeout_s={self.visibility_timeout_s} must exceed task_time_limit_s + "
+                f"retry_backoff_cap_s ({self.task_time_limit_s + self.retry_backoff_cap_s:.0f}), "
+                "or Redis re-delivers jobs that are still running"
+            )
+        if (self.width is None) != (self.height is None):
+            raise ValueError("set both LCM_WIDTH and LCM_HEIGHT, or neither (the artifact's shape)")
+        return self
