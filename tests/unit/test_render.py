@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from producer.contract import Job
+from producer.errors import InvalidJob
+from worker.pipeline import StageTimes
+from worker.render import render
+
+
+class FakePipeline:
+    """Deterministic stand-in for the genai pipeline: pixels derive from prompt and seed."""
+
+    def __init__(self, width=64, height=64):
+        self.width, self.height = width, height
+        self.calls = []
+
+    def generate(self, prompt, seed, steps, guidance_scale):
+        self.calls.append((prompt, seed, steps, guidance_scale))
+        rng = np.random.default_rng([seed, len(prompt), steps])
+        pixels = rng.integers(0, 255, (self.height, self.width, 3), dtype=np.uint8)
+        return pixels, StageTimes(0.01, 0.1, 0.05, 0.2)
+
+
+def test_one_seeded_call_per_image():
+    pipe = FakePipeline()
+    job = Job(prompt="a cat", seed=10, num_images=3, steps=2, guidance_scale=5.0)
+    out = render(job, pipe)
+    assert [c[1] for c in pipe.calls] == [10, 11, 12]
+    assert [i.seed for i in out.images] == [10, 11, 12]
+    assert all(c[2] == 2 and c[3] == 5.0 for c in pipe.calls)
+    assert out.durations_s["unet"] == pytest.approx(0.3)
+    assert out.durations_s["text_encoder"] == pytest.approx(0.03)
+    assert (out.width, out.height) == (64, 64)
+
+
+def test_size_defaults_to_compiled_and_mismatch_is_invalid():
+    pipe = FakePipeline(64, 128)
+    assert render(Job(prompt="x", width=64, height=128), pipe).height == 128
+    with pytest.raises(InvalidJob, match="serves 64x128"):
+        render(Job(prompt="x", width=512, height=512), pipe)
+    assert len(pipe.calls) == 1

@@ -1,0 +1,73 @@
+"""ObjectStore against a fake client (fast tier); the integration tier uses the real S3 server."""
+
+import hashlib
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from worker.errors import StorageError, TransientStorageError
+from worker.settings import WorkerSettings
+from worker.storage import ObjectStore, classify
+
+
+class FakeS3:
+    def __init__(self, failures=()):
+        self.failures = list(failures)
+        self.objects = {}
+        self.meta = type("M", (), {"endpoint_url": "http://fake"})()
+
+    def put_object(self, Bucket, Key, Body, ContentType, ContentMD5):
+        if self.failures:
+            raise self.failures.pop(0)
+        self.objects[Key] = Body
+        return {"ETag": f'"{hashlib.md5(Body).hexdigest()}"'}
+
+
+def _settings(**over):
+    base = dict(
+        model_dir="/m", s3_access_key_id="k", s3_secret_access_key="s",
+        upload_attempts=3, upload_backoff_base_s=0.001, upload_backoff_cap_s=0.002,
+    )
+    base.update(over)
+    return WorkerSettings(**base)
+
+
+def _client_error(code, status):
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+
+def test_transient_errors_are_retried_then_stored():
+    fake = FakeS3([EndpointConnectionError(endpoint_url="http://x"), _client_error("SlowDown", 503)])
+    store = ObjectStore(_settings(), client=fake)
+    store.put("k", b"data", "image/png")
+    assert fake.objects == {"k": b"data"}
+
+
+def test_gives_up_after_bounded_attempts():
+    fake = FakeS3([_client_error("InternalError", 500)] * 10)
+    with pytest.raises(TransientStorageError):
+        ObjectStore(_settings(), client=fake).put("k", b"d", "image/png")
+    assert len(fake.failures) == 7  # 3 attempts used
+
+
+def test_permanent_error_is_not_retried():
+    fake = FakeS3([_client_error("AccessDenied", 403), _client_error("AccessDenied", 403)])
+    with pytest.raises(StorageError) as info:
+        ObjectStore(_settings(), client=fake).put("k", b"d", "image/png")
+    assert not isinstance(info.value, TransientStorageError)
+    assert len(fake.failures) == 1
+
+
+def test_etag_mismatch_is_transient():
+    class BadEtag(FakeS3):
+        def put_object(self, **kw):
+            return {"ETag": '"0000"'}
+
+    with pytest.raises(TransientStorageError, match="ETag"):
+        ObjectStore(_settings(), client=BadEtag()).put("k", b"d", "image/png")
+
+
+def test_classify():
+    assert isinstance(classify(_client_error("NoSuchBucket", 404), "x"), StorageError)
+    assert isinstance(classify(_client_error("x", 502), "x"), TransientStorageError)
+    assert isinstance(classify(ConnectionResetError(), "x"), TransientStorageError)
