@@ -743,6 +743,10 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as exc:
         log.error("error: %s", exc)
         return 1
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`); do not die with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
