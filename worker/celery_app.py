@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from producer.contract import WIRE_CONFIG
@@ -35,6 +37,9 @@ def configure(settings: WorkerSettings) -> Celery:
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
     )
+    # One log line per job comes from the task itself; Celery's own success line
+    # would repeat the whole result.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     # Register the task on this app (import for its side effect).
     import worker.tasks  # noqa: F401
 

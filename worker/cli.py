@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from worker import runtime
+    from worker import broker_guard, runtime
     from worker.artifact import verify_artifact
     from worker.celery_app import configure
     from worker.storage import ObjectStore
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runtime.install(settings, model)
     app = configure(settings)
+    broker_guard.install(settings.redis_url)
     if args.check:
         try:
             with app.connection_for_write() as conn:

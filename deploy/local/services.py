@@ -596,6 +596,11 @@ def stop(state_dir: Path) -> None:
     _stop_pid_file(state_dir / "redis.pid", "redis-server")
 
 
+def stop_s3(state_dir: Path) -> None:
+    """Stop only this state dir's weed (its data stays; ``start`` brings it back)."""
+    _stop_pid_file(Path(state_dir).resolve() / "weed.pid", "weed")
+
+
 def env(
     state_dir: Path,
     redis_url: str | None = None,

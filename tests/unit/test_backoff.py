@@ -25,7 +25,11 @@ def test_retries_transient_then_succeeds():
         return "ok"
 
     out = call_with_backoff(
-        flaky, transient=(ConnectionError,), backoff=Backoff(0.1, 1.0, 5), what="t", sleep=sleeps.append
+        flaky,
+        transient=(ConnectionError,),
+        backoff=Backoff(0.1, 1.0, 5),
+        what="t",
+        sleep=sleeps.append,
     )
     assert out == "ok" and len(calls) == 3 and len(sleeps) == 2
 
@@ -39,7 +43,11 @@ def test_gives_up_after_attempts():
 
     with pytest.raises(ConnectionError):
         call_with_backoff(
-            down, transient=(ConnectionError,), backoff=Backoff(0.1, 1.0, 4), what="t", sleep=lambda s: None
+            down,
+            transient=(ConnectionError,),
+            backoff=Backoff(0.1, 1.0, 4),
+            what="t",
+            sleep=lambda s: None,
         )
     assert len(calls) == 4
 
@@ -52,7 +60,9 @@ def test_permanent_error_is_not_retried():
         raise ValueError("bad")
 
     with pytest.raises(ValueError):
-        call_with_backoff(bad, transient=(ConnectionError,), backoff=Backoff(), what="t", sleep=lambda s: None)
+        call_with_backoff(
+            bad, transient=(ConnectionError,), backoff=Backoff(), what="t", sleep=lambda s: None
+        )
     assert len(calls) == 1
 
 

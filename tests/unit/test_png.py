@@ -8,8 +8,15 @@ from worker.png import METADATA_KEY, encode_png, image_metadata, read_png_metada
 
 def _meta(**over):
     fields = dict(
-        job_id="j1", index=0, prompt="a cat, ünïcode", seed=7, steps=4, guidance_scale=8.0,
-        width=64, height=32, model_manifest_sha256="ab" * 32,
+        job_id="j1",
+        index=0,
+        prompt="a cat, ünïcode",
+        seed=7,
+        steps=4,
+        guidance_scale=8.0,
+        width=64,
+        height=32,
+        model_manifest_sha256="ab" * 32,
     )
     fields.update(over)
     return image_metadata(**fields)
@@ -24,8 +31,9 @@ def test_metadata_round_trips_through_png():
     assert text["width"] == "64" and text["height"] == "32"
     assert text["model_manifest_sha256"] == "ab" * 32
     assert json.loads(text[METADATA_KEY])["seed"] == 7
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
 

@@ -25,19 +25,27 @@ class FakeS3:
 
 def _settings(**over):
     base = dict(
-        model_dir="/m", s3_access_key_id="k", s3_secret_access_key="s",
-        upload_attempts=3, upload_backoff_base_s=0.001, upload_backoff_cap_s=0.002,
+        model_dir="/m",
+        s3_access_key_id="k",
+        s3_secret_access_key="s",
+        upload_attempts=3,
+        upload_backoff_base_s=0.001,
+        upload_backoff_cap_s=0.002,
     )
     base.update(over)
     return WorkerSettings(**base)
 
 
 def _client_error(code, status):
-    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    return ClientError(
+        {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
 
 
 def test_transient_errors_are_retried_then_stored():
-    fake = FakeS3([EndpointConnectionError(endpoint_url="http://x"), _client_error("SlowDown", 503)])
+    fake = FakeS3(
+        [EndpointConnectionError(endpoint_url="http://x"), _client_error("SlowDown", 503)]
+    )
     store = ObjectStore(_settings(), client=fake)
     store.put("k", b"data", "image/png")
     assert fake.objects == {"k": b"data"}

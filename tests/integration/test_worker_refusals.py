@@ -1,0 +1,54 @@
+"""The worker refuses artifacts that do not match their manifest, before it serves."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from tests.integration.conftest import ROOT, worker_env
+
+
+def _check(env):
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", "--check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_intact_artifact_passes_check(service_env, model_dirs, tmp_path):
+    out = _check(worker_env(service_env, model_dirs["int8"], tmp_path, "q"))
+    assert out.returncode == 0, out.stderr
+    assert "ok:" in out.stdout
+
+
+def test_one_corrupted_byte_is_refused(service_env, model_dirs, tmp_path):
+    copy = tmp_path / "artifact"
+    shutil.copytree(model_dirs["int8"], copy)
+    target = copy / "unet" / "openvino_model.bin"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    out = _check(worker_env(service_env, copy, tmp_path, "q"))
+    assert out.returncode == 2
+    assert "refusing to serve" in out.stderr
+    assert "unet/openvino_model.bin: sha256" in out.stderr
+
+
+def test_missing_secret_names_the_variable(service_env, model_dirs, tmp_path):
+    env = worker_env(service_env, model_dirs["int8"], tmp_path, "q")
+    del env["LCM_S3_SECRET_ACCESS_KEY"]
+    out = _check(env)
+    assert out.returncode == 2
+    assert "LCM_S3_SECRET_ACCESS_KEY: Field required" in out.stderr
+
+
+def test_missing_bucket_is_refused_at_start(service_env, model_dirs, tmp_path):
+    env = worker_env(service_env, model_dirs["int8"], tmp_path, "q", LCM_S3_BUCKET="no-such-bucket")
+    out = _check(env)
+    assert out.returncode == 2
+    assert "cannot use bucket 'no-such-bucket'" in out.stderr
