@@ -25,4 +25,8 @@ else
   pip install -q --no-deps "optimum-intel==2.2.0"
   pip uninstall -q -y torchvision 2>/dev/null || true
 fi
+# The tests and the demo start a redis-server when none answers on 127.0.0.1:6379.
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
 touch "$stamp"

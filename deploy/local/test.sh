@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up .venv and run lint, types and the test suite (fast and integration tiers).
+# The integration tier starts its own S3 (SeaweedFS, 127.0.0.1:18333) and a Redis if
+# none answers at 127.0.0.1:6379; it uses Redis database 15 and a queue of its own.
+# Extra arguments go to pytest, e.g. `bash deploy/local/test.sh -m slow`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash deploy/local/setup.sh
+. .venv/bin/activate
+echo "== ruff"; ruff check . && ruff format --check .
+echo "== mypy"; mypy
+echo "== pytest"; pytest "$@"
