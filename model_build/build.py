@@ -169,6 +169,7 @@ def quantize_artifact(
         spec.height,
         steps=spec.steps,
         guidance_scale=spec.guidance_scale,
+        progress=progress,
     )
     durations["compare"] = round(time.perf_counter() - t0, 3)
 

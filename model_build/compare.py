@@ -49,25 +49,30 @@ def render_set(
     guidance_scale: float,
     prompts: tuple[str, ...],
     seeds: tuple[int, ...],
+    label: str = "",
+    progress: bool = True,
 ) -> list[Any]:
     import numpy as np
     import openvino_genai as ov_genai
+    from tqdm import tqdm
 
     pipe = ov_genai.Text2ImagePipeline(str(artifact))
     pipe.reshape(1, height, width, guidance_scale)
     pipe.compile("CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     images = []
-    for prompt in prompts:
-        for seed in seeds:
-            out = pipe.generate(
-                prompt,
-                width=width,
-                height=height,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                generator=ov_genai.CppStdGenerator(seed),
-            )
-            images.append(np.array(out.data[0], copy=True))
+    for prompt, seed in tqdm(
+        jobs, desc=f"check renders {label}", unit="image", disable=not progress
+    ):
+        out = pipe.generate(
+            prompt,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=ov_genai.CppStdGenerator(seed),
+        )
+        images.append(np.array(out.data[0], copy=True))
     return images
 
 
@@ -80,11 +85,16 @@ def compare_artifacts(
     guidance_scale: float = 8.0,
     prompts: tuple[str, ...] = CHECK_PROMPTS,
     seeds: tuple[int, ...] = (0, 1),
+    progress: bool = True,
 ) -> Comparison:
     import numpy as np
 
-    ref = render_set(reference, width, height, steps, guidance_scale, prompts, seeds)
-    cand = render_set(candidate, width, height, steps, guidance_scale, prompts, seeds)
+    ref = render_set(
+        reference, width, height, steps, guidance_scale, prompts, seeds, "(reference)", progress
+    )
+    cand = render_set(
+        candidate, width, height, steps, guidance_scale, prompts, seeds, "(candidate)", progress
+    )
     diffs = [
         float(np.mean(np.abs(r.astype(np.int16) - c.astype(np.int16))))
         for r, c in zip(ref, cand, strict=True)
