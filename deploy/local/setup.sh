@@ -13,6 +13,8 @@ stamp="$VENV/.lcm-setup-$(sha256sum pyproject.toml deploy/local/setup.sh | sha25
 if [ -f "$stamp" ]; then
   exit 0
 fi
+# pip configurations with absent local find-links print a warning per package; hide those.
+pip() { command pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 pip install -q --upgrade pip
 if [ "${1:-}" = "--worker-only" ]; then
   pip install -q -e ".[worker,dev]"
