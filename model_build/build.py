@@ -1,7 +1,10 @@
-"""The build stages, each returning a dataclass: export an artifact, quantize one, or both.
+"""The build stages, each returning a dataclass: export, make a candidate, gate it, or all.
 
 An artifact is a folder that openvino.genai's Text2ImagePipeline loads, plus
-``manifest.json`` (see :mod:`model_build.manifest`).
+``manifest.json`` (see :mod:`model_build.manifest`). A build exports the source to a
+full-precision (fp32) IR, the reference; makes the candidate at the chosen precision;
+renders an evaluation set with both and gates the candidate on the figures
+(quality.json, contact_sheet.png); then writes the candidate's manifest.
 """
 
 from __future__ import annotations
@@ -16,9 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from model_build.calibration import CalibrationSpec, capture_unet_inputs
-from model_build.compare import Comparison, compare_artifacts
-from model_build.errors import BuildInputError
+from model_build.compare import EvalSpec, compare_artifacts
+from model_build.contact_sheet import write_contact_sheet
+from model_build.errors import BuildError, BuildInputError
 from model_build.export import check_source, export_ir, missing_ir_files, prepare_output_dir
+from model_build.gate import (
+    CONTACT_SHEET_NAME,
+    GateResult,
+    GateSettings,
+    judge,
+    quality_record,
+    write_quality,
+)
 from model_build.manifest import (
     MANIFEST_NAME,
     artifact_files,
@@ -27,11 +39,26 @@ from model_build.manifest import (
     write_manifest,
 )
 from model_build.prompts import load_prompts
-from model_build.quantize import UNET_INT8_RECIPE, quantize_unet
+from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
 
 logger = logging.getLogger(__name__)
 
 UNET_XML = Path("unet/openvino_model.xml")
+PRECISIONS = ("int8", "hybrid", "fp16", "fp32")
+
+
+class QualityGateFailed(BuildError):
+    """The candidate is below the quality thresholds; nothing may be published."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    prompts: str | Path = "eval"
+    seeds: tuple[int, ...] = (0, 1)
+    speed_runs: int = 3
+    gate: GateSettings = field(default_factory=GateSettings)
+    #: Accept a candidate below the thresholds; the reason is recorded in the manifest.
+    override: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,9 +66,10 @@ class BuildResult:
     artifact: Path
     manifest_sha256: str
     precision: str
-    shape: dict[str, int]
+    shape: dict[str, Any]
     fake_quantize_count: int = 0
-    comparison: Comparison | None = None
+    quality: dict[str, Any] | None = None
+    gate: GateResult | None = None
     durations_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -67,9 +95,16 @@ def native_size(ir_dir: Path) -> int:
     return int(sample[0] if isinstance(sample, list) else sample) * 8
 
 
+def default_guidance(ir_dir: Path) -> float:
+    """8.0 for an LCM UNet (guidance embedding); 1.0, no CFG, for an SD1.5 + LCM-LoRA UNet."""
+    return 8.0 if unet_config(ir_dir).get("time_cond_proj_dim") else 1.0
+
+
 def _model_info(ir_dir: Path) -> dict[str, Any]:
     cfg = unet_config(ir_dir)
     return {
+        # "embedding": any guidance_scale per job; "cfg": the compiled guidance regime counts.
+        "guidance": "embedding" if cfg.get("time_cond_proj_dim") else "cfg",
         "unet_in_channels": cfg.get("in_channels"),
         "unet_time_cond_proj_dim": cfg.get("time_cond_proj_dim"),
         "unet_cross_attention_dim": cfg.get("cross_attention_dim"),
@@ -77,18 +112,23 @@ def _model_info(ir_dir: Path) -> dict[str, Any]:
 
 
 def export_artifact(
-    source: str, out_dir: Path, *, revision: str = "main", overwrite: bool = False
+    source: str,
+    out_dir: Path,
+    *,
+    revision: str = "main",
+    overwrite: bool = False,
+    source_record: dict[str, Any] | None = None,
 ) -> BuildResult:
-    """Stage 1: source -> full-precision (fp32) IR artifact with its manifest."""
+    """Stage 1: source -> full-precision (fp32) IR artifact with its manifest (the reference)."""
     check_source(source)
     t0 = time.perf_counter()
     export_ir(source, out_dir, revision=revision, overwrite=overwrite)
     size = native_size(out_dir)
-    shape = {"width": size, "height": size, "batch": 1}
+    shape = {"width": size, "height": size, "batch": 1, "guidance_scale": default_guidance(out_dir)}
     write_manifest(
         out_dir,
         {
-            "source": describe_source(source, revision),
+            "source": source_record or describe_source(source, revision),
             "precision": "fp32",
             "export": {
                 "tool": "optimum-intel main_export",
@@ -111,7 +151,146 @@ def export_artifact(
     )
 
 
-def _check_quantize_inputs(ir_dir: Path, out_dir: Path, overwrite: bool) -> None:
+def _copy_ir(ir_dir: Path, out_dir: Path, skip: set[str]) -> None:
+    for rel in artifact_files(ir_dir):
+        if rel in skip or rel == MANIFEST_NAME:
+            continue
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ir_dir / rel, target)
+
+
+def _model_xmls(ir_dir: Path) -> list[str]:
+    return [rel for rel in artifact_files(ir_dir) if rel.endswith("/openvino_model.xml")]
+
+
+def _candidate_int8(
+    ir_dir: Path,
+    out_dir: Path,
+    spec: CalibrationSpec,
+    prompts: list[str],
+    prompts_name: str,
+    progress: bool,
+    durations: dict[str, float],
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    samples = capture_unet_inputs(ir_dir, prompts, spec, progress=progress)
+    durations["calibration_capture"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    _copy_ir(ir_dir, out_dir, skip={UNET_XML.as_posix(), UNET_XML.with_suffix(".bin").as_posix()})
+    fq = quantize_unet(ir_dir / UNET_XML, samples, out_dir / UNET_XML)
+    del samples
+    durations["quantize"] = round(time.perf_counter() - t0, 3)
+    return {
+        "quantization": {
+            **UNET_INT8_RECIPE,
+            "samples": spec.samples,
+            "calibration": {
+                "prompts": prompts_name,
+                "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+                "prompts_used": spec.prompts_needed(),
+                "width": spec.width,
+                "height": spec.height,
+                "steps": spec.steps,
+                "guidance_scale": spec.guidance_scale,
+                "seed": spec.seed,
+                "precision": spec.precision,
+            },
+            "unchanged_parts": ["text_encoder", "vae_decoder", "vae_encoder", "tokenizer"],
+        },
+        "fake_quantize_count": fq,
+    }
+
+
+def _candidate_fp16(ir_dir: Path, out_dir: Path) -> dict[str, Any]:
+    import openvino as ov
+
+    xmls = _model_xmls(ir_dir)
+    skip = set(xmls) | {x[: -len(".xml")] + ".bin" for x in xmls}
+    _copy_ir(ir_dir, out_dir, skip=skip)
+    core = ov.Core()
+    for rel in xmls:
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(core.read_model(str(ir_dir / rel)), str(out_dir / rel), compress_to_fp16=True)
+    return {"quantization": {"method": "fp16 weight compression", "parts": sorted(xmls)}}
+
+
+def _candidate_hybrid(
+    ir_dir: Path, out_dir: Path, spec: CalibrationSpec, prompts: list[str], prompts_name: str
+) -> dict[str, Any]:
+    from optimum.intel import OVLatentConsistencyModelPipeline, OVWeightQuantizationConfig
+
+    chosen = [prompts[i % len(prompts)] for i in range(spec.prompts_needed())]
+    config = OVWeightQuantizationConfig(
+        bits=8, quant_method="hybrid", dataset=chosen, num_samples=spec.samples
+    )
+    try:
+        pipe = OVLatentConsistencyModelPipeline.from_pretrained(
+            str(ir_dir), quantization_config=config, compile=False
+        )
+        pipe.save_pretrained(str(out_dir))
+    except Exception as e:
+        raise BuildError(f"optimum-intel hybrid quantization of {ir_dir} failed: {e}") from e
+    del pipe
+    # save_pretrained writes no OpenVINO tokenizer IR: take the exported one.
+    for rel in artifact_files(ir_dir):
+        if rel.startswith("tokenizer/") and not (out_dir / rel).exists():
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ir_dir / rel, out_dir / rel)
+    import openvino as ov
+
+    fq = count_fake_quantize(ov.Core().read_model(str(out_dir / UNET_XML)))
+    return {
+        "quantization": {
+            "method": "optimum-intel hybrid: INT8 weights everywhere, INT8 activations in the UNet",
+            "samples": spec.samples,
+            "calibration": {
+                "prompts": prompts_name,
+                "prompts_sha256": hashlib.sha256("\n".join(chosen).encode()).hexdigest(),
+                "prompts_used": len(chosen),
+            },
+        },
+        "fake_quantize_count": fq,
+    }
+
+
+def gate_candidate(
+    ir_dir: Path, out_dir: Path, spec: EvalSpec, options: EvalOptions, progress: bool
+) -> tuple[GateResult, dict[str, Any]]:
+    """Render the evaluation set with both; write quality.json and the contact sheet."""
+    comparison = compare_artifacts(ir_dir, out_dir, spec, progress=progress)
+    gate = judge(comparison.aggregate(), options.gate, options.override)
+    record = quality_record(comparison, spec, gate, str(options.prompts))
+    write_quality(out_dir, record)
+    write_contact_sheet(
+        comparison.pixels,
+        comparison.scores,
+        out_dir / CONTACT_SHEET_NAME,
+        title=f"{out_dir.name}: candidate vs fp32 reference",
+    )
+    return gate, record
+
+
+def quantize_artifact(
+    ir_dir: Path,
+    out_dir: Path,
+    *,
+    precision: str = "int8",
+    spec: CalibrationSpec | None = None,
+    prompts: str | Path = "calibration",
+    evaluation: EvalOptions | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Stage 2: fp32 IR artifact -> candidate at ``precision``, gated against the fp32 one.
+
+    Raises QualityGateFailed (after writing quality.json, the contact sheet and a manifest
+    that records the failure) when the candidate is below the thresholds and no override
+    was given.
+    """
+    ir_dir, out_dir = Path(ir_dir), Path(out_dir)
+    if precision not in PRECISIONS:
+        raise BuildInputError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     missing = missing_ir_files(ir_dir)
     if missing:
         raise BuildInputError(
@@ -119,103 +298,97 @@ def _check_quantize_inputs(ir_dir: Path, out_dir: Path, overwrite: bool) -> None
             "make one with `lcm-build export SOURCE DIR`"
         )
     if out_dir.resolve() == ir_dir.resolve():
-        raise BuildInputError(
-            "the quantized artifact needs its own folder: OUT must differ from IR"
-        )
-    prepare_output_dir(out_dir, overwrite)
-
-
-def quantize_artifact(
-    ir_dir: Path,
-    out_dir: Path,
-    *,
-    spec: CalibrationSpec | None = None,
-    prompts: str | Path = "calibration",
-    overwrite: bool = False,
-    progress: bool = True,
-) -> BuildResult:
-    """Stage 2: fp32 IR artifact -> INT8-UNet artifact, checked against the fp32 one."""
-    ir_dir, out_dir = Path(ir_dir), Path(out_dir)
-    _check_quantize_inputs(ir_dir, out_dir, overwrite)
+        raise BuildInputError("the candidate needs its own folder: OUT must differ from IR")
+    evaluation = evaluation or EvalOptions()
     size = native_size(ir_dir)
     spec = spec or CalibrationSpec()
-    spec = replace(spec, width=spec.width or size, height=spec.height or size)
+    spec = replace(
+        spec,
+        width=spec.width or size,
+        height=spec.height or size,
+        guidance_scale=spec.guidance_scale or default_guidance(ir_dir),
+    )
     spec.check()
-    assert spec.width is not None and spec.height is not None
-    prompt_list = load_prompts(prompts)
+    assert spec.width is not None and spec.height is not None and spec.guidance_scale is not None
+    eval_spec = EvalSpec(
+        width=spec.width,
+        height=spec.height,
+        prompts=tuple(load_prompts(evaluation.prompts)),
+        seeds=evaluation.seeds,
+        steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
+        speed_runs=evaluation.speed_runs,
+    )
+    prompt_list = load_prompts(prompts) if precision in ("int8", "hybrid") else []
+    prepare_output_dir(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
     durations: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    samples = capture_unet_inputs(ir_dir, prompt_list, spec, progress=progress)
-    durations["calibration_capture"] = round(time.perf_counter() - t0, 3)
+    if precision == "int8":
+        info = _candidate_int8(
+            ir_dir, out_dir, spec, prompt_list, str(prompts), progress, durations
+        )
+    elif precision == "hybrid":
+        info = _candidate_hybrid(ir_dir, out_dir, spec, prompt_list, str(prompts))
+        durations["quantize"] = round(time.perf_counter() - t0, 3)
+    elif precision == "fp16":
+        info = _candidate_fp16(ir_dir, out_dir)
+        durations["convert"] = round(time.perf_counter() - t0, 3)
+    else:
+        _copy_ir(ir_dir, out_dir, skip=set())
+        info = {"quantization": None}
 
     t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for rel in artifact_files(ir_dir):
-        if Path(rel).parent == UNET_XML.parent and Path(rel).name.startswith("openvino_model."):
-            continue
-        target = out_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ir_dir / rel, target)
-    fq = quantize_unet(ir_dir / UNET_XML, samples, out_dir / UNET_XML)
-    del samples
-    durations["quantize"] = round(time.perf_counter() - t0, 3)
-
-    t0 = time.perf_counter()
-    comparison = compare_artifacts(
-        ir_dir,
-        out_dir,
-        spec.width,
-        spec.height,
-        steps=spec.steps,
-        guidance_scale=spec.guidance_scale,
-        progress=progress,
-    )
-    durations["compare"] = round(time.perf_counter() - t0, 3)
+    gate, record = gate_candidate(ir_dir, out_dir, eval_spec, evaluation, progress)
+    durations["evaluate"] = round(time.perf_counter() - t0, 3)
 
     source: dict[str, Any] = {"kind": "ir", "path": str(ir_dir.resolve())}
     if (ir_dir / MANIFEST_NAME).is_file():
         parent = read_manifest(ir_dir)
         source = {**parent.data.get("source", {}), "fp32_manifest_sha256": parent.sha256}
-    shape = {"width": spec.width, "height": spec.height, "batch": 1}
-    prompts_text = "\n".join(prompt_list).encode()
+    shape = {
+        "width": spec.width,
+        "height": spec.height,
+        "batch": 1,
+        "guidance_scale": spec.guidance_scale,
+    }
     write_manifest(
         out_dir,
         {
             "source": source,
-            "precision": "int8-unet",
-            "quantization": {
-                **UNET_INT8_RECIPE,
-                "samples": spec.samples,
-                "calibration": {
-                    "prompts": str(prompts),
-                    "prompts_sha256": hashlib.sha256(prompts_text).hexdigest(),
-                    "prompts_used": spec.prompts_needed(),
-                    "width": spec.width,
-                    "height": spec.height,
-                    "steps": spec.steps,
-                    "guidance_scale": spec.guidance_scale,
-                    "seed": spec.seed,
-                    "precision": spec.precision,
-                },
-                "unchanged_parts": ["text_encoder", "vae_decoder", "vae_encoder", "tokenizer"],
+            "precision": {"int8": "int8-unet"}.get(precision, precision),
+            "fake_quantize_count": 0,
+            **info,
+            "quality": {
+                **record["aggregate"],
+                "passed": gate.passed,
+                "override": gate.override,
+                "failures": gate.failures,
             },
-            "fake_quantize_count": fq,
-            "check_vs_fp32": comparison.as_dict(),
+            "speed": record["speed"],
             "shape": shape,
             "model": _model_info(ir_dir),
         },
     )
     manifest = read_manifest(out_dir)
-    return BuildResult(
+    result = BuildResult(
         artifact=out_dir,
         manifest_sha256=manifest.sha256,
-        precision="int8-unet",
+        precision=str(manifest.data["precision"]),
         shape=shape,
-        fake_quantize_count=fq,
-        comparison=comparison,
+        fake_quantize_count=int(manifest.data.get("fake_quantize_count") or 0),
+        quality=record,
+        gate=gate,
         durations_s=durations,
     )
+    if not gate.accepted:
+        raise QualityGateFailed(
+            f"{out_dir} failed the quality gate: {'; '.join(gate.failures)}. Look at "
+            f"{out_dir / CONTACT_SHEET_NAME}; pass --accept-below-gate REASON to keep it anyway "
+            "(recorded in the manifest), or change the LCM_GATE_* thresholds"
+        )
+    return result
 
 
 def build_artifact(
@@ -224,21 +397,30 @@ def build_artifact(
     *,
     work_dir: Path | None = None,
     revision: str = "main",
+    precision: str = "int8",
     spec: CalibrationSpec | None = None,
     prompts: str | Path = "calibration",
+    evaluation: EvalOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    source_record: dict[str, Any] | None = None,
 ) -> BuildResult:
-    """Export then quantize: the fp32 artifact is kept in ``work_dir`` (default OUT.fp32)."""
+    """Export then make and gate the candidate; the fp32 reference stays in ``work_dir``."""
+    if precision not in PRECISIONS:
+        raise BuildInputError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".fp32")
-    exported = export_artifact(source, work_dir, revision=revision, overwrite=overwrite)
+    exported = export_artifact(
+        source, work_dir, revision=revision, overwrite=overwrite, source_record=source_record
+    )
     result = quantize_artifact(
-        work_dir, out_dir, spec=spec, prompts=prompts, overwrite=overwrite, progress=progress
+        work_dir,
+        out_dir,
+        precision=precision,
+        spec=spec,
+        prompts=prompts,
+        evaluation=evaluation,
+        overwrite=overwrite,
+        progress=progress,
     )
-    return BuildResult(
-        **{
-            **result.__dict__,
-            "durations_s": {**exported.durations_s, **result.durations_s},
-        }
-    )
+    return replace(result, durations_s={**exported.durations_s, **result.durations_s})

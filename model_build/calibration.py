@@ -25,7 +25,8 @@ class CalibrationSpec:
     height: int | None = None
     samples: int = 200
     steps: int = 4
-    guidance_scale: float = 8.0
+    #: None: 8.0 for an LCM UNet (guidance embedding), 1.0 for a CFG UNet (LCM-LoRA).
+    guidance_scale: float | None = None
     seed: int = 0
     #: OpenVINO inference precision while capturing: f32 reproduces PyTorch's activations.
     precision: str = "f32"
@@ -41,6 +42,11 @@ class CalibrationSpec:
             raise BuildInputError(f"samples={self.samples} must be at least 1 (default 200)")
         if not 1 <= self.steps <= 8:
             raise BuildInputError(f"steps={self.steps} must be from 1 to 8 (LCM; default 4)")
+        if self.guidance_scale is not None and not 1.0 <= self.guidance_scale <= 20.0:
+            raise BuildInputError(
+                f"guidance_scale={self.guidance_scale} must be from 1.0 to 20.0 "
+                "(default: 8.0 for an LCM, 1.0 for an LCM-LoRA model)"
+            )
 
     def prompts_needed(self) -> int:
         return math.ceil(self.samples / self.steps)
@@ -65,13 +71,25 @@ def capture_unet_inputs(
 ) -> list[dict[str, Any]]:
     """Render prompts with the IR pipeline and return ``spec.samples`` UNet input dicts."""
     spec.check()
+    if spec.guidance_scale is None:
+        raise QuantizeError("the calibration guidance scale must be resolved before capture")
+    import json
+
     import torch
-    from optimum.intel import OVLatentConsistencyModelPipeline
+    from optimum.intel import OVLatentConsistencyModelPipeline, OVStableDiffusionPipeline
     from tqdm import tqdm
 
     needed = spec.prompts_needed()
     chosen = [prompts[i % len(prompts)] for i in range(needed)]
-    pipe = OVLatentConsistencyModelPipeline.from_pretrained(
+    unet_config = json.loads((Path(ir_dir) / "unet" / "config.json").read_text())
+    # An LCM UNet takes the guidance as an embedding; an SD1.5 UNet with a fused LCM-LoRA
+    # has none, and optimum's LCM pipeline fails on it: the SD pipeline runs it (CFG).
+    pipeline_class = (
+        OVLatentConsistencyModelPipeline
+        if unet_config.get("time_cond_proj_dim")
+        else OVStableDiffusionPipeline
+    )
+    pipe = pipeline_class.from_pretrained(
         str(ir_dir), ov_config={"INFERENCE_PRECISION_HINT": spec.precision}, compile=True
     )
     pipe.set_progress_bar_config(disable=True)

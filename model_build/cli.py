@@ -5,8 +5,11 @@
     lcm-build quantize IR OUT          fp32 IR artifact -> INT8-UNet artifact (NNCF)
     lcm-build build SOURCE OUT         export + quantize (fp32 kept in OUT.fp32)
     lcm-build verify ARTIFACT          check every file against the manifest
+    lcm-build publish ARTIFACT NAME    upload to S3 as NAME@<version>, then point NAME@latest at it
+    lcm-build list [NAME]              published versions in S3 (LCM_S3_* settings)
 
-Exit codes: 0 done, 2 bad input (the message says how to fix it), 1 the build failed.
+Exit codes: 0 done, 1 the build failed, 2 bad input (the message says how to fix it),
+3 the candidate failed the quality gate (quality.json and contact_sheet.png say why).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from model_build.build import PRECISIONS, EvalOptions, QualityGateFailed
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildError, BuildInputError
 
@@ -35,7 +39,35 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, help="target width (default: the model's native size)")
     p.add_argument("--height", type=int, help="target height (default: the model's native size)")
     p.add_argument("--steps", type=int, default=4, help="LCM steps while calibrating (default 4)")
-    p.add_argument("--guidance-scale", type=float, default=8.0)
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="guidance while calibrating, evaluating and as the served default "
+        "(default 8.0 for an LCM, 1.0 for an SD1.5 + LCM-LoRA model)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="int8",
+        help="int8: NNCF INT8 UNet (default); hybrid: optimum-intel hybrid; "
+        "fp16 / fp32: no quantization",
+    )
+    p.add_argument(
+        "--eval-prompts",
+        default="eval",
+        help="quality-gate prompts: shipped set name or a file (default: eval, 20 prompts)",
+    )
+    p.add_argument(
+        "--eval-seeds", type=int, default=2, help="seeds per evaluation prompt (default 2)"
+    )
+    p.add_argument(
+        "--speed-runs", type=int, default=3, help="timed renders per artifact (default 3)"
+    )
+    p.add_argument(
+        "--accept-below-gate",
+        metavar="REASON",
+        help="keep a candidate below the LCM_GATE_* thresholds; REASON goes in the manifest",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--no-progress", action="store_true")
 
@@ -50,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny", help="build the tiny random LCM offline")
     p.add_argument("out", type=Path)
     p.add_argument("--size", type=int, default=128, help="image size, multiple of 8 (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--kind",
+        choices=("lcm", "sd15"),
+        default="lcm",
+        help="lcm: an LCM (default); sd15: an SD1.5-family base for --lora builds",
+    )
+
+    p = sub.add_parser("tiny-lora", help="build a tiny random LoRA for a tiny sd15 base, offline")
+    p.add_argument("base", type=Path)
+    p.add_argument("out", type=Path)
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("export", help="export a diffusers LCM to an fp32 OpenVINO IR artifact")
@@ -68,11 +111,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--revision", default="main")
     p.add_argument("--work-dir", type=Path, help="where the fp32 artifact goes (default OUT.fp32)")
+    p.add_argument(
+        "--lora",
+        help="an LCM-LoRA (folder, .safetensors file or hub id) to fuse into "
+        "SOURCE, an SD1.5-family base; the fused model goes to OUT.fused",
+    )
+    p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA scale (default 1.0)")
+    p.add_argument("--lora-weight-name", help="file inside a LoRA folder or hub repo")
     _calibration_args(p)
 
     p = sub.add_parser("verify", help="check an artifact's files against its manifest")
     p.add_argument("artifact", type=Path)
+
+    _registry_parsers(sub)
     return parser
+
+
+def _evaluation(args: argparse.Namespace) -> EvalOptions:
+    if args.eval_seeds < 1 or args.speed_runs < 1:
+        raise BuildInputError("--eval-seeds and --speed-runs must be at least 1")
+    if args.accept_below_gate is not None and not args.accept_below_gate.strip():
+        raise BuildInputError(
+            "--accept-below-gate needs a reason, e.g. 'checked by eye, see ticket'"
+        )
+    return EvalOptions(
+        prompts=args.eval_prompts,
+        seeds=tuple(range(args.eval_seeds)),
+        speed_runs=args.speed_runs,
+        override=args.accept_below_gate,
+    )
 
 
 def _spec(args: argparse.Namespace) -> CalibrationSpec:
@@ -96,12 +163,31 @@ def _summary(result) -> None:
     }
     if result.fake_quantize_count:
         rows["FakeQuantize ops"] = str(result.fake_quantize_count)
-    if result.comparison is not None:
-        c = result.comparison
-        rows["vs fp32"] = (
-            f"PSNR {c.psnr_db} dB (min {c.min_psnr_db}), "
-            f"mean |diff| {c.mean_abs_diff} over {c.images} images"
+    if result.quality is not None:
+        a, sp = result.quality["aggregate"], result.quality["speed"]
+        if a["psnr_db_mean"] is None:  # infinite: the renders are identical
+            a = {**a, "psnr_db_mean": "inf", "psnr_db_min": "inf"}
+        rows["vs fp32 (f32 inference)"] = (
+            f"PSNR {a['psnr_db_mean']} dB (min {a['psnr_db_min']}), SSIM {a['ssim_mean']} "
+            f"(min {a['ssim_min']}), mean |diff| {a['mean_abs_diff_mean']} "
+            f"over {a['images']} images"
         )
+        rows["speed (default precision)"] = (
+            f"UNet {sp['candidate']['unet_s']}s vs {sp['reference']['unet_s']}s "
+            f"(x{sp['unet_speedup']}), pipeline {sp['candidate']['pipeline_s']}s vs "
+            f"{sp['reference']['pipeline_s']}s (x{sp['pipeline_speedup']})"
+        )
+    if result.gate is not None:
+        g = result.gate
+        rows["quality gate"] = (
+            "passed"
+            if g.passed
+            else (
+                f"FAILED ({'; '.join(g.failures)})"
+                + (f", accepted: {g.override}" if g.override else "")
+            )
+        )
+        rows["contact sheet"] = str(result.artifact / "contact_sheet.png")
     for stage, seconds in result.durations_s.items():
         rows[f"{stage} s"] = f"{seconds:.1f}"
     width = max(len(k) for k in rows)
@@ -110,11 +196,19 @@ def _summary(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command in ("publish", "list"):
+        return _run_registry(args)
     if args.command == "tiny":
-        from model_build.tiny import TinySpec, build_tiny
+        from model_build.tiny import TinySpec, build_tiny, build_tiny_sd15
 
-        out = build_tiny(args.out, TinySpec(image_size=args.size, seed=args.seed))
-        print(f"tiny LCM written to {out}")
+        builder = build_tiny if args.kind == "lcm" else build_tiny_sd15
+        out = builder(args.out, TinySpec(image_size=args.size, seed=args.seed))
+        print(f"tiny {args.kind} model written to {out}")
+        return 0
+    if args.command == "tiny-lora":
+        from model_build.tiny import build_tiny_lora
+
+        print(f"tiny LoRA written to {build_tiny_lora(args.base, args.out, seed=args.seed)}")
         return 0
     if args.command == "verify":
         from model_build.manifest import read_manifest, verify_files
@@ -136,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
         result = quantize_artifact(
             args.ir,
             args.out,
+            precision=args.precision,
+            evaluation=_evaluation(args),
             spec=_spec(args),
             prompts=args.prompts,
             overwrite=args.overwrite,
@@ -146,19 +242,178 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "build":
         from model_build.build import build_artifact
 
+        source, record = args.source, None
+        if args.lora:
+            from model_build.lora import fuse_lcm_lora
+
+            fused = args.out.with_name(args.out.name + ".fused")
+            record = fuse_lcm_lora(
+                args.source,
+                args.lora,
+                fused,
+                scale=args.lora_scale,
+                revision=args.revision,
+                weight_name=args.lora_weight_name,
+                overwrite=args.overwrite,
+            )
+            source = str(fused)
         result = build_artifact(
-            args.source,
+            source,
             args.out,
+            source_record=record,
             work_dir=args.work_dir,
             revision=args.revision,
             spec=_spec(args),
             prompts=args.prompts,
+            precision=args.precision,
+            evaluation=_evaluation(args),
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
         _summary(result)
         return 0
     raise AssertionError(args.command)
+
+
+# --- model registry in S3: publish, list ------------------------------------------------
+# S3 settings come from LCM_* (producer.settings.ProducerSettings); see model_build/registry.py.
+
+
+def _registry_parsers(sub) -> None:
+    p = sub.add_parser("publish", help="upload an artifact to S3 as a versioned model")
+    p.add_argument("artifact", type=Path, help="artifact folder (with manifest.json)")
+    p.add_argument("name", help="model name: [a-z0-9][a-z0-9._-]{0,63}")
+    p.add_argument(
+        "--alias", default="latest", help="alias to point at this version (default latest)"
+    )
+    p.add_argument("--no-alias", action="store_true", help="upload without moving any alias")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("list", help="list the model versions published in S3")
+    p.add_argument("name", nargs="?", help="only this model")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def _registry_store():
+    from pydantic import ValidationError
+
+    from producer.s3 import s3_client
+    from producer.settings import ProducerSettings
+
+    try:
+        settings = ProducerSettings()
+    except ValidationError as e:
+        raise BuildInputError(f"invalid LCM_* S3 settings: {e}") from e
+    if settings.s3_access_key_id is None or settings.s3_secret_access_key is None:
+        raise BuildInputError(
+            "set LCM_S3_ACCESS_KEY_ID and LCM_S3_SECRET_ACCESS_KEY (and LCM_S3_ENDPOINT_URL, "
+            "LCM_S3_BUCKET, LCM_S3_PREFIX for your store) to publish or list models"
+        )
+    client = s3_client(
+        settings,
+        settings.s3_access_key_id.get_secret_value(),
+        settings.s3_secret_access_key.get_secret_value(),
+    )
+    return client, settings.s3_bucket, settings.s3_prefix
+
+
+#: (manifest key, label) of the quality figures `lcm-build list` shows, in this order.
+_QUALITY_FIGURES = (
+    ("psnr_db", "PSNR {} dB"),
+    ("psnr_db_min", "PSNR min {} dB"),
+    ("ssim", "SSIM {}"),
+    ("ssim_min", "SSIM min {}"),
+    ("mean_abs_diff", "|diff| {}"),
+    ("mean_abs_diff_mean", "|diff| {}"),
+)
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _figures(section: dict | None, kind: str) -> str:
+    """A short summary of a manifest's quality or speed section; '-' when it has none."""
+    if not section:
+        return "-"
+    parts = []
+    if kind == "quality":
+        parts = [label.format(_number(section[k])) for k, label in _QUALITY_FIGURES if k in section]
+        if "passed" in section:
+            verdict = "passed" if section["passed"] else "FAILED"
+            parts.append(verdict + (" (override)" if section.get("override") else ""))
+    else:
+        parts = [
+            f"{key.removesuffix('_speedup')} x{_number(value)}"
+            for key, value in section.items()
+            if key.endswith("_speedup") and isinstance(value, (int, float))
+        ]
+    if not parts:  # another layout: its scalar figures as they are
+        parts = [
+            f"{key} {_number(value)}"
+            for key, value in section.items()
+            if isinstance(value, (str, int, float, bool))
+        ]
+    return ", ".join(parts) or "-"
+
+
+def _run_registry(args: argparse.Namespace) -> int:
+    import json
+
+    from model_build import registry
+
+    if args.command == "publish":
+        registry.validate_name(args.name)
+        alias = None if args.no_alias else args.alias
+        if alias is not None:
+            registry.validate_alias(alias)
+        client, bucket, prefix = _registry_store()
+        result = registry.publish(
+            args.artifact, args.name, client, bucket, prefix, not args.no_progress, alias
+        )
+        print(f"published {result.ref}")
+        print(f"  version   {result.version}")
+        print(f"  uri       {result.uri}")
+        print(
+            f"  files     {result.files} ({result.bytes} bytes): {result.uploaded} uploaded, "
+            f"{result.skipped} already there"
+        )
+        if result.alias_key:
+            print(
+                f"  alias     {args.name}@{alias} -> {result.version} "
+                f"({registry.s3_uri(bucket, result.alias_key)})"
+            )
+        return 0
+
+    if args.name is not None:
+        registry.validate_name(args.name)
+    client, bucket, prefix = _registry_store()
+    rows = registry.list_versions(args.name, client, bucket, prefix)
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print(f"no models published under s3://{bucket}/{registry.models_root(prefix)}")
+        return 0
+    table = [("NAME", "VERSION", "LATEST", "PRECISION", "SHAPE", "PUBLISHED", "QUALITY", "SPEED")]
+    for r in rows:
+        shape = r["shape"]
+        table.append(
+            (
+                r["name"],
+                r["version"] + ("" if r["intact"] else " (manifest changed!)"),
+                "*" if r["latest"] else "",
+                str(r["precision"] or "-"),
+                f"{shape['width']}x{shape['height']}" if shape.get("width") else "-",
+                r["published_at"] or "-",
+                _figures(r["quality"], "quality"),
+                _figures(r["speed"], "speed"),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     except BuildInputError as e:
         print(f"lcm-build: error: {e}", file=sys.stderr)
         return 2
+    except QualityGateFailed as e:
+        print(f"lcm-build: quality gate: {e}", file=sys.stderr)
+        return 3
     except BuildError as e:
         print(f"lcm-build: failed: {e}", file=sys.stderr)
         return 1

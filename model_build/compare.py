@@ -1,112 +1,172 @@
-"""Render the same prompts and seeds with two artifacts and measure how far apart they are.
+"""Render one evaluation set with a reference and a candidate artifact, and compare them.
 
-Both run through openvino.genai (the worker's runtime) with f32 inference and the same
-``CppStdGenerator`` seeds, so the difference is the candidate's own (quantization).
+Quality: both render the same prompts and seeds through openvino.genai (the worker's
+runtime) with f32 inference and ``CppStdGenerator`` seeds, so every difference is the
+candidate's own (quantization or precision). Per image: PSNR and SSIM
+(scikit-image) against the reference, and the mean absolute pixel difference.
+
+Speed: both are compiled again at the device's default precision (what a worker
+runs) and timed in the same run: UNet time and whole-pipeline time per image,
+medians over ``speed_runs`` renders after one warm-up render.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: Prompts of the build-time check (different from the calibration set).
-CHECK_PROMPTS = (
-    "a lighthouse on a rocky coast at sunset, oil painting",
-    "close-up portrait of a smiling elderly woman, natural window light",
-    "a bowl of ramen with steam rising, food photography",
-    "a futuristic city skyline at night with neon reflections on wet streets",
-)
+
+@dataclass(frozen=True)
+class EvalSpec:
+    width: int
+    height: int
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int = 4
+    guidance_scale: float = 8.0
+    speed_runs: int = 3
 
 
 @dataclass(frozen=True)
-class Comparison:
-    images: int
-    mean_abs_diff: float
+class ImageScore:
+    prompt: str
+    seed: int
     psnr_db: float
-    min_psnr_db: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    ssim: float
+    mean_abs_diff: float
 
 
-def psnr(a: Any, b: Any) -> float:
+@dataclass(frozen=True)
+class Speed:
+    unet_s: float
+    pipeline_s: float
+
+
+@dataclass
+class Comparison:
+    scores: list[ImageScore]
+    reference_speed: Speed
+    candidate_speed: Speed
+    #: Pixels of the renders (reference, candidate), for the contact sheet.
+    pixels: list[tuple[Any, Any]] = field(default_factory=list, repr=False)
+
+    def aggregate(self) -> dict[str, float]:
+        finite = [s.psnr_db for s in self.scores if math.isfinite(s.psnr_db)]
+        return {
+            "images": len(self.scores),
+            "psnr_db_mean": round(statistics.fmean(finite), 3) if finite else math.inf,
+            "psnr_db_min": round(min(finite), 3) if finite else math.inf,
+            "ssim_mean": round(statistics.fmean(s.ssim for s in self.scores), 5),
+            "ssim_min": round(min(s.ssim for s in self.scores), 5),
+            "mean_abs_diff_mean": round(statistics.fmean(s.mean_abs_diff for s in self.scores), 4),
+            "mean_abs_diff_max": round(max(s.mean_abs_diff for s in self.scores), 4),
+        }
+
+    def speed(self) -> dict[str, Any]:
+        ref, cand = self.reference_speed, self.candidate_speed
+        return {
+            "precision_hint": "device default",
+            "reference": asdict(ref),
+            "candidate": asdict(cand),
+            "unet_speedup": round(ref.unet_s / cand.unet_s, 3) if cand.unet_s else None,
+            "pipeline_speedup": round(ref.pipeline_s / cand.pipeline_s, 3)
+            if cand.pipeline_s
+            else None,
+        }
+
+
+def score(reference: Any, candidate: Any, prompt: str, seed: int) -> ImageScore:
     import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    if np.array_equal(reference, candidate):
+        psnr = math.inf
+    else:
+        psnr = float(peak_signal_noise_ratio(reference, candidate, data_range=255))
+    ssim = float(structural_similarity(reference, candidate, channel_axis=2, data_range=255))
+    mad = float(np.mean(np.abs(reference.astype(np.int16) - candidate.astype(np.int16))))
+    return ImageScore(
+        prompt=prompt,
+        seed=seed,
+        psnr_db=round(psnr, 3),
+        ssim=round(ssim, 5),
+        mean_abs_diff=round(mad, 4),
+    )
 
 
-def render_set(
-    artifact: Path,
-    width: int,
-    height: int,
-    steps: int,
-    guidance_scale: float,
-    prompts: tuple[str, ...],
-    seeds: tuple[int, ...],
-    label: str = "",
-    progress: bool = True,
-) -> list[Any]:
-    import numpy as np
+def _pipeline(artifact: Path, spec: EvalSpec, config: dict[str, Any]) -> Any:
     import openvino_genai as ov_genai
-    from tqdm import tqdm
 
     pipe = ov_genai.Text2ImagePipeline(str(artifact))
-    pipe.reshape(1, height, width, guidance_scale)
-    pipe.compile("CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
-    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    pipe.reshape(1, spec.height, spec.width, spec.guidance_scale)
+    pipe.compile("CPU", config=config)
+    return pipe
+
+
+def _generate(pipe: Any, spec: EvalSpec, prompt: str, seed: int) -> Any:
+    import openvino_genai as ov_genai
+
+    return pipe.generate(
+        prompt,
+        width=spec.width,
+        height=spec.height,
+        num_inference_steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
+        generator=ov_genai.CppStdGenerator(seed),
+    )
+
+
+def render_set(artifact: Path, spec: EvalSpec, label: str, progress: bool = True) -> list[Any]:
+    """The evaluation set's images (f32 inference), in prompt-major, seed-minor order."""
+    import numpy as np
+    from tqdm import tqdm
+
+    pipe = _pipeline(artifact, spec, {"INFERENCE_PRECISION_HINT": "f32"})
+    jobs = [(p, s) for p in spec.prompts for s in spec.seeds]
     images = []
-    for prompt, seed in tqdm(
-        jobs, desc=f"check renders {label}", unit="image", disable=not progress
-    ):
-        out = pipe.generate(
-            prompt,
-            width=width,
-            height=height,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            generator=ov_genai.CppStdGenerator(seed),
-        )
-        images.append(np.array(out.data[0], copy=True))
+    for prompt, seed in tqdm(jobs, desc=f"evaluate {label}", unit="image", disable=not progress):
+        images.append(np.array(_generate(pipe, spec, prompt, seed).data[0], copy=True))
     return images
 
 
-def compare_artifacts(
-    reference: Path,
-    candidate: Path,
-    width: int,
-    height: int,
-    steps: int = 4,
-    guidance_scale: float = 8.0,
-    prompts: tuple[str, ...] = CHECK_PROMPTS,
-    seeds: tuple[int, ...] = (0, 1),
-    progress: bool = True,
-) -> Comparison:
-    import numpy as np
+def measure_speed(artifact: Path, spec: EvalSpec, label: str, progress: bool = True) -> Speed:
+    """Median UNet and pipeline seconds per image at the device's default precision."""
+    from tqdm import tqdm
 
-    ref = render_set(
-        reference, width, height, steps, guidance_scale, prompts, seeds, "(reference)", progress
+    pipe = _pipeline(artifact, spec, {})
+    _generate(pipe, spec, spec.prompts[0], 0)  # warm-up: the first generate is slower
+    unet, total = [], []
+    for run in tqdm(
+        range(spec.speed_runs), desc=f"time {label}", unit="image", disable=not progress
+    ):
+        t0 = time.perf_counter()
+        _generate(pipe, spec, spec.prompts[run % len(spec.prompts)], run)
+        total.append(time.perf_counter() - t0)
+        unet.append(sum(pipe.get_performance_metrics().raw_metrics.unet_inference_durations) / 1e6)
+    return Speed(
+        unet_s=round(statistics.median(unet), 4), pipeline_s=round(statistics.median(total), 4)
     )
-    cand = render_set(
-        candidate, width, height, steps, guidance_scale, prompts, seeds, "(candidate)", progress
+
+
+def compare_artifacts(
+    reference: Path, candidate: Path, spec: EvalSpec, progress: bool = True
+) -> Comparison:
+    ref = render_set(reference, spec, "reference", progress)
+    cand = render_set(candidate, spec, "candidate", progress)
+    jobs = [(p, s) for p in spec.prompts for s in spec.seeds]
+    scores = [score(r, c, p, s) for (p, s), r, c in zip(jobs, ref, cand, strict=True)]
+    comparison = Comparison(
+        scores=scores,
+        reference_speed=measure_speed(reference, spec, "reference", progress),
+        candidate_speed=measure_speed(candidate, spec, "candidate", progress),
+        pixels=list(zip(ref, cand, strict=True)),
     )
-    diffs = [
-        float(np.mean(np.abs(r.astype(np.int16) - c.astype(np.int16))))
-        for r, c in zip(ref, cand, strict=True)
-    ]
-    psnrs = [psnr(r, c) for r, c in zip(ref, cand, strict=True)]
-    finite = [p for p in psnrs if math.isfinite(p)]
-    mean_psnr = sum(finite) / len(finite) if finite else math.inf
-    result = Comparison(
-        images=len(ref),
-        mean_abs_diff=round(sum(diffs) / len(diffs), 4),
-        psnr_db=round(mean_psnr, 3) if math.isfinite(mean_psnr) else 999.0,
-        min_psnr_db=round(min(finite), 3) if finite else 999.0,
-    )
-    logger.info("candidate vs reference: %s", result)
-    return result
+    logger.info("candidate vs reference: %s; speed %s", comparison.aggregate(), comparison.speed())
+    return comparison

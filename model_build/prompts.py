@@ -7,7 +7,7 @@ from pathlib import Path
 
 from model_build.errors import BuildInputError
 
-SHIPPED = {"calibration": "calibration_prompts.txt"}
+SHIPPED = {"calibration": "calibration_prompts.txt", "eval": "eval_prompts.txt"}
 
 
 def load_prompts(name_or_path: str | Path) -> list[str]:

@@ -136,3 +136,112 @@ def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
     tok_dir.rmdir()
     logger.info("tiny LCM (%dx%d) written to %s", spec.image_size, spec.image_size, out_dir)
     return out_dir
+
+
+#: PNDMScheduler settings of the Stable Diffusion 1.5 base (stable-diffusion-v1-5).
+SD15_SCHEDULER: dict[str, Any] = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+#: The UNet projections an LCM-LoRA (and most SD LoRAs) adapt.
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def build_tiny_sd15(out_dir: Path, spec: TinySpec | None = None) -> Path:
+    """Write a tiny diffusers ``StableDiffusionPipeline`` (SD1.5 family) at ``out_dir``.
+
+    The base an LCM-LoRA is fused into: :func:`build_tiny`'s tokenizer, text encoder and
+    VAE (the same bytes for the same seed), its UNet architecture without
+    ``time_cond_proj_dim`` (plain SD1.5 takes no guidance embedding), and SD1.5's
+    PNDMScheduler. Deterministic: the same seed gives byte-identical files.
+    """
+    spec = spec or TinySpec()
+    out_dir = Path(out_dir)
+    scratch = out_dir / "_lcm_build"
+    # build_tiny checks the spec and makes the shared parts; only the UNet and the
+    # scheduler are SD1.5's own.
+    build_tiny(scratch, spec)
+    import torch
+    from diffusers import (
+        LatentConsistencyModelPipeline,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+
+    lcm: Any = LatentConsistencyModelPipeline.from_pretrained(str(scratch))
+    unet_config = {k: v for k, v in lcm.unet.config.items() if not k.startswith("_")}
+    unet_config["time_cond_proj_dim"] = None
+    torch.manual_seed(spec.seed + 1)
+    unet = UNet2DConditionModel.from_config(unet_config)
+    pipe: Any = StableDiffusionPipeline(
+        vae=lcm.vae,
+        text_encoder=lcm.text_encoder,
+        tokenizer=lcm.tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    del lcm, pipe
+    # The shared parts are build_tiny's own files: re-saving a loaded model would record
+    # the scratch path (``_name_or_path``) in its config and break byte-determinism.
+    import shutil
+
+    for part in ("text_encoder", "tokenizer", "vae"):
+        shutil.rmtree(out_dir / part)
+        (scratch / part).rename(out_dir / part)
+    shutil.rmtree(scratch)
+    logger.info("tiny SD1.5 (%dx%d) written to %s", spec.image_size, spec.image_size, out_dir)
+    return out_dir
+
+
+def build_tiny_lora(base_dir: Path, out_dir: Path, seed: int = 0, rank: int = 4) -> Path:
+    """Write a random LoRA for the UNet of ``base_dir`` (a :func:`build_tiny_sd15` folder).
+
+    The file is ``out_dir/pytorch_lora_weights.safetensors`` in diffusers' LoRA format, as
+    ``save_lora_weights`` writes it, adapting the attention projections
+    (:data:`LORA_TARGET_MODULES`). Both A and B are drawn from a seeded generator (peft's
+    default zero B would make the LoRA a no-op), so the same seed gives the same bytes.
+    """
+    if rank < 1:
+        raise BuildInputError(f"rank={rank} must be at least 1")
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    unet: Any = UNet2DConditionModel.from_pretrained(str(base_dir), subfolder="unet")
+    unet.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGET_MODULES),
+        )
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(unet.named_parameters()):
+            if ".lora_A." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) / param.shape[1] ** 0.5)
+            elif ".lora_B." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(out_dir), unet_lora_layers=layers, weight_name=LORA_WEIGHT_NAME
+    )
+    logger.info("tiny LoRA (rank %d, %d tensors) written to %s", rank, len(layers), out_dir)
+    return out_dir

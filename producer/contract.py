@@ -49,8 +49,8 @@ ALLOWED: dict[str, str] = {
     "prompt": f"a non-empty text of at most {PROMPT_MAX_CHARS} characters",
     "seed": f"an integer from 0 to {SEED_MAX} (default: random, recorded in the result)",
     "steps": f"an integer from {STEPS_MIN} to {STEPS_MAX} (LCM; default {STEPS_DEFAULT})",
-    "guidance_scale": f"a number from {GUIDANCE_MIN} to {GUIDANCE_MAX} "
-    f"(default {GUIDANCE_DEFAULT})",
+    "guidance_scale": f"a number from {GUIDANCE_MIN} to {GUIDANCE_MAX} (default: the model's, "
+    f"{GUIDANCE_DEFAULT} for an LCM, 1.0 for an SD1.5 + LCM-LoRA model)",
     "width": f"a multiple of {SIZE_MULTIPLE} from {SIZE_MIN} to {SIZE_MAX} that the worker's "
     "model serves (default: the model's size)",
     "height": f"a multiple of {SIZE_MULTIPLE} from {SIZE_MIN} to {SIZE_MAX} that the worker's "
@@ -79,7 +79,8 @@ class Job(BaseModel):
     prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
     seed: int = Field(default_factory=random_seed, ge=0, le=SEED_MAX)
     steps: int = Field(default=STEPS_DEFAULT, ge=STEPS_MIN, le=STEPS_MAX)
-    guidance_scale: float = Field(default=GUIDANCE_DEFAULT, ge=GUIDANCE_MIN, le=GUIDANCE_MAX)
+    #: None: the model's own (the worker records the value it used).
+    guidance_scale: float | None = Field(default=None, ge=GUIDANCE_MIN, le=GUIDANCE_MAX)
     width: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX)
     height: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX)
     num_images: int = Field(default=1, ge=IMAGES_MIN, le=IMAGES_MAX)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from model_build.errors import ManifestError
 from model_build.manifest import Manifest, read_manifest, verify_files
@@ -22,6 +24,19 @@ class ServedModel:
     manifest: Manifest
     width: int
     height: int
+    #: The guidance compiled in and used when a job sets none.
+    guidance_scale: float = 8.0
+    #: True for a UNet without a guidance embedding (SD1.5 + LCM-LoRA): classifier-free
+    #: guidance doubles its batch when guidance_scale > 1, so the compiled regime counts.
+    cfg: bool = False
+
+
+def _unet_config(path: Path) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = json.loads((path / "unet" / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}/unet/config.json is missing or unreadable: {e}") from e
+    return config
 
 
 def _major_minor(version: str | None) -> tuple[int, ...]:
@@ -50,6 +65,17 @@ def check_versions(manifest: Manifest) -> None:
         logger.warning("artifact built with openvino %s, worker runs %s", built, running)
 
 
+def check_quality(manifest: Manifest, path: Path) -> None:
+    """Refuse a candidate that failed model_build's quality gate without an operator override."""
+    quality = manifest.data.get("quality") or {}
+    if quality.get("passed") is False and not quality.get("override"):
+        raise ModelLoadError(
+            f"refusing to serve {path}: it failed the quality gate at build time "
+            f"({'; '.join(quality.get('failures') or [])}); rebuild it, or build it with "
+            "--accept-below-gate REASON to accept it on record"
+        )
+
+
 def verify_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
     """Read and verify the manifest at ``path``; raise ModelLoadError on any mismatch."""
     path = Path(path)
@@ -64,6 +90,7 @@ def verify_artifact(path: Path, width: int | None = None, height: int | None = N
     except ManifestError as e:
         raise ModelLoadError(f"refusing to serve {path}: {e}") from e
     check_versions(manifest)
+    check_quality(manifest, path)
     shape = manifest.shape
     w = width or shape.get("width")
     h = height or shape.get("height")
@@ -80,10 +107,14 @@ def verify_artifact(path: Path, width: int | None = None, height: int | None = N
             shape.get("width"),
             shape.get("height"),
         )
+    cfg = not _unet_config(path).get("time_cond_proj_dim")
+    guidance = float(shape.get("guidance_scale") or (1.0 if cfg else 8.0))
     logger.info(
         "artifact %s verified: %d files, manifest %s",
         path,
         len(manifest.files),
         manifest.sha256[:16],
     )
-    return ServedModel(path=path, manifest=manifest, width=int(w), height=int(h))
+    return ServedModel(
+        path=path, manifest=manifest, width=int(w), height=int(h), guidance_scale=guidance, cfg=cfg
+    )

@@ -1,7 +1,8 @@
 """``lcm-worker``: verify the artifact and storage, then run a Celery worker.
 
 All settings come from ``LCM_*`` environment variables (see worker/settings.py).
-Required: LCM_MODEL_DIR, LCM_S3_ACCESS_KEY_ID, LCM_S3_SECRET_ACCESS_KEY.
+Required: LCM_S3_ACCESS_KEY_ID, LCM_S3_SECRET_ACCESS_KEY, and one of LCM_MODEL_DIR (a folder)
+or LCM_MODEL (NAME@VERSION / NAME@latest published with `lcm-build publish`, or a folder).
 
     lcm-worker            verify, then serve until SIGTERM (the running job finishes first)
     lcm-worker --check    verify the artifact, storage and broker, then exit
@@ -50,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from worker import broker_guard, runtime
-    from worker.artifact import verify_artifact
     from worker.celery_app import configure
+    from worker.model_source import load_model
     from worker.storage import ObjectStore
 
     try:
-        model = verify_artifact(settings.model_dir, settings.width, settings.height)
+        model = load_model(settings)
         ObjectStore(settings).check_bucket()
     except WorkerError as e:
         print(f"lcm-worker: {e}", file=sys.stderr)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lcm-worker: broker {settings.redis_url} unreachable: {e}", file=sys.stderr)
             return 2
         print(
-            f"ok: {settings.model_dir} ({model.width}x{model.height}), "
+            f"ok: {model.path} ({model.width}x{model.height}), "
             f"bucket {settings.s3_bucket}, "
             f"broker {settings.redis_url}"
         )

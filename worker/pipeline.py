@@ -32,6 +32,8 @@ class ImagePipeline(Protocol):
 
     width: int
     height: int
+    guidance_scale: float
+    cfg: bool
 
     def generate(
         self, prompt: str, seed: int, steps: int, guidance_scale: float
@@ -48,6 +50,7 @@ class GenaiPipeline:
 
         self._ov_genai = ov_genai
         self.width, self.height = model.width, model.height
+        self.guidance_scale, self.cfg = model.guidance_scale, model.cfg
         config: dict[str, Any] = {}
         if cache_dir:
             config["CACHE_DIR"] = cache_dir
@@ -57,8 +60,9 @@ class GenaiPipeline:
         try:
             pipe = ov_genai.Text2ImagePipeline(str(model.path))
             # Batch 1: a job's N images are N seeded calls (genai 2026.4 breaks LCM when
-            # reshaped for num_images_per_prompt > 1). Guidance is an UNet input for LCM.
-            pipe.reshape(1, self.height, self.width, 8.0)
+            # reshaped for num_images_per_prompt > 1). For an LCM the guidance is an UNet
+            # input; for a CFG UNet it sets the batch (2 when guidance_scale > 1).
+            pipe.reshape(1, self.height, self.width, self.guidance_scale)
             pipe.compile(device, config=config)
         except Exception as e:
             raise ModelLoadError(f"could not compile {model.path} on {device}: {e}") from e

@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from producer.settings import ConnectionSettings
 
 
 class WorkerSettings(ConnectionSettings):
+    #: What this worker serves: NAME@VERSION or NAME@latest (published with `lcm-build
+    #: publish`, pulled from S3 into model_cache_dir) or an artifact folder. Exactly one of
+    #: model and model_dir is set.
+    model: str | None = None
     #: The artifact folder (built by lcm-build) this worker serves.
-    model_dir: Path
+    model_dir: Path | None = None
+    #: Where published models are downloaded to, as <name>/<version>/.
+    model_cache_dir: Path = Path.home() / ".cache" / "lcm-fleet" / "models"
     #: OpenVINO device: CPU, GPU, GPU.1, ...
     device: str = "CPU"
     #: OpenVINO compile cache; makes later start-ups fast. Empty string disables it.
@@ -47,6 +53,32 @@ class WorkerSettings(ConnectionSettings):
     retry_backoff_cap_s: float = Field(default=120.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _empty_model(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _model_source(self) -> WorkerSettings:
+        if (self.model is None) == (self.model_dir is None):
+            got = "both are set" if self.model is not None else "neither is set"
+            raise ValueError(
+                "set exactly one of LCM_MODEL (NAME@VERSION or NAME@latest from S3, or an "
+                f"artifact folder) and LCM_MODEL_DIR (an artifact folder); {got}"
+            )
+        if self.model is not None and "@" in self.model:
+            from model_build.registry import RegistryInputError, parse_ref
+
+            if not Path(self.model).expanduser().is_dir():
+                try:
+                    parse_ref(self.model)
+                except RegistryInputError as e:
+                    raise ValueError(
+                        f"LCM_MODEL={self.model!r} is neither an artifact folder nor a "
+                        f"published model: {e}"
+                    ) from e
+        return self
 
     @model_validator(mode="after")
     def _limits(self) -> WorkerSettings:

@@ -23,11 +23,14 @@ def test_int8_artifact_manifest(model_dirs):
     )
     assert q["samples"] == 40 and q["calibration"]["width"] == 128
     assert data["fake_quantize_count"] > 0
-    assert data["shape"] == {"width": 128, "height": 128, "batch": 1}
+    assert data["shape"] == {"width": 128, "height": 128, "batch": 1, "guidance_scale": 8.0}
+    assert data["model"]["guidance"] == "embedding"
     assert data["source"]["kind"] == "local" and len(data["source"]["content_sha256"]) == 64
     assert data["versions"]["nncf"] and data["versions"]["openvino"]
-    check = data["check_vs_fp32"]
-    assert check["images"] == 8 and check["psnr_db"] > 25
+    quality = data["quality"]
+    assert quality["passed"] is True and quality["override"] is None
+    assert quality["images"] == 40 and quality["psnr_db_mean"] > 25 and quality["ssim_mean"] > 0.9
+    assert data["speed"]["candidate"]["unet_s"] > 0 and data["speed"]["reference"]["pipeline_s"] > 0
     # Text encoder and VAE stay as exported; only the UNet changed.
     fp32 = read_manifest(model_dirs["fp32"]).files
     assert (

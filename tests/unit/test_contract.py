@@ -34,7 +34,7 @@ def test_random_seeds_differ():
         ("steps", 0, "from 1 to 8"),
         ("width", 513, "multiple of 8"),
         ("height", 32, "multiple of 8 from 64"),
-        ("guidance_scale", 0.5, "from 1.0 to 20.0"),
+        ("guidance_scale", 0.5, "from 1.0 to 20.0 (default: the model"),
         ("num_images", 9, "from 1 to 8"),
         ("seed", -1, f"from 0 to {SEED_MAX}"),
         ("seed", SEED_MAX + 1, f"from 0 to {SEED_MAX}"),

@@ -13,13 +13,18 @@ def artifact(tmp_path):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "openvino_model.bin").write_bytes(b"\x00" * 1000)
     (tmp_path / "unet" / "openvino_model.xml").write_text("<net/>")
+    (tmp_path / "unet" / "config.json").write_text('{"time_cond_proj_dim": 256}')
     write_manifest(tmp_path, {"shape": {"width": 128, "height": 96, "batch": 1}})
     return tmp_path
 
 
 def test_manifest_lists_every_file_with_hash(artifact):
     m = read_manifest(artifact)
-    assert set(m.files) == {"unet/openvino_model.bin", "unet/openvino_model.xml"}
+    assert set(m.files) == {
+        "unet/openvino_model.bin",
+        "unet/openvino_model.xml",
+        "unet/config.json",
+    }
     assert m.files["unet/openvino_model.bin"]["bytes"] == 1000
     assert len(m.sha256) == 64
     assert m.versions["openvino"]
@@ -71,3 +76,22 @@ def test_shape_from_manifest_or_settings(artifact):
     assert (verify_artifact(artifact).width, verify_artifact(artifact).height) == (128, 96)
     served = verify_artifact(artifact, 64, 64)
     assert (served.width, served.height) == (64, 64)
+
+
+def test_failed_quality_gate_is_refused_unless_overridden(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    failed = {"passed": False, "override": None, "failures": ["mean PSNR 10 dB < 20"]}
+    write_manifest(tmp_path, {"shape": {"width": 64, "height": 64}, "quality": failed})
+    with pytest.raises(ModelLoadError, match=r"failed the quality gate .*mean PSNR 10 dB"):
+        verify_artifact(tmp_path)
+    write_manifest(
+        tmp_path,
+        {"shape": {"width": 64, "height": 64}, "quality": {**failed, "override": "ok by eye"}},
+    )
+    assert verify_artifact(tmp_path).width == 64
+
+
+def test_guidance_regime_comes_from_the_unet(artifact):
+    served = verify_artifact(artifact)
+    assert (served.cfg, served.guidance_scale) == (False, 8.0)

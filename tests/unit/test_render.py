@@ -10,8 +10,9 @@ from worker.render import render
 class FakePipeline:
     """Deterministic stand-in for the genai pipeline: pixels derive from prompt and seed."""
 
-    def __init__(self, width=64, height=64):
+    def __init__(self, width=64, height=64, guidance_scale=8.0, cfg=False):
         self.width, self.height = width, height
+        self.guidance_scale, self.cfg = guidance_scale, cfg
         self.calls = []
 
     def generate(self, prompt, seed, steps, guidance_scale):
@@ -39,3 +40,25 @@ def test_size_defaults_to_compiled_and_mismatch_is_invalid():
     with pytest.raises(InvalidJob, match="serves 64x128"):
         render(Job(prompt="x", width=512, height=512), pipe)
     assert len(pipe.calls) == 1
+
+
+def test_guidance_defaults_to_the_model_and_is_recorded():
+    out = render(Job(prompt="x"), FakePipeline(guidance_scale=8.0))
+    assert out.guidance_scale == 8.0
+    pipe = FakePipeline(guidance_scale=1.0, cfg=True)
+    assert render(Job(prompt="x"), pipe).guidance_scale == 1.0
+    assert pipe.calls[0][3] == 1.0
+
+
+def test_embedding_model_takes_any_guidance():
+    assert render(Job(prompt="x", guidance_scale=3.0), FakePipeline()).guidance_scale == 3.0
+
+
+def test_cfg_model_refuses_the_other_guidance_regime():
+    with pytest.raises(
+        InvalidJob, match=r"field 'guidance_scale' got 3.0.*send a value exactly 1.0"
+    ):
+        render(Job(prompt="x", guidance_scale=3.0), FakePipeline(guidance_scale=1.0, cfg=True))
+    with pytest.raises(InvalidJob, match=r"got 1.0.*send a value above 1.0"):
+        render(Job(prompt="x", guidance_scale=1.0), FakePipeline(guidance_scale=2.0, cfg=True))
+    assert render(Job(prompt="x", guidance_scale=1.5), FakePipeline(guidance_scale=2.0, cfg=True))

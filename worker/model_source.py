@@ -1,0 +1,75 @@
+"""Where the worker's artifact comes from: a local folder, or a published version from S3.
+
+``LCM_MODEL_DIR=FOLDER`` or ``LCM_MODEL=FOLDER`` serve that folder. ``LCM_MODEL=NAME@VERSION``
+or ``NAME@latest`` pulls the version published with ``lcm-build publish`` into
+``LCM_MODEL_CACHE_DIR/<name>/<version>/`` once (model_build.registry.pull). Either way the
+folder is verified (every file's size and sha256, the format and OpenVINO versions) before
+the worker serves it; a damaged cached copy is refused with the folder to delete.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from model_build.registry import RegistryError, RegistryInputError, looks_like_ref, pull
+from producer.s3 import s3_client
+from worker.artifact import ServedModel, verify_artifact
+from worker.errors import ModelLoadError
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def is_published_ref(value: str) -> bool:
+    """``NAME@TAG`` that is not an existing folder."""
+    return not Path(value).expanduser().is_dir() and looks_like_ref(value)
+
+
+def local_model_dir(settings: WorkerSettings) -> Path:
+    """The artifact folder to verify and serve, pulled from S3 first when LCM_MODEL is a ref."""
+    if settings.model_dir is not None:
+        return Path(settings.model_dir)
+    value = settings.model
+    if value is None:
+        raise ModelLoadError(
+            "set LCM_MODEL (NAME@VERSION, NAME@latest or a folder) or LCM_MODEL_DIR"
+        )
+    if not is_published_ref(value):
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"LCM_MODEL={value!r} is neither an artifact folder nor a published model: "
+                "set it to NAME@VERSION or NAME@latest (see `lcm-build list`) or to a folder "
+                "built with `lcm-build build`"
+            )
+        return path
+    where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}models/"
+    client = s3_client(
+        settings,
+        settings.s3_access_key_id.get_secret_value(),
+        settings.s3_secret_access_key.get_secret_value(),
+    )
+    try:
+        path = pull(value, settings.model_cache_dir, client, settings.s3_bucket, settings.s3_prefix)
+    except RegistryInputError as e:
+        raise ModelLoadError(f"LCM_MODEL={value!r}: {e}") from e
+    except RegistryError as e:
+        raise ModelLoadError(f"cannot pull LCM_MODEL={value!r} from {where}: {e}") from e
+    logger.info("LCM_MODEL=%s is %s", value, path)
+    return path
+
+
+def load_model(settings: WorkerSettings) -> ServedModel:
+    """Pull if needed, then verify the folder; raise ModelLoadError saying how to fix it."""
+    path = local_model_dir(settings)
+    try:
+        return verify_artifact(path, settings.width, settings.height)
+    except ModelLoadError as e:
+        if settings.model is not None and is_published_ref(settings.model):
+            raise ModelLoadError(
+                f"{e} This is the cached download of LCM_MODEL={settings.model}: delete the "
+                f"folder {path} (rm -rf '{path}') and start the worker again to download it "
+                "afresh."
+            ) from e
+        raise
