@@ -38,6 +38,7 @@ from model_build.manifest import (
     sha256_file,
     write_manifest,
 )
+from model_build.progress import peak_rss_gib
 from model_build.prompts import load_prompts
 from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
 
@@ -71,6 +72,8 @@ class BuildResult:
     quality: dict[str, Any] | None = None
     gate: GateResult | None = None
     durations_s: dict[str, float] = field(default_factory=dict)
+    #: Peak resident memory of the build process (all stages so far).
+    peak_rss_gib: float = 0.0
 
 
 def describe_source(source: str, revision: str) -> dict[str, Any]:
@@ -118,11 +121,12 @@ def export_artifact(
     revision: str = "main",
     overwrite: bool = False,
     source_record: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> BuildResult:
     """Stage 1: source -> full-precision (fp32) IR artifact with its manifest (the reference)."""
     check_source(source)
     t0 = time.perf_counter()
-    export_ir(source, out_dir, revision=revision, overwrite=overwrite)
+    export_ir(source, out_dir, revision=revision, overwrite=overwrite, progress=progress)
     size = native_size(out_dir)
     shape = {"width": size, "height": size, "batch": 1, "guidance_scale": default_guidance(out_dir)}
     write_manifest(
@@ -148,6 +152,7 @@ def export_artifact(
         precision="fp32",
         shape=shape,
         durations_s={"export": round(time.perf_counter() - t0, 3)},
+        peak_rss_gib=peak_rss_gib(),
     )
 
 
@@ -367,6 +372,7 @@ def quantize_artifact(
                 "failures": gate.failures,
             },
             "speed": record["speed"],
+            "build": {"durations_s": durations, "peak_rss_gib": peak_rss_gib()},
             "shape": shape,
             "model": _model_info(ir_dir),
         },
@@ -381,6 +387,7 @@ def quantize_artifact(
         quality=record,
         gate=gate,
         durations_s=durations,
+        peak_rss_gib=peak_rss_gib(),
     )
     if not gate.accepted:
         raise QualityGateFailed(
@@ -411,7 +418,12 @@ def build_artifact(
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".fp32")
     exported = export_artifact(
-        source, work_dir, revision=revision, overwrite=overwrite, source_record=source_record
+        source,
+        work_dir,
+        revision=revision,
+        overwrite=overwrite,
+        source_record=source_record,
+        progress=progress,
     )
     result = quantize_artifact(
         work_dir,

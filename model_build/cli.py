@@ -188,6 +188,7 @@ def _summary(result) -> None:
             )
         )
         rows["contact sheet"] = str(result.artifact / "contact_sheet.png")
+    rows["peak memory"] = f"{result.peak_rss_gib} GiB RSS (build process)"
     for stage, seconds in result.durations_s.items():
         rows[f"{stage} s"] = f"{seconds:.1f}"
     width = max(len(k) for k in rows)

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from model_build.errors import BuildInputError, ExportError
+from model_build.progress import elapsed_bar
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,12 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> Path:
 
 
 def export_ir(
-    source: str, out_dir: Path, *, revision: str = "main", overwrite: bool = False
+    source: str,
+    out_dir: Path,
+    *,
+    revision: str = "main",
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Export ``source`` to full-precision (fp32) OpenVINO IR in ``out_dir``."""
     check_source(source)
@@ -76,7 +82,7 @@ def export_ir(
 
     logger.info("exporting %s to OpenVINO IR (fp32) in %s", source, out_dir)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), elapsed_bar(f"export {source}", progress):
             # Tracing warns about every data-dependent branch of the diffusers models.
             warnings.simplefilter("ignore")
             main_export(

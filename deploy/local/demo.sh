@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The offline demo, end to end on real parts:
-#   set up .venv -> build the tiny LCM -> export to OpenVINO IR -> NNCF INT8 UNet ->
-#   start Redis (if none answers) and S3 (SeaweedFS) -> start one worker ->
+#   set up .venv -> build the tiny LCM -> export to OpenVINO IR -> NNCF INT8 UNet and quality
+#   gate -> start Redis (if none answers) and S3 (SeaweedFS) -> publish the artifact ->
+#   start one worker that pulls it by name@latest ->
 #   submit jobs -> print where the PNGs are, with per-stage timings.
 # Usage: bash deploy/local/demo.sh     (LCM_DEMO_KEEP=1 leaves worker and S3 running)
 set -euo pipefail
@@ -29,7 +30,13 @@ else
   lcm-build build "$MODELS/tiny" "$ARTIFACT" --samples 200
 fi
 
-export LCM_MODEL_DIR=$ROOT/$ARTIFACT
+say "publishing the artifact to S3 (its version is a content hash; 'latest' moves last)"
+lcm-build publish "$ARTIFACT" tiny --no-progress
+lcm-build list tiny
+
+# The worker pulls tiny@latest into its cache and checks every sha256 before it serves.
+export LCM_MODEL=tiny@latest
+export LCM_MODEL_CACHE_DIR=$ROOT/var/model-cache
 export LCM_CACHE_DIR=$ROOT/var/ov-cache
 export LCM_QUEUE=lcm.demo
 WORKER_LOG=$DEMO/worker.log
