@@ -13,7 +13,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.backoff import Backoff, call_with_backoff
-from producer.contract import TASK_RENDER, Job, JobResult, parse_job
+from producer.contract import (
+    HEADER_SUBMITTED_AT,
+    TASK_RENDER,
+    Job,
+    JobResult,
+    parse_job,
+    queue_for,
+)
 from producer.errors import InvalidJob, JobFailed, JobTimeout, SubmitError
 from producer.queue import cached_client
 from producer.settings import ProducerSettings
@@ -85,12 +92,15 @@ def submit_job(
         attempts=settings.publish_attempts,
     )
 
+    target = queue or queue_for(job, settings.queue)
+
     def publish() -> None:
         client.send_task(
             TASK_RENDER,
             args=[job.model_dump(mode="json")],
             task_id=job.job_id,
-            queue=queue or settings.queue,
+            queue=target,
+            headers={HEADER_SUBMITTED_AT: time.time()},
             retry=False,
         )
 
@@ -104,7 +114,13 @@ def submit_job(
             f"after {backoff.attempts} attempts: {e}; "
             "check LCM_REDIS_URL and that Redis is running"
         ) from e
-    logger.info("submitted job %s (%d image(s), seed %d)", job.job_id, job.num_images, job.seed)
+    logger.info(
+        "submitted job %s to %s (%d image(s), seed %d)",
+        job.job_id,
+        target,
+        job.num_images,
+        job.seed,
+    )
     return JobHandle(job, job.job_id, client)
 
 

@@ -13,14 +13,24 @@ import secrets
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from producer.errors import InvalidJob
 
 #: Celery task name of a render job. Producers send by name; they never import the worker.
 TASK_RENDER = "lcm_fleet.render"
-#: Default queue of render jobs.
+#: Default queue of render jobs. Jobs that name a size go to that size's queue,
+#: ``lcm.render.512x512``, which only workers compiled for that size consume.
 QUEUE_RENDER = "lcm.render"
+#: Message header with the submit time (Unix seconds), for the queue-wait measurement.
+HEADER_SUBMITTED_AT = "lcm_submitted_at"
 
 #: Celery settings that producers and workers must share.
 WIRE_CONFIG: dict[str, Any] = {
@@ -99,11 +109,33 @@ class Job(BaseModel):
             raise ValueError(f"{value} is not a multiple of {SIZE_MULTIPLE}")
         return value
 
+    @model_validator(mode="after")
+    def _size_pair(self) -> Job:
+        if (self.width is None) != (self.height is None):
+            raise ValueError(
+                "field 'width'/'height': give both or neither (neither: the model's size)"
+            )
+        return self
+
     def image_seed(self, index: int) -> int:
         return (self.seed + index) % (SEED_MAX + 1)
 
 
+def size_queue(base: str, width: int, height: int) -> str:
+    """The queue of one size class, served only by workers compiled for that size."""
+    return f"{base}.{width}x{height}"
+
+
+def queue_for(job: Job, base: str) -> str:
+    """Jobs without a size go to ``base`` (any worker); sized jobs to their size class."""
+    if job.width is None or job.height is None:
+        return base
+    return size_queue(base, job.width, job.height)
+
+
 def _describe(error: dict[str, Any]) -> str:
+    if not error.get("loc"):  # a rule across fields; its message names them
+        return str(error.get("msg", "invalid job")).removeprefix("Value error, ")
     loc = ".".join(str(part) for part in error.get("loc", ())) or "job"
     field = str(error["loc"][0]) if error.get("loc") else ""
     if error.get("type") == "missing":
@@ -111,7 +143,8 @@ def _describe(error: dict[str, Any]) -> str:
     elif error.get("type") == "extra_forbidden":
         return f"field '{loc}' is not part of a job; known fields: {', '.join(Job.model_fields)}"
     else:
-        problem = f"got {error.get('input')!r}: {error.get('msg', 'invalid')}"
+        msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problem = f"got {error.get('input')!r}: {msg}"
     allowed = ALLOWED.get(field)
     return f"field '{loc}' {problem}" + (f"; allowed: {allowed}" if allowed else "")
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 
 from pydantic import ValidationError
 
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.metrics_port and not args.check:
+        # Before anything imports prometheus_client: the prefork children write their
+        # samples here and this (parent) process serves the sum.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lcm-worker-metrics-")
 
     from worker import broker_guard, runtime
     from worker.celery_app import configure
@@ -77,14 +83,38 @@ def main(argv: list[str] | None = None) -> int:
             f"broker {settings.redis_url}"
         )
         return 0
+    rt = runtime.current()
+    if settings.metrics_port:
+        from worker import metrics
+
+        try:
+            metrics.serve(
+                settings.metrics_port,
+                settings.metrics_addr,
+                settings.redis_url,
+                rt.queues,
+                {
+                    "unit": settings.unit,
+                    "device": settings.device,
+                    "model_manifest_sha256": model.manifest.sha256,
+                    "shape": f"{model.width}x{model.height}",
+                },
+            )
+        except OSError as e:
+            print(
+                f"lcm-worker: cannot serve metrics on {settings.metrics_addr}:"
+                f"{settings.metrics_port}: {e}; set LCM_METRICS_PORT to a free port, or 0",
+                file=sys.stderr,
+            )
+            return 2
     app.worker_main(
         [
             "worker",
             "--pool=prefork",
             f"--concurrency={settings.concurrency}",
             f"--loglevel={settings.log_level}",
-            f"--queues={settings.queue}",
-            "--hostname=lcm-worker@%h",
+            f"--queues={','.join(rt.queues)}",
+            f"--hostname=lcm-worker-{settings.unit}@%h",
             "--without-gossip",
             "--without-mingle",
         ]

@@ -45,7 +45,15 @@ class ImagePipeline(Protocol):
 class GenaiPipeline:
     """openvino.genai Text2ImagePipeline, batch 1, compiled for one static size."""
 
-    def __init__(self, model: ServedModel, device: str, cache_dir: str, precision: str) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        device: str,
+        cache_dir: str,
+        precision: str,
+        cpu_threads: int | None = None,
+        cpu_pinning: bool | None = None,
+    ) -> None:
         import openvino_genai as ov_genai
 
         self._ov_genai = ov_genai
@@ -56,6 +64,11 @@ class GenaiPipeline:
             config["CACHE_DIR"] = cache_dir
         if precision != "default":
             config["INFERENCE_PRECISION_HINT"] = precision
+        if device.startswith("CPU"):
+            if cpu_threads:
+                config["INFERENCE_NUM_THREADS"] = cpu_threads
+            if cpu_pinning is not None:
+                config["ENABLE_CPU_PINNING"] = cpu_pinning
         t0 = time.perf_counter()
         try:
             pipe = ov_genai.Text2ImagePipeline(str(model.path))

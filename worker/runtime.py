@@ -31,6 +31,14 @@ class Runtime:
     _redis: Any = None
 
     @property
+    def queues(self) -> list[str]:
+        """The default queue, and the size-class queue of this worker's compiled shape."""
+        from producer.contract import size_queue
+
+        base = self.settings.queue
+        return [base, size_queue(base, self.model.width, self.model.height)]
+
+    @property
     def name(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -41,6 +49,8 @@ class Runtime:
                 self.settings.device,
                 self.settings.cache_dir,
                 self.settings.inference_precision,
+                cpu_threads=self.settings.cpu_threads,
+                cpu_pinning=self.settings.cpu_pinning,
             )
         )
 
@@ -82,7 +92,10 @@ def load_in_child() -> None:
     runtime._store = None
     runtime._redis = None
     try:
-        runtime.pipeline()
+        pipeline = runtime.pipeline()
+        from worker import metrics
+
+        metrics.COMPILE_SECONDS.set(getattr(pipeline, "compile_s", 0.0))
     except Exception:
         logger.exception(
             "worker process %d could not load its pipeline; stopping the worker", os.getpid()

@@ -54,6 +54,17 @@ class WorkerSettings(ConnectionSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    #: Prometheus /metrics port of this worker (0: off); lcm-fleet gives each unit its own.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: Address the metrics server binds; 0.0.0.0 where Prometheus scrapes from elsewhere.
+    metrics_addr: str = "127.0.0.1"
+    #: OpenVINO CPU threads (INFERENCE_NUM_THREADS); None: all cores this process may use.
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)
+    #: OpenVINO CPU thread pinning (ENABLE_CPU_PINNING); None: OpenVINO's default.
+    cpu_pinning: bool | None = None
+    #: A name for this worker (lcm-fleet sets one per unit, e.g. cpu0 or gpu1).
+    unit: str = "main"
+
     @field_validator("model", mode="before")
     @classmethod
     def _empty_model(cls, value: object) -> object:

@@ -25,6 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TEST_S3_PORT = int(os.environ.get("LCM_TEST_S3_PORT", "18333"))
 TEST_REDIS_URL = os.environ.get("LCM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+METRICS_PORT = int(os.environ.get("LCM_TEST_METRICS_PORT", "19464"))
 
 
 def load_services() -> Any:
@@ -119,6 +120,7 @@ def worker_env(
         LCM_RETRY_BACKOFF_BASE_S="1",
         LCM_RETRY_BACKOFF_CAP_S="2",
         LCM_TASK_MAX_RETRIES="6",
+        LCM_METRICS_PORT="0",
     )
     # Build-only packages cannot be imported in the worker (see worker_site/sitecustomize.py).
     env["PYTHONPATH"] = str(Path(__file__).parent / "worker_site")
@@ -165,9 +167,10 @@ def worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerProcess]:
     tmp = tmp_path_factory.mktemp("worker")
-    proc = start_worker(
-        worker_env(service_env, model_dirs["int8"], tmp, queue_name), tmp / "worker.log"
+    env = worker_env(
+        service_env, model_dirs["int8"], tmp, queue_name, LCM_METRICS_PORT=str(METRICS_PORT)
     )
+    proc = start_worker(env, tmp / "worker.log")
     yield proc
     stop_worker(proc)
 

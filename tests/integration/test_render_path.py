@@ -46,6 +46,7 @@ def test_job_produces_pngs_whose_metadata_match_the_job(
     assert [i.seed for i in result.images] == [1234, 1235]
     assert {"text_encoder", "unet", "vae", "encode", "upload", "total"} <= set(result.durations_s)
     assert result.durations_s["unet"] > 0 and result.durations_s["total"] > 0
+    assert 0 <= result.durations_s["queue_wait"] < 60
     for image in result.images:
         assert image.key == image_key("", h.job_id, image.index)
         data = _get(s3, producer_settings, image.key)
@@ -115,10 +116,24 @@ def test_invalid_job_is_refused_at_submit(worker, producer_settings):
     assert r.llen(producer_settings.queue) == before
 
 
-def test_size_the_model_does_not_serve_fails_once_with_reason(worker, producer_settings):
+def test_sized_jobs_go_to_their_size_class(worker, producer_settings):
+    r = redis.Redis.from_url(producer_settings.redis_url)
+    served = submit("a cat", settings=producer_settings, width=128, height=128, seed=2)
+    assert served.wait(60).width == 128  # the worker consumes its own size class
+    other = f"{producer_settings.queue}.256x256"
     h = submit("a cat", settings=producer_settings, width=256, height=256)
+    time.sleep(1.0)
+    assert r.llen(other) == 1 and h.state == "PENDING"  # waits for a 256x256 worker
+    r.delete(other)
+
+
+def test_size_the_model_does_not_serve_fails_once_with_reason(worker, producer_settings):
+    client = make_client(producer_settings)
+    task_id = f"size-{uuid.uuid4().hex[:8]}"
+    job = {"prompt": "a cat", "width": 256, "height": 256}
+    client.send_task(TASK_RENDER, args=[job], task_id=task_id, queue=producer_settings.queue)
     with pytest.raises(JobFailed, match="serves 128x128"):
-        h.wait(60)
+        handle(task_id, producer_settings).wait(60)
 
 
 @pytest.mark.parametrize(

@@ -91,3 +91,16 @@ def test_key_layout_is_deterministic():
 def test_prefix_rejects_odd_characters():
     with pytest.raises(ValueError, match="may hold only"):
         normalise_prefix("a b")
+
+
+def test_width_and_height_come_together():
+    with pytest.raises(InvalidJob, match=r"field 'width'/'height': give both or neither"):
+        parse_job({"prompt": "x", "width": 512})
+
+
+def test_sized_jobs_go_to_their_size_class_queue():
+    from producer.contract import queue_for
+
+    assert queue_for(parse_job({"prompt": "x"}), "lcm.render") == "lcm.render"
+    sized = parse_job({"prompt": "x", "width": 512, "height": 768})
+    assert queue_for(sized, "lcm.render") == "lcm.render.512x768"

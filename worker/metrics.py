@@ -1,0 +1,107 @@
+"""Prometheus metrics of one worker: stage histograms, jobs by outcome, queue depth.
+
+Celery's prefork children render; the parent serves ``/metrics``. The children write
+their samples to ``PROMETHEUS_MULTIPROC_DIR`` (set by ``lcm-worker`` before anything
+imports prometheus_client), and the parent aggregates them, plus the queue depths it
+reads from Redis at each scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("queue_wait", "text_encoder", "unet", "vae", "render", "encode", "upload", "total")
+OUTCOMES = ("succeeded", "invalid", "failed", "retried", "abandoned")
+
+STAGE_SECONDS = Histogram(
+    "lcm_job_stage_seconds",
+    "Seconds per job stage",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320),
+)
+JOBS = Counter("lcm_jobs_total", "Jobs finished, by outcome", ["outcome"])
+IMAGES = Counter("lcm_images_total", "Images rendered and stored")
+COMPILE_SECONDS = Gauge(
+    "lcm_pipeline_compile_seconds",
+    "Seconds to load and compile the pipeline",
+    multiprocess_mode="max",
+)
+
+
+def observe_job(durations_s: dict[str, float], images: int) -> None:
+    for stage, seconds in durations_s.items():
+        if stage in STAGES:
+            STAGE_SECONDS.labels(stage=stage).observe(seconds)
+    JOBS.labels(outcome="succeeded").inc()
+    IMAGES.inc(images)
+
+
+def count_outcome(outcome: str) -> None:
+    JOBS.labels(outcome=outcome).inc()
+
+
+class QueueDepthCollector:
+    """``lcm_queue_depth{queue}``: messages waiting in each queue this worker consumes."""
+
+    def __init__(self, redis_url: str, queues: Iterable[str]) -> None:
+        self.redis_url = redis_url
+        self.queues = list(queues)
+        self._client: Any = None
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "lcm_queue_depth", "Messages waiting in the queue", labels=["queue"]
+        )
+        try:
+            if self._client is None:
+                import redis
+
+                self._client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
+            for queue in self.queues:
+                family.add_metric([queue], float(self._client.llen(queue)))
+        except Exception as e:  # a scrape must not fail because Redis is briefly away
+            logger.warning("queue depth unavailable: %s", e)
+        yield family
+
+
+def serve(port: int, addr: str, redis_url: str, queues: list[str], info: dict[str, str]) -> None:
+    """Serve /metrics from this (parent) process."""
+    import os
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    registry.register(QueueDepthCollector(redis_url, queues))
+
+    class Info:
+        def collect(self) -> Iterator[Any]:
+            family = GaugeMetricFamily(
+                "lcm_worker_info", "What this worker serves", labels=list(info)
+            )
+            family.add_metric(list(info.values()), 1.0)
+            yield family
+
+    registry.register(Info())
+    start_http_server(port, addr=addr, registry=registry)
+    logger.info("metrics on http://%s:%d/metrics", addr, port)
+
+
+def mark_dead(pid: int) -> None:
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
