@@ -42,6 +42,13 @@ class ImagePipeline(Protocol):
         ...
 
 
+def compile_devices(device: str, text_encoder_device: str | None) -> tuple[str, ...]:
+    """genai's compile takes one device, or (text encoder, denoiser, VAE) devices."""
+    if text_encoder_device and text_encoder_device != device:
+        return (text_encoder_device, device, device)
+    return (device,)
+
+
 class GenaiPipeline:
     """openvino.genai Text2ImagePipeline, batch 1, compiled for one static size."""
 
@@ -53,6 +60,7 @@ class GenaiPipeline:
         precision: str,
         cpu_threads: int | None = None,
         cpu_pinning: bool | None = None,
+        text_encoder_device: str | None = None,
     ) -> None:
         import openvino_genai as ov_genai
 
@@ -76,7 +84,7 @@ class GenaiPipeline:
             # reshaped for num_images_per_prompt > 1). For an LCM the guidance is an UNet
             # input; for a CFG UNet it sets the batch (2 when guidance_scale > 1).
             pipe.reshape(1, self.height, self.width, self.guidance_scale)
-            pipe.compile(device, config=config)
+            pipe.compile(*compile_devices(device, text_encoder_device), config=config)
         except Exception as e:
             raise ModelLoadError(f"could not compile {model.path} on {device}: {e}") from e
         self._pipe = pipe

@@ -51,6 +51,7 @@ class Runtime:
                 self.settings.inference_precision,
                 cpu_threads=self.settings.cpu_threads,
                 cpu_pinning=self.settings.cpu_pinning,
+                text_encoder_device=self.settings.text_encoder_device,
             )
         )
 

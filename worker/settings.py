@@ -58,6 +58,8 @@ class WorkerSettings(ConnectionSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     #: Address the metrics server binds; 0.0.0.0 where Prometheus scrapes from elsewhere.
     metrics_addr: str = "127.0.0.1"
+    #: Device of the text encoder when it differs from LCM_DEVICE (e.g. CPU beside a GPU).
+    text_encoder_device: str | None = None
     #: OpenVINO CPU threads (INFERENCE_NUM_THREADS); None: all cores this process may use.
     cpu_threads: int | None = Field(default=None, ge=1, le=1024)
     #: OpenVINO CPU thread pinning (ENABLE_CPU_PINNING); None: OpenVINO's default.
