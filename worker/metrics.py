@@ -16,7 +16,17 @@ from prometheus_client import Counter, Gauge, Histogram
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("queue_wait", "text_encoder", "unet", "vae", "render", "encode", "upload", "total")
+STAGES = (
+    "queue_wait",
+    "text_encoder",
+    "unet",
+    "vae",
+    "render",
+    "encode",
+    "upload",
+    "store_wait",
+    "total",
+)
 OUTCOMES = ("succeeded", "invalid", "failed", "retried", "abandoned")
 
 STAGE_SECONDS = Histogram(

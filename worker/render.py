@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,12 @@ def check_inputs(job: Job, pipeline: ImagePipeline) -> tuple[int, int, float]:
     return width, height, guidance
 
 
-def render(job: Job, pipeline: ImagePipeline) -> Rendered:
+def render(
+    job: Job,
+    pipeline: ImagePipeline,
+    on_image: Callable[[RenderedImage, float], None] | None = None,
+) -> Rendered:
+    """Render every image of ``job``; ``on_image(image, guidance)`` sees each one at once."""
     width, height, guidance = check_inputs(job, pipeline)
     images: list[RenderedImage] = []
     totals = {"text_encoder": 0.0, "unet": 0.0, "vae": 0.0}
@@ -61,7 +67,10 @@ def render(job: Job, pipeline: ImagePipeline) -> Rendered:
         totals["text_encoder"] += times.text_encoder_s
         totals["unet"] += times.unet_s
         totals["vae"] += times.vae_s
-        images.append(RenderedImage(index=index, seed=seed, pixels=pixels))
+        image = RenderedImage(index=index, seed=seed, pixels=pixels)
+        images.append(image)
+        if on_image is not None:
+            on_image(image, guidance)
     totals["render"] = time.perf_counter() - t0
     return Rendered(
         job=job,

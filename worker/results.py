@@ -1,24 +1,52 @@
-"""Store a rendered job: PNGs with metadata, then ``result.json``, under deterministic keys."""
+"""Store a job's images and ``result.json`` under deterministic keys.
+
+``ResultWriter`` encodes and uploads each image as soon as it is rendered, on a
+background thread when given an executor, so image ``i`` is encoded and uploaded
+while image ``i + 1`` renders (openvino.genai releases the GIL while it generates).
+``finish`` waits for every upload to be verified before it writes ``result.json``;
+the task returns, and the job is acknowledged, only after that.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 
-from producer.contract import ImageRecord, JobResult, image_key, result_key
+from producer.contract import ImageRecord, Job, JobResult, image_key, result_key
 from worker.png import encode_png, image_metadata
-from worker.render import Rendered
+from worker.render import Rendered, RenderedImage
 from worker.storage import ObjectStore
 
 
-def store_result(
-    rendered: Rendered, store: ObjectStore, *, prefix: str, model_manifest_sha256: str, worker: str
-) -> JobResult:
-    job = rendered.job
-    encode_s = upload_s = 0.0
-    records: list[ImageRecord] = []
-    for image in rendered.images:
+@dataclass(frozen=True)
+class _Stored:
+    record: ImageRecord
+    encode_s: float
+    upload_s: float
+
+
+class ResultWriter:
+    def __init__(
+        self,
+        store: ObjectStore,
+        job: Job,
+        *,
+        prefix: str,
+        model_manifest_sha256: str,
+        worker: str,
+        executor: Executor | None = None,
+    ) -> None:
+        self.store, self.job, self.prefix = store, job, prefix
+        self.model_manifest_sha256, self.worker = model_manifest_sha256, worker
+        self.executor = executor
+        self._pending: list[Future[_Stored]] = []
+
+    def _encode_upload(self, image: RenderedImage, guidance_scale: float) -> _Stored:
+        job = self.job
+        height, width = image.pixels.shape[:2]
         t0 = time.perf_counter()
         data = encode_png(
             image.pixels,
@@ -28,45 +56,81 @@ def store_result(
                 prompt=job.prompt,
                 seed=image.seed,
                 steps=job.steps,
-                guidance_scale=rendered.guidance_scale,
-                width=rendered.width,
-                height=rendered.height,
-                model_manifest_sha256=model_manifest_sha256,
+                guidance_scale=guidance_scale,
+                width=width,
+                height=height,
+                model_manifest_sha256=self.model_manifest_sha256,
             ),
         )
         t1 = time.perf_counter()
-        key = image_key(prefix, job.job_id, image.index)
-        store.put(key, data, "image/png")
-        t2 = time.perf_counter()
-        encode_s += t1 - t0
-        upload_s += t2 - t1
-        records.append(
-            ImageRecord(
-                index=image.index,
-                seed=image.seed,
-                key=key,
-                uri=store.uri(key),
-                sha256=hashlib.sha256(data).hexdigest(),
-                bytes=len(data),
-            )
+        key = image_key(self.prefix, job.job_id, image.index)
+        self.store.put(key, data, "image/png")
+        record = ImageRecord(
+            index=image.index,
+            seed=image.seed,
+            key=key,
+            uri=self.store.uri(key),
+            sha256=hashlib.sha256(data).hexdigest(),
+            bytes=len(data),
         )
-    durations = {k: round(v, 4) for k, v in rendered.durations_s.items()}
-    durations["encode"] = round(encode_s, 4)
-    durations["upload"] = round(upload_s, 4)
-    result = JobResult(
-        job_id=job.job_id,
-        prompt=job.prompt,
-        steps=job.steps,
-        guidance_scale=rendered.guidance_scale,
-        width=rendered.width,
-        height=rendered.height,
-        images=records,
+        return _Stored(record, t1 - t0, time.perf_counter() - t1)
+
+    def add(self, image: RenderedImage, guidance_scale: float) -> None:
+        """Encode and upload one image (in the background when there is an executor)."""
+        if self.executor is None:
+            done: Future[_Stored] = Future()
+            done.set_result(self._encode_upload(image, guidance_scale))
+            self._pending.append(done)
+        else:
+            self._pending.append(self.executor.submit(self._encode_upload, image, guidance_scale))
+
+    def abandon(self) -> None:
+        """After a failed render: let started uploads end (a retry overwrites them)."""
+        for future in self._pending:
+            future.cancel()
+            if not future.cancelled():
+                future.exception()
+
+    def finish(self, rendered: Rendered) -> JobResult:
+        """Wait for every image's verified upload, then write result.json."""
+        t0 = time.perf_counter()
+        stored = [future.result() for future in self._pending]
+        waited = time.perf_counter() - t0
+        durations = {k: round(v, 4) for k, v in rendered.durations_s.items()}
+        durations["encode"] = round(sum(s.encode_s for s in stored), 4)
+        durations["store_wait"] = round(waited, 4)
+        job = self.job
+        result = JobResult(
+            job_id=job.job_id,
+            prompt=job.prompt,
+            steps=job.steps,
+            guidance_scale=rendered.guidance_scale,
+            width=rendered.width,
+            height=rendered.height,
+            images=[s.record for s in sorted(stored, key=lambda s: s.record.index)],
+            model_manifest_sha256=self.model_manifest_sha256,
+            durations_s=durations,
+            worker=self.worker,
+        )
+        t1 = time.perf_counter()
+        body = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+        self.store.put(result_key(self.prefix, job.job_id), body, "application/json")
+        upload = sum(s.upload_s for s in stored) + time.perf_counter() - t1
+        result.durations_s["upload"] = round(upload, 4)
+        return result
+
+
+def store_result(
+    rendered: Rendered, store: ObjectStore, *, prefix: str, model_manifest_sha256: str, worker: str
+) -> JobResult:
+    """Store an already rendered job, one image after the other."""
+    writer = ResultWriter(
+        store,
+        rendered.job,
+        prefix=prefix,
         model_manifest_sha256=model_manifest_sha256,
-        durations_s=durations,
         worker=worker,
     )
-    t0 = time.perf_counter()
-    body = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True).encode()
-    store.put(result_key(prefix, job.job_id), body, "application/json")
-    result.durations_s["upload"] = round(upload_s + time.perf_counter() - t0, 4)
-    return result
+    for image in rendered.images:
+        writer.add(image, rendered.guidance_scale)
+    return writer.finish(rendered)

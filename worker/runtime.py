@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ class Runtime:
     model: ServedModel
     _store: ObjectStore | None = None
     _redis: Any = None
+    _uploads: ThreadPoolExecutor | None = None
 
     @property
     def queues(self) -> list[str]:
@@ -59,6 +61,12 @@ class Runtime:
         if self._store is None:
             self._store = ObjectStore(self.settings)
         return self._store
+
+    def uploads(self) -> ThreadPoolExecutor:
+        """One background thread per process that encodes and uploads finished images."""
+        if self._uploads is None:
+            self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcm-upload")
+        return self._uploads
 
     def redis(self) -> Any:
         if self._redis is None:
@@ -92,6 +100,7 @@ def load_in_child() -> None:
     runtime = current()
     runtime._store = None
     runtime._redis = None
+    runtime._uploads = None
     try:
         pipeline = runtime.pipeline()
         from worker import metrics

@@ -17,7 +17,7 @@ from worker.celery_app import app
 from worker.deliveries import JobAbandoned, count_delivery, forget_deliveries
 from worker.errors import TransientStorageError
 from worker.render import render
-from worker.results import store_result
+from worker.results import ResultWriter
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,20 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             ttl_s=settings.visibility_timeout_s * (settings.max_deliveries + 1),
         )
         job = decode_payload(args, kwargs)
-        rendered = render(job, rt.pipeline())
-        result = store_result(
-            rendered,
+        writer = ResultWriter(
             rt.store(),
+            job,
             prefix=settings.s3_prefix,
             model_manifest_sha256=rt.model.manifest.sha256,
             worker=rt.name,
+            executor=rt.uploads(),
         )
+        try:
+            rendered = render(job, rt.pipeline(), on_image=writer.add)
+        except BaseException:
+            writer.abandon()
+            raise
+        result = writer.finish(rendered)
     except NEVER_RETRY as e:
         metrics.count_outcome("abandoned" if isinstance(e, JobAbandoned) else "invalid")
         logger.warning("job %s failed (not retried): %s", task_id, e)
