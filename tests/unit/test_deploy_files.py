@@ -1,0 +1,25 @@
+"""The deploy manifests parse and agree with the code's names."""
+
+from pathlib import Path
+
+import yaml
+
+from producer.contract import QUEUE_RENDER
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+
+
+def _docs(name):
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def test_manifests_parse_and_match_the_code():
+    config, secret = _docs("config.yaml")
+    assert config["data"]["LCM_QUEUE"] == QUEUE_RENDER
+    assert set(secret["stringData"]) == {"LCM_S3_ACCESS_KEY_ID", "LCM_S3_SECRET_ACCESS_KEY"}
+    (deployment,) = _docs("worker.yaml")
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] > int(config["data"]["LCM_TASK_TIME_LIMIT_S"])
+    (scaled,) = _docs("keda.yaml")
+    assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == QUEUE_RENDER
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
