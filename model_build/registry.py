@@ -52,6 +52,7 @@ from model_build.manifest import (
     verify_files,
 )
 from producer.backoff import Backoff, call_with_backoff
+from producer.s3 import error_code, is_transient, s3_uri
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,28 +70,7 @@ DEFAULT_BACKOFF = Backoff(base_s=0.5, cap_s=8.0, attempts=4)
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _VERSION_RE = re.compile(rf"[0-9a-f]{{{VERSION_LENGTH}}}")
-_TRANSIENT_CODES = {
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "RequestTimeout",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeTooSkewed",
-    "BadDigest",
-    "500",
-    "502",
-    "503",
-    "504",
-}
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
-_PERMANENT_MARKERS = (
-    "AccessDenied",
-    "NoSuchBucket",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidBucketName",
-)
 
 
 class RegistryError(BuildError):
@@ -214,10 +194,6 @@ def alias_key(prefix: str, name: str, alias: str = DEFAULT_ALIAS) -> str:
     return f"{name_prefix(prefix, name)}{alias}.json"
 
 
-def s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
-
 def _safe_rel(rel: str) -> bool:
     """A relative POSIX path that stays inside its folder."""
     path = PurePosixPath(rel)
@@ -236,41 +212,22 @@ def _now() -> str:
 # --- the store: one bucket, classified errors, bounded retries ---------------------------
 
 
-def _error_code(error: Exception) -> tuple[str, int]:
-    response = getattr(error, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
-
-
 def _is_not_found(error: Exception) -> bool:
     from botocore.exceptions import ClientError
 
     if not isinstance(error, ClientError):
         return False
-    code, status = _error_code(error)
+    code, status = error_code(error)
     return code in _NOT_FOUND_CODES or status == 404
 
 
 def classify(error: Exception, what: str) -> RegistryStorageError:
     """Wrap a boto3/botocore error as transient (worth retrying) or permanent."""
-    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
     if isinstance(error, RegistryStorageError):
         return error
-    if isinstance(error, ClientError):
-        code, status = _error_code(error)
-        if code in _TRANSIENT_CODES or status >= 500:
-            return TransientRegistryError(f"{what}: {code or status}: {error}")
-        return RegistryStorageError(f"{what}: {code or status}: {error}")
-    if isinstance(error, (S3UploadFailedError, S3TransferFailedError)):
-        if any(marker in str(error) for marker in _PERMANENT_MARKERS):
-            return RegistryStorageError(f"{what}: {error}")
-        return TransientRegistryError(f"{what}: {error}")
-    if isinstance(error, (BotoCoreError, ConnectionError, TimeoutError, OSError)):
-        return TransientRegistryError(f"{what}: {error}")
-    return RegistryStorageError(f"{what}: {type(error).__name__}: {error}")
+    code, status = error_code(error)
+    cls = TransientRegistryError if is_transient(error) else RegistryStorageError
+    return cls(f"{what}: {code or status or type(error).__name__}: {error}")
 
 
 class _Store:

@@ -33,3 +33,51 @@ def s3_client(
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+# Which S3 errors are worth retrying: shared by the worker's uploads and the model registry.
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeTooSkewed",
+        "BadDigest",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+#: Words in a boto3 transfer error that mark it as permanent (its cause is a ClientError).
+PERMANENT_MARKERS = (
+    "AccessDenied",
+    "NoSuchBucket",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidBucketName",
+)
+
+
+def error_code(error: BaseException) -> tuple[str, int]:
+    """(S3 error code, HTTP status) of a botocore ClientError; ("", 0) for anything else."""
+    response = getattr(error, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for connection faults, timeouts, 5xx and throttling; False for 4xx and the rest."""
+    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(error, ClientError):
+        code, status = error_code(error)
+        return code in TRANSIENT_CODES or status >= 500
+    if isinstance(error, (S3UploadFailedError, S3TransferFailedError)):
+        return not any(marker in str(error) for marker in PERMANENT_MARKERS)
+    return isinstance(error, (BotoCoreError, ConnectionError, TimeoutError, OSError))

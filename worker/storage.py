@@ -8,41 +8,18 @@ import logging
 from typing import Any
 
 from producer.backoff import Backoff, call_with_backoff
-from producer.s3 import s3_client, s3_uri
+from producer.s3 import error_code, is_transient, s3_client, s3_uri
 from worker.errors import StartupError, StorageError, TransientStorageError
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
-_TRANSIENT_CODES = {
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "RequestTimeout",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeTooSkewed",
-    "BadDigest",
-    "500",
-    "502",
-    "503",
-    "504",
-}
-
 
 def classify(error: Exception, what: str) -> StorageError:
     """Wrap a boto3/botocore error as transient (worth retrying) or permanent."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _TRANSIENT_CODES or status >= 500:
-            return TransientStorageError(f"{what}: {code or status}: {error}")
-        return StorageError(f"{what}: {code or status}: {error}")
-    if isinstance(error, (BotoCoreError, ConnectionError, TimeoutError, OSError)):
-        return TransientStorageError(f"{what}: {error}")
-    return StorageError(f"{what}: {error}")
+    code, status = error_code(error)
+    cls = TransientStorageError if is_transient(error) else StorageError
+    return cls(f"{what}: {code or status or type(error).__name__}: {error}")
 
 
 class ObjectStore:
