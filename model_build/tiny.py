@@ -245,3 +245,90 @@ def build_tiny_lora(base_dir: Path, out_dir: Path, seed: int = 0, rank: int = 4)
     )
     logger.info("tiny LoRA (rank %d, %d tensors) written to %s", rank, len(layers), out_dir)
     return out_dir
+
+
+def build_full_size_random(out_dir: Path, seed: int = 0) -> Path:
+    """Write a full-size LatentConsistencyModelPipeline with random weights at ``out_dir``.
+
+    The architecture of SimianLuo/LCM_Dreamshaper_v7 (SD1.5 UNet with the guidance
+    embedding ``time_cond_proj_dim=256``, a CLIP ViT-L/14 text encoder, SD's KL VAE, the
+    model's LCMScheduler), randomly initialised and built offline, for benchmarks: the
+    compute cost does not depend on the weights. The tokenizer is :func:`build_tiny`'s
+    offline BPE (its vocabulary is smaller than CLIP's; the embedding lookup costs nothing
+    either way). Its images are noise, and may be NaN at reduced precision.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        LatentConsistencyModelPipeline,
+        LCMScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir = out_dir / "_tokenizer_build"
+    train_clip_bpe(load_prompts("calibration"), tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    vocab = tokenizer.get_vocab()
+
+    torch.manual_seed(seed)
+    # CLIP ViT-L/14's text tower, as in SD1.5 (a dict: transformers' config stubs take no kwargs).
+    text_config: dict[str, Any] = dict(
+        vocab_size=len(vocab),
+        hidden_size=768,
+        intermediate_size=3072,
+        projection_dim=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=MAX_LENGTH,
+        hidden_act="quick_gelu",
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        time_cond_proj_dim=TIME_COND_PROJ_DIM,
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    pipe: Any = LatentConsistencyModelPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=LCMScheduler(**LCM_DREAMSHAPER_V7_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    logger.info("full-size random LCM (LCM_Dreamshaper_v7 architecture) written to %s", out_dir)
+    return out_dir

@@ -1,0 +1,95 @@
+"""The markdown table of a pipeline benchmark result (the JSON written by bench.pipeline.run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _ratio(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _gib(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _step(name: str, step: dict[str, Any] | None) -> str:
+    if not step:
+        return f"{name}: -"
+    cached = " (cached from an earlier run)" if step.get("cached") else ""
+    rss = _gib(step.get("peak_rss_gib"))
+    return f"{name}: {_num(step.get('seconds'), 1)} s, peak RSS {rss} GiB{cached}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cfg, machine = result["config"], result["machine"]
+    ov = machine.get("openvino_cpu", {})
+    versions = machine.get("versions", {})
+    lines = [
+        f"# Pipeline benchmark {result['date']}",
+        "",
+        f"{cfg['model_description']}; {cfg['size']}x{cfg['size']}, {cfg['steps']} steps, "
+        f"guidance {cfg['guidance_scale']}, batch 1, prompt {cfg['prompt']!r}. "
+        f"Seconds are medians of {cfg['runs']} timed renders after 1 warm-up; every path ran "
+        "in a process of its own, in this order, in one run "
+        f"(`{result['command']}`, {_num(result['wall_s'], 0)} s in all).",
+        "",
+        "| path | total s | text encoder s | UNet s | VAE s | vs PyTorch fp32 | "
+        "UNet vs PyTorch | peak RSS GiB | load s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for path in result["paths"].values():
+        m = path["median"]
+        lines.append(
+            f"| {path['label']} | {_num(m['total_s'])} | {_num(m['text_encoder_s'])} | "
+            f"{_num(m['unet_s'])} | {_num(m['vae_s'])} | {_ratio(path['speedup_total'])} | "
+            f"{_ratio(path['speedup_unet'])} | {_gib(path['peak_rss_gib'])} | "
+            f"{_num(path['load_s'], 1)} |"
+        )
+    lines += [
+        "",
+        "- vs PyTorch fp32: PyTorch's median total (or UNet) seconds divided by the path's; "
+        "above 1 is faster.",
+        "- peak RSS: `ru_maxrss` of the process that loaded and rendered that path only.",
+        "- load: PyTorch `from_pretrained`; OpenVINO read + reshape + compile of the "
+        "Text2ImagePipeline with no compile cache (a worker with `LCM_CACHE_DIR` set "
+        "compiles once, then loads from the cache).",
+        "- stages: diffusers' text encoder / UNet forward and VAE decode, timed by wrapping "
+        "them; genai's `get_performance_metrics()` as `worker/pipeline.py` reads it. "
+        "Total is the wall time of one render call. Each column is its own median over "
+        "the timed renders (every render is in the JSON).",
+    ]
+    build = result.get("build", {})
+    q = build.get("quantize") or {}
+    lines += [
+        "",
+        "Build (each step in its own process):",
+        "",
+        f"- {_step('model', build.get('model'))}",
+        f"- {_step('export to fp32 IR (optimum-intel)', build.get('export'))}",
+        f"- {_step('INT8 quantization', q)}: calibration capture "
+        f"{_num(q.get('capture_s'), 1)} s (peak ~{_gib(q.get('capture_peak_rss_gib'))} GiB), "
+        f"NNCF {_num(q.get('nncf_s'), 1)} s (peak ~{_gib(q.get('nncf_peak_rss_gib'))} GiB), "
+        f"{q.get('samples')} samples, {q.get('fake_quantize_count')} FakeQuantize",
+    ]
+    notes = result.get("notes") or []
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    lines += [
+        "",
+        f"Machine: {machine.get('cpu_model')}, {machine.get('logical_cores')} logical / "
+        f"{machine.get('physical_cores')} physical cores, {machine.get('ram_gib')} GiB RAM, "
+        f"CPU flags {', '.join(machine.get('flags') or []) or '-'}; OpenVINO CPU "
+        f"capabilities {', '.join(ov.get('optimization_capabilities') or []) or '-'}, "
+        f"default inference precision {ov.get('default_inference_precision')}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".",
+        "",
+    ]
+    return "\n".join(lines)

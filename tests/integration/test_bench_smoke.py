@@ -1,0 +1,60 @@
+"""bench.pipeline in smoke mode (tiny model, 128x128): every path runs and reports figures.
+
+Checks the shape of the result only, never a timing: the benchmark measures, it does not
+judge.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PATHS = ("pytorch_fp32", "ov_default", "ov_f32", "ov_int8_worker")
+STAGES = ("total_s", "text_encoder_s", "unet_s", "vae_s")
+
+
+@pytest.mark.slow
+def test_bench_pipeline_smoke(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.pipeline.run",
+            "--tiny",
+            "--size",
+            "128",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--results-dir",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [json_path] = results.glob("pipeline-*-tiny.json")
+    assert json_path.with_suffix(".md").is_file()
+    result = json.loads(json_path.read_text())
+    assert result["config"]["size"] == 128 and result["config"]["model"] == "tiny"
+    assert set(result["paths"]) == set(PATHS)
+    for key in PATHS:
+        path = result["paths"][key]
+        assert len(path["runs"]) >= 3, key
+        for stage in STAGES:
+            assert path["median"][stage] > 0, (key, stage)
+        assert path["peak_rss_gib"] > 0 and path["load_s"] > 0, key
+        assert path["speedup_total"] > 0 and path["speedup_unet"] > 0, key
+    assert result["paths"]["pytorch_fp32"]["speedup_total"] == 1.0
+    assert result["paths"]["ov_int8_worker"]["precision"] == "default"
+    quantize = result["build"]["quantize"]
+    assert quantize["fake_quantize_count"] > 0 and quantize["peak_rss_gib"] > 0
+    assert result["machine"]["cpu_model"] and result["machine"]["ram_gib"] > 0
+    assert "| INT8 UNet, worker path" in proc.stdout
