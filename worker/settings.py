@@ -23,7 +23,7 @@ class WorkerSettings(ConnectionSettings):
     device: str = "CPU"
     #: OpenVINO compile cache; makes later start-ups fast. Empty string disables it.
     cache_dir: str = str(Path.home() / ".cache" / "lcm-fleet" / "openvino")
-    #: OpenVINO inference precision: "default" lets the device choose (bf16 on AMX CPUs).
+    #: OpenVINO inference precision: "default" lets the device choose (bf16 where the CPU has it).
     inference_precision: Literal["default", "f32", "bf16", "f16"] = "default"
     #: Static shape to compile; None takes the artifact's shape from its manifest.
     width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
