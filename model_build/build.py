@@ -103,7 +103,7 @@ def default_guidance(ir_dir: Path) -> float:
     return 8.0 if unet_config(ir_dir).get("time_cond_proj_dim") else 1.0
 
 
-def _model_info(ir_dir: Path) -> dict[str, Any]:
+def model_info(ir_dir: Path) -> dict[str, Any]:
     cfg = unet_config(ir_dir)
     return {
         # "embedding": any guidance_scale per job; "cfg": the compiled guidance regime counts.
@@ -142,7 +142,7 @@ def export_artifact(
             "quantization": None,
             "fake_quantize_count": 0,
             "shape": shape,
-            "model": _model_info(out_dir),
+            "model": model_info(out_dir),
         },
     )
     manifest = read_manifest(out_dir)
@@ -169,7 +169,7 @@ def _model_xmls(ir_dir: Path) -> list[str]:
     return [rel for rel in artifact_files(ir_dir) if rel.endswith("/openvino_model.xml")]
 
 
-def _candidate_int8(
+def int8_candidate(
     ir_dir: Path,
     out_dir: Path,
     spec: CalibrationSpec,
@@ -178,6 +178,8 @@ def _candidate_int8(
     progress: bool,
     durations: dict[str, float],
 ) -> dict[str, Any]:
+    """The INT8 step alone (calibration capture + NNCF, no gate, no manifest): the manifest's
+    ``quantization`` and ``fake_quantize_count``. Benchmarks use it on random weights."""
     t0 = time.perf_counter()
     samples = capture_unet_inputs(ir_dir, prompts, spec, progress=progress)
     durations["calibration_capture"] = round(time.perf_counter() - t0, 3)
@@ -331,9 +333,7 @@ def quantize_artifact(
 
     t0 = time.perf_counter()
     if precision == "int8":
-        info = _candidate_int8(
-            ir_dir, out_dir, spec, prompt_list, str(prompts), progress, durations
-        )
+        info = int8_candidate(ir_dir, out_dir, spec, prompt_list, str(prompts), progress, durations)
     elif precision == "hybrid":
         info = _candidate_hybrid(ir_dir, out_dir, spec, prompt_list, str(prompts))
         durations["quantize"] = round(time.perf_counter() - t0, 3)
@@ -374,7 +374,7 @@ def quantize_artifact(
             "speed": record["speed"],
             "build": {"durations_s": durations, "peak_rss_gib": peak_rss_gib()},
             "shape": shape,
-            "model": _model_info(ir_dir),
+            "model": model_info(ir_dir),
         },
     )
     manifest = read_manifest(out_dir)

@@ -162,7 +162,7 @@ def task_export(spec: dict[str, Any]) -> dict[str, Any]:
 def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
     """The INT8 candidate exactly as ``quantize_artifact`` makes it, without the quality gate.
 
-    ``_candidate_int8`` is the step of :func:`model_build.build.quantize_artifact` that
+    ``int8_candidate`` is the step of :func:`model_build.build.quantize_artifact` that
     captures the calibration inputs and runs NNCF; the gate (80 check renders with the
     shipped evaluation set) is left out: the weights are random, so its figures mean
     nothing. The manifest is written as ``quantize_artifact`` writes it, with no quality
@@ -187,7 +187,7 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
     durations: dict[str, float] = {}
     with RssSampler() as sampler:
         t0 = time.perf_counter()
-        info = build._candidate_int8(
+        info = build.int8_candidate(
             ir,
             out,
             calibration,
@@ -210,7 +210,7 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
             "bench": "benchmark artifact: random weights, quality gate not run",
             "build": {"durations_s": durations, "peak_rss_gib": peak_rss_gib()},
             "shape": shape,
-            "model": build._model_info(ir),
+            "model": build.model_info(ir),
         },
     )
     return {

@@ -20,7 +20,9 @@ say "starting local services (Redis on 127.0.0.1:6379 if none answers, S3 on 127
 eval "$(python deploy/local/services.py start)"
 
 ARTIFACT=$MODELS/tiny-int8
-if lcm-build verify "$ARTIFACT" >/dev/null 2>&1; then
+# Reuse an artifact only if it is intact and passed this lcm-fleet's quality gate.
+if lcm-build verify "$ARTIFACT" >/dev/null 2>&1 && python -c "import json, sys; \
+    sys.exit(not (json.load(open('$ARTIFACT/manifest.json')).get('quality') or {}).get('passed'))"; then
   say "INT8 artifact $ARTIFACT exists and matches its manifest; reusing it"
 else
   rm -rf "$MODELS/tiny" "$ARTIFACT" "$ARTIFACT.fp32"
