@@ -55,13 +55,76 @@ class TinySpec:
     vae_channels: tuple[int, int, int, int] = (16, 32, 32, 32)
 
 
-def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
-    """Write a diffusers ``LatentConsistencyModelPipeline`` folder at ``out_dir``."""
-    spec = spec or TinySpec()
-    if spec.image_size % 8 or spec.image_size < 64:
-        raise BuildInputError(
-            f"image_size={spec.image_size} must be a multiple of 8 and at least 64"
-        )
+@dataclass(frozen=True)
+class LcmArchitecture:
+    """Sizes of an LCM_Dreamshaper_v7-family pipeline (the fixed parts are the family's)."""
+
+    #: CLIPTextConfig sizes; vocabulary and special tokens come from the tokenizer.
+    text: dict[str, Any]
+    #: UNet2DConditionModel arguments besides channels and the guidance embedding.
+    unet: dict[str, Any]
+    #: AutoencoderKL arguments besides channels, latent width and scaling factor.
+    vae: dict[str, Any]
+
+
+def tiny_architecture(spec: TinySpec) -> LcmArchitecture:
+    return LcmArchitecture(
+        text=dict(
+            hidden_size=spec.text_hidden,
+            intermediate_size=spec.text_hidden * 2,
+            projection_dim=spec.text_hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        unet=dict(
+            sample_size=spec.image_size // 8,
+            block_out_channels=spec.unet_channels,
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=spec.text_hidden,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        ),
+        vae=dict(
+            block_out_channels=spec.vae_channels,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=spec.image_size,
+        ),
+    )
+
+
+#: SimianLuo/LCM_Dreamshaper_v7: SD1.5 UNet, CLIP ViT-L/14 text tower, SD's KL VAE.
+FULL_SIZE = LcmArchitecture(
+    text=dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        projection_dim=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+    ),
+    unet=dict(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ),
+    vae=dict(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        sample_size=512,
+    ),
+)
+
+
+def write_lcm(out_dir: Path, arch: LcmArchitecture, seed: int) -> Path:
+    """Build ``arch`` with random weights (seeded per part) and the offline tokenizer."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -78,14 +141,11 @@ def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
     vocab = tokenizer.get_vocab()
 
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(seed)
+    # A dict: transformers' config stubs take no keyword arguments.
     text_config: dict[str, Any] = dict(
         vocab_size=len(vocab),
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_hidden * 2,
-        projection_dim=spec.text_hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **arch.text,
         max_position_embeddings=MAX_LENGTH,
         hidden_act="quick_gelu",
         bos_token_id=vocab[BOS],
@@ -93,32 +153,19 @@ def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
         pad_token_id=vocab[EOS],
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    torch.manual_seed(spec.seed + 1)
+    torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
-        sample_size=spec.image_size // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=spec.unet_channels,
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=spec.text_hidden,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        time_cond_proj_dim=TIME_COND_PROJ_DIM,
+        in_channels=4, out_channels=4, time_cond_proj_dim=TIME_COND_PROJ_DIM, **arch.unet
     )
-    torch.manual_seed(spec.seed + 2)
+    torch.manual_seed(seed + 2)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=spec.vae_channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=spec.image_size,
         scaling_factor=0.18215,
+        **arch.vae,
     )
     pipe: Any = LatentConsistencyModelPipeline(
         vae=vae,
@@ -134,8 +181,19 @@ def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
     for f in tok_dir.iterdir():
         f.unlink()
     tok_dir.rmdir()
-    logger.info("tiny LCM (%dx%d) written to %s", spec.image_size, spec.image_size, out_dir)
     return out_dir
+
+
+def build_tiny(out_dir: Path, spec: TinySpec | None = None) -> Path:
+    """Write a diffusers ``LatentConsistencyModelPipeline`` folder at ``out_dir``."""
+    spec = spec or TinySpec()
+    if spec.image_size % 8 or spec.image_size < 64:
+        raise BuildInputError(
+            f"image_size={spec.image_size} must be a multiple of 8 and at least 64"
+        )
+    write_lcm(out_dir, tiny_architecture(spec), spec.seed)
+    logger.info("tiny LCM (%dx%d) written to %s", spec.image_size, spec.image_size, out_dir)
+    return Path(out_dir)
 
 
 #: PNDMScheduler settings of the Stable Diffusion 1.5 base (stable-diffusion-v1-5).
@@ -257,78 +315,6 @@ def build_full_size_random(out_dir: Path, seed: int = 0) -> Path:
     offline BPE (its vocabulary is smaller than CLIP's; the embedding lookup costs nothing
     either way). Its images are noise, and may be NaN at reduced precision.
     """
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        LatentConsistencyModelPipeline,
-        LCMScheduler,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok_dir = out_dir / "_tokenizer_build"
-    train_clip_bpe(load_prompts("calibration"), tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
-    vocab = tokenizer.get_vocab()
-
-    torch.manual_seed(seed)
-    # CLIP ViT-L/14's text tower, as in SD1.5 (a dict: transformers' config stubs take no kwargs).
-    text_config: dict[str, Any] = dict(
-        vocab_size=len(vocab),
-        hidden_size=768,
-        intermediate_size=3072,
-        projection_dim=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=MAX_LENGTH,
-        hidden_act="quick_gelu",
-        bos_token_id=vocab[BOS],
-        eos_token_id=vocab[EOS],
-        pad_token_id=vocab[EOS],
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-        time_cond_proj_dim=TIME_COND_PROJ_DIM,
-    )
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        norm_num_groups=32,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
-    pipe: Any = LatentConsistencyModelPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=LCMScheduler(**LCM_DREAMSHAPER_V7_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(str(out_dir), safe_serialization=True)
-    for f in tok_dir.iterdir():
-        f.unlink()
-    tok_dir.rmdir()
+    write_lcm(out_dir, FULL_SIZE, seed)
     logger.info("full-size random LCM (LCM_Dreamshaper_v7 architecture) written to %s", out_dir)
-    return out_dir
+    return Path(out_dir)
