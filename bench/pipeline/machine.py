@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 #: CPU flags that decide which kernels OpenVINO and PyTorch can use.
@@ -92,13 +91,9 @@ def _openvino() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    from model_build.manifest import tool_versions
+
+    return {"python": platform.python_version(), **tool_versions(PACKAGES)}
 
 
 def describe() -> dict[str, Any]:
