@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -30,7 +31,8 @@ def settings_error(e: ValidationError) -> str:
         field = ".".join(str(p) for p in err["loc"])
         env = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
         value = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
-        lines.append(f"  {env}: {err['msg']}{value}")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {env}: {msg}{value}")
     return "invalid worker settings:\n" + "\n".join(lines)
 
 
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker import broker_guard, runtime
     from worker.celery_app import configure
     from worker.model_source import load_model
+    from worker.sizes import format_size, format_sizes
     from worker.storage import ObjectStore
 
     try:
@@ -67,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerError as e:
         print(f"lcm-worker: {e}", file=sys.stderr)
         return 2
-    runtime.install(settings, model)
+    rt = runtime.install(settings, model)
+    try:
+        rt.check_estimate()
+    except WorkerError as e:
+        print(f"lcm-worker: {e}", file=sys.stderr)
+        return 2
     app = configure(settings)
     broker_guard.install(settings.redis_url)
     if args.check:
@@ -78,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lcm-worker: broker {settings.redis_url} unreachable: {e}", file=sys.stderr)
             return 2
         print(
-            f"ok: {model.path} ({model.width}x{model.height}), "
+            f"ok: {model.path} (sizes {format_sizes(rt.sizes)}), "
             f"bucket {settings.s3_bucket}, "
             f"broker {settings.redis_url}"
         )
         return 0
-    rt = runtime.current()
     if settings.metrics_port:
         from worker import metrics
 
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                     "unit": settings.unit,
                     "device": settings.device,
                     "model_manifest_sha256": model.manifest.sha256,
-                    "shape": f"{model.width}x{model.height}",
+                    "shape": format_size(rt.sizes[0]),
+                    "sizes": format_sizes(rt.sizes),
                 },
             )
         except OSError as e:
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    rt.refusal_file = Path(tempfile.mkdtemp(prefix="lcm-worker-")) / "refused"
     app.worker_main(
         [
             "worker",
@@ -119,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             "--without-mingle",
         ]
     )
+    if rt.refusal_file.is_file():
+        print(f"lcm-worker: {rt.refusal_file.read_text()}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -29,31 +29,49 @@ STAGES = (
 )
 OUTCOMES = ("succeeded", "invalid", "failed", "retried", "abandoned")
 
+#: ``size`` label of jobs whose size this worker does not serve, and of undecodable ones.
+SIZE_OTHER, SIZE_UNKNOWN = "other", "unknown"
+
 STAGE_SECONDS = Histogram(
     "lcm_job_stage_seconds",
     "Seconds per job stage",
-    ["stage"],
+    ["stage", "size"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320),
 )
-JOBS = Counter("lcm_jobs_total", "Jobs finished, by outcome", ["outcome"])
-IMAGES = Counter("lcm_images_total", "Images rendered and stored")
+JOBS = Counter("lcm_jobs_total", "Jobs finished, by outcome and size class", ["outcome", "size"])
+IMAGES = Counter("lcm_images_total", "Images rendered and stored", ["size"])
 COMPILE_SECONDS = Gauge(
     "lcm_pipeline_compile_seconds",
-    "Seconds to load and compile the pipeline",
+    "Seconds to load and compile the pipeline of a size class",
+    ["size"],
+    multiprocess_mode="max",
+)
+PIPELINE_MEMORY = Gauge(
+    "lcm_pipeline_memory_gib",
+    "Resident memory growth (GiB) while the pipeline of a size class loaded",
+    ["size"],
     multiprocess_mode="max",
 )
 
 
-def observe_job(durations_s: dict[str, float], images: int) -> None:
+def observe_job(durations_s: dict[str, float], images: int, size: str) -> None:
     for stage, seconds in durations_s.items():
         if stage in STAGES:
-            STAGE_SECONDS.labels(stage=stage).observe(seconds)
-    JOBS.labels(outcome="succeeded").inc()
-    IMAGES.inc(images)
+            STAGE_SECONDS.labels(stage=stage, size=size).observe(seconds)
+    JOBS.labels(outcome="succeeded", size=size).inc()
+    IMAGES.labels(size=size).inc(images)
 
 
-def count_outcome(outcome: str) -> None:
-    JOBS.labels(outcome=outcome).inc()
+def count_outcome(outcome: str, size: str = SIZE_UNKNOWN) -> None:
+    JOBS.labels(outcome=outcome, size=size).inc()
+
+
+def observe_load(loaded: Any) -> None:
+    """Compile seconds and memory of each size class (a worker.memory.LoadedSizes)."""
+    for load in loaded.loads:
+        size = f"{load.size[0]}x{load.size[1]}"
+        COMPILE_SECONDS.labels(size=size).set(load.compile_s)
+        PIPELINE_MEMORY.labels(size=size).set(load.rss_growth_gib)
 
 
 class QueueDepthCollector:

@@ -1,8 +1,9 @@
 """The compiled openvino.genai pipeline: loaded and compiled once per worker process.
 
-Nothing here runs at import time. ``process_pipeline()`` builds the pipeline on first
-use in a process (the Celery worker calls it from ``worker_process_init``, so the
-first job does not pay for the compile), with a static shape and a compile cache.
+Nothing here runs at import time. ``process_pipelines()`` builds the pipelines on first
+use in a process (one per size class; the Celery worker calls it from
+``worker_process_init``, so the first job does not pay for the compile), each with a
+static shape and a compile cache.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from worker.artifact import ServedModel
 from worker.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,13 @@ class GenaiPipeline:
         cpu_threads: int | None = None,
         cpu_pinning: bool | None = None,
         text_encoder_device: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
     ) -> None:
         import openvino_genai as ov_genai
 
         self._ov_genai = ov_genai
-        self.width, self.height = model.width, model.height
+        self.width, self.height = width or model.width, height or model.height
         self.guidance_scale, self.cfg = model.guidance_scale, model.cfg
         config: dict[str, Any] = {}
         if cache_dir:
@@ -125,19 +131,19 @@ class GenaiPipeline:
 
 
 _lock = threading.Lock()
-_pipeline: ImagePipeline | None = None
+_loaded: Any = None
 
 
-def process_pipeline(loader: Any) -> ImagePipeline:
-    """This process's pipeline, built by ``loader()`` the first time it is asked for."""
-    global _pipeline
+def process_pipelines(loader: Callable[[], T]) -> T:
+    """This process's pipelines, built by ``loader()`` the first time they are asked for."""
+    global _loaded
     with _lock:
-        if _pipeline is None:
-            _pipeline = loader()
-        return _pipeline
+        if _loaded is None:
+            _loaded = loader()
+        return _loaded
 
 
-def reset_process_pipeline() -> None:
-    global _pipeline
+def reset_process_pipelines() -> None:
+    global _loaded
     with _lock:
-        _pipeline = None
+        _loaded = None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from producer.settings import ConnectionSettings
+from worker.sizes import parse_sizes
 
 
 class WorkerSettings(ConnectionSettings):
@@ -28,6 +30,16 @@ class WorkerSettings(ConnectionSettings):
     #: Static shape to compile; None takes the artifact's shape from its manifest.
     width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    #: Size classes to serve, e.g. "512x512,768x512": one compiled pipeline per size, all in
+    #: this worker's memory; the first is used for jobs that name no size. Empty: LCM_WIDTH x
+    #: LCM_HEIGHT, or the artifact's shape.
+    sizes: Annotated[tuple[tuple[int, int], ...], NoDecode] = ()
+    #: Memory (GiB) this worker's pipelines may take together, measured as resident memory
+    #: growth while each loads and warms up; required when LCM_SIZES lists more than one size.
+    memory_budget_gib: float | None = Field(default=None, gt=0)
+    #: Render one 1-step image per size class at start: the budget then counts the memory
+    #: of the first inference, and the first job does not pay for it.
+    warmup: bool = True
 
     #: Required: no defaults for secrets.
     s3_access_key_id: SecretStr
@@ -66,6 +78,19 @@ class WorkerSettings(ConnectionSettings):
     cpu_pinning: bool | None = None
     #: A name for this worker (lcm-fleet sets one per unit, e.g. cpu0 or gpu1).
     unit: str = "main"
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: object) -> tuple[tuple[int, int], ...]:
+        return parse_sizes(value)
+
+    def size_classes(self) -> list[tuple[int, int]] | None:
+        """The sizes to compile, the default first; None: the artifact's own shape."""
+        if self.sizes:
+            return list(self.sizes)
+        if self.width is not None and self.height is not None:
+            return [(self.width, self.height)]
+        return None
 
     @field_validator("model", mode="before")
     @classmethod
@@ -108,4 +133,15 @@ class WorkerSettings(ConnectionSettings):
             )
         if (self.width is None) != (self.height is None):
             raise ValueError("set both LCM_WIDTH and LCM_HEIGHT, or neither (the artifact's shape)")
+        if self.sizes and self.width is not None:
+            raise ValueError(
+                "set LCM_SIZES or LCM_WIDTH/LCM_HEIGHT, not both: list every size in LCM_SIZES"
+            )
+        if len(self.sizes) > 1 and self.memory_budget_gib is None:
+            listed = ",".join(f"{w}x{h}" for w, h in self.sizes)
+            raise ValueError(
+                f"LCM_SIZES={listed} keeps {len(self.sizes)} compiled pipelines in memory: set "
+                "LCM_MEMORY_BUDGET_GIB to the memory they may take (the worker measures each "
+                "one while it loads and refuses to start above it)"
+            )
         return self

@@ -18,6 +18,7 @@ from worker.deliveries import JobAbandoned, count_delivery, forget_deliveries
 from worker.errors import TransientStorageError
 from worker.render import render
 from worker.results import ResultWriter
+from worker.sizes import format_size
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     retries = int(self.request.retries or 0)
     wait_s = queue_wait_s(self.request.get(HEADER_SUBMITTED_AT))
     t0 = time.perf_counter()
+    size = metrics.SIZE_UNKNOWN
     try:
         count_delivery(
             rt.redis(),
@@ -71,6 +73,10 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             ttl_s=settings.visibility_timeout_s * (settings.max_deliveries + 1),
         )
         job = decode_payload(args, kwargs)
+        pipelines = rt.pipelines()
+        wanted = pipelines.size_of(job)
+        size = format_size(wanted) if wanted in pipelines.sizes else metrics.SIZE_OTHER
+        pipeline = pipelines.for_job(job)
         writer = ResultWriter(
             rt.store(),
             job,
@@ -80,39 +86,44 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             executor=rt.uploads(),
         )
         try:
-            rendered = render(job, rt.pipeline(), on_image=writer.add)
+            rendered = render(job, pipeline, on_image=writer.add)
         except BaseException:
             writer.abandon()
             raise
         result = writer.finish(rendered)
     except NEVER_RETRY as e:
-        metrics.count_outcome("abandoned" if isinstance(e, JobAbandoned) else "invalid")
-        logger.warning("job %s failed (not retried): %s", task_id, e)
+        metrics.count_outcome("abandoned" if isinstance(e, JobAbandoned) else "invalid", size)
+        logger.warning("job %s failed (not retried): %s [size %s]", task_id, e, size)
         raise
     except TransientStorageError as e:
         if retries >= settings.task_max_retries:
-            metrics.count_outcome("failed")
-            logger.error("job %s failed after %d retries: %s", task_id, retries, e)
+            metrics.count_outcome("failed", size)
+            logger.error("job %s failed after %d retries: %s [size %s]", task_id, retries, e, size)
             raise
         backoff = Backoff(
             settings.retry_backoff_base_s,
             max(settings.retry_backoff_cap_s, settings.retry_backoff_base_s),
         )
         countdown = backoff.delay(retries)
-        metrics.count_outcome("retried")
+        metrics.count_outcome("retried", size)
         logger.warning(
-            "job %s: storage failed (%s); retry %d in %.1fs", task_id, e, retries + 1, countdown
+            "job %s: storage failed (%s); retry %d in %.1fs [size %s]",
+            task_id,
+            e,
+            retries + 1,
+            countdown,
+            size,
         )
         raise self.retry(exc=e, countdown=countdown, max_retries=settings.task_max_retries) from e
     except Exception as e:
-        metrics.count_outcome("failed")
-        logger.exception("job %s failed: %s", task_id, e)
+        metrics.count_outcome("failed", size)
+        logger.exception("job %s failed: %s [size %s]", task_id, e, size)
         raise
     result.durations_s["total"] = round(time.perf_counter() - t0, 4)
     if wait_s is not None:
         result.durations_s["queue_wait"] = round(wait_s, 4)
     forget_deliveries(rt.redis(), task_id, retries)
-    metrics.observe_job(result.durations_s, len(result.images))
+    metrics.observe_job(result.durations_s, len(result.images), size)
     d = result.durations_s
     logger.info(
         "job %s succeeded: %d image(s) %dx%d steps=%d | queue_wait=%s text_encoder=%.3fs "

@@ -12,7 +12,7 @@ import uuid
 
 from producer.api import submit
 from producer.settings import ProducerSettings
-from tests.integration.conftest import ROOT, worker_env
+from tests.integration.conftest import METRICS_PORT, ROOT, worker_env
 
 
 def _wait(log, pattern: str, count: int = 1, timeout_s: float = 120) -> list[str]:
@@ -33,7 +33,7 @@ def test_fleet_pins_workers_and_restarts_a_killed_one(
     log = tmp_path / "fleet.log"
     with open(log, "wb") as out:
         fleet = subprocess.Popen(
-            [sys.executable, "-m", "worker.fleet", "--metrics-port", "19474"],
+            [sys.executable, "-m", "worker.fleet", "--metrics-port", str(METRICS_PORT + 10)],
             cwd=ROOT,
             env=env,
             stdout=out,

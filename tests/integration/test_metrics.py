@@ -22,7 +22,9 @@ def _value(text: str, pattern: str) -> float:
 
 def test_metrics_during_a_batch(worker, producer_settings):
     before = _scrape()
-    done = re.search(r'^lcm_jobs_total\{outcome="succeeded"\} ([0-9.e+]+)$', before, re.M)
+    done = re.search(
+        r'^lcm_jobs_total\{outcome="succeeded",size="128x128"\} ([0-9.e+]+)$', before, re.M
+    )
     start = float(done.group(1)) if done else 0.0
     handles = [submit(f"batch {i}", settings=producer_settings, seed=i) for i in range(6)]
     depth = _value(_scrape(), rf'lcm_queue_depth\{{queue="{re.escape(producer_settings.queue)}"\}}')
@@ -30,9 +32,11 @@ def test_metrics_during_a_batch(worker, producer_settings):
     for h in handles:
         h.wait(60)
     text = _scrape()
-    assert _value(text, r'lcm_jobs_total\{outcome="succeeded"\}') >= start + 6
+    assert _value(text, r'lcm_jobs_total\{outcome="succeeded",size="128x128"\}') >= start + 6
     for stage in ("queue_wait", "text_encoder", "unet", "vae", "encode", "upload", "total"):
-        assert _value(text, rf'lcm_job_stage_seconds_count\{{stage="{stage}"\}}') >= 6
-    assert _value(text, "lcm_images_total") >= 6
-    assert _value(text, r"lcm_pipeline_compile_seconds(?:\{[^}]*\})?") > 0
+        pattern = rf'lcm_job_stage_seconds_count\{{size="128x128",stage="{stage}"\}}'
+        assert _value(text, pattern) >= 6
+    assert _value(text, r'lcm_images_total\{size="128x128"\}') >= 6
+    assert _value(text, r'lcm_pipeline_compile_seconds\{size="128x128"\}') > 0
+    assert _value(text, r'lcm_pipeline_memory_gib\{size="128x128"\}') > 0
     assert "lcm_worker_info{" in text and 'shape="128x128"' in text
