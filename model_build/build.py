@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from model_build.calibration import CalibrationSpec, capture_unet_inputs
+from model_build.calibration import CalibrationSpec, capture_inputs
 from model_build.compare import EvalSpec, compare_artifacts
 from model_build.contact_sheet import write_contact_sheet
 from model_build.errors import BuildError, BuildInputError
@@ -41,6 +42,7 @@ from model_build.manifest import (
 from model_build.progress import peak_rss_gib
 from model_build.prompts import load_prompts
 from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
+from model_build.vae_decoder import VaeDecoderOptions, make_vae_decoder, precision_label
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +179,19 @@ def int8_candidate(
     prompts_name: str,
     progress: bool,
     durations: dict[str, float],
+    vae_latents: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The INT8 step alone (calibration capture + NNCF, no gate, no manifest): the manifest's
-    ``quantization`` and ``fake_quantize_count``. Benchmarks use it on random weights."""
+    ``quantization`` and ``fake_quantize_count``. Benchmarks use it on random weights.
+
+    With ``spec.vae_samples``, the same capture pass keeps that many final latents and
+    appends them to ``vae_latents`` (for the INT8 VAE decoder)."""
     t0 = time.perf_counter()
-    samples = capture_unet_inputs(ir_dir, prompts, spec, progress=progress)
+    captured = capture_inputs(ir_dir, prompts, spec, progress=progress)
+    samples = captured.unet
+    if vae_latents is not None:
+        vae_latents.extend(captured.latents)
+    del captured
     durations["calibration_capture"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     _copy_ir(ir_dir, out_dir, skip={UNET_XML.as_posix(), UNET_XML.with_suffix(".bin").as_posix()})
@@ -195,18 +205,60 @@ def int8_candidate(
             "calibration": {
                 "prompts": prompts_name,
                 "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-                "prompts_used": spec.prompts_needed(),
-                "width": spec.width,
-                "height": spec.height,
-                "steps": spec.steps,
-                "guidance_scale": spec.guidance_scale,
-                "seed": spec.seed,
-                "precision": spec.precision,
+                **_calibration_record(spec),
             },
             "unchanged_parts": ["text_encoder", "vae_decoder", "vae_encoder", "tokenizer"],
         },
         "fake_quantize_count": fq,
     }
+
+
+def _calibration_record(spec: CalibrationSpec, unet: bool = True) -> dict[str, Any]:
+    return {
+        "prompts_used": spec.prompts_needed(unet),
+        "width": spec.width,
+        "height": spec.height,
+        "steps": spec.steps,
+        "guidance_scale": spec.guidance_scale,
+        "seed": spec.seed,
+        "precision": spec.precision,
+    }
+
+
+def vae_decoder_stage(
+    ir_dir: Path,
+    out_dir: Path,
+    vae: VaeDecoderOptions,
+    spec: CalibrationSpec,
+    prompts: list[str],
+    prompts_name: str,
+    latents: list[Any],
+    progress: bool,
+    durations: dict[str, float],
+) -> dict[str, Any]:
+    """Make the candidate's ``vae_decoder`` part (model_build.vae_decoder); its manifest record.
+
+    ``latents`` are the final latents the UNet's capture pass kept (``int8`` only); when
+    it kept none (the UNet was not quantized), this stage runs a capture pass of its own.
+    """
+    calibration: dict[str, Any] | None = None
+    if vae.needs_latents:
+        captured_with = "the UNet's calibration renders"
+        if not latents:
+            t0 = time.perf_counter()
+            latents = capture_inputs(ir_dir, prompts, spec, progress, unet=False).latents
+            durations["vae_calibration_capture"] = round(time.perf_counter() - t0, 3)
+            captured_with = "a capture pass of its own (the UNet was not calibrated)"
+        calibration = {
+            "prompts": prompts_name,
+            "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+            **_calibration_record(spec, unet=False),
+            "captured_with": captured_with,
+        }
+    result = make_vae_decoder(ir_dir, out_dir, vae, latents, calibration)
+    if vae.kind != "sd":
+        durations["vae_decoder"] = result.seconds
+    return result.record
 
 
 def _candidate_fp16(ir_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -288,8 +340,12 @@ def quantize_artifact(
     evaluation: EvalOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    vae: VaeDecoderOptions | None = None,
 ) -> BuildResult:
     """Stage 2: fp32 IR artifact -> candidate at ``precision``, gated against the fp32 one.
+
+    ``vae`` chooses the candidate's VAE decoder (model_build.vae_decoder; default: the SD
+    decoder as the precision step made it). It is part of the candidate the gate judges.
 
     Raises QualityGateFailed (after writing quality.json, the contact sheet and a manifest
     that records the failure) when the candidate is below the thresholds and no override
@@ -306,6 +362,8 @@ def quantize_artifact(
         )
     if out_dir.resolve() == ir_dir.resolve():
         raise BuildInputError("the candidate needs its own folder: OUT must differ from IR")
+    vae = vae or VaeDecoderOptions()
+    vae.check()
     evaluation = evaluation or EvalOptions()
     size = native_size(ir_dir)
     spec = spec or CalibrationSpec()
@@ -315,6 +373,9 @@ def quantize_artifact(
         height=spec.height or size,
         guidance_scale=spec.guidance_scale or default_guidance(ir_dir),
     )
+    if vae.needs_latents:
+        # Default: one latent per render the UNet's calibration makes anyway.
+        spec = replace(spec, vae_samples=vae.samples or math.ceil(spec.samples / spec.steps))
     spec.check()
     assert spec.width is not None and spec.height is not None and spec.guidance_scale is not None
     eval_spec = EvalSpec(
@@ -326,14 +387,18 @@ def quantize_artifact(
         guidance_scale=spec.guidance_scale,
         speed_runs=evaluation.speed_runs,
     )
-    prompt_list = load_prompts(prompts) if precision in ("int8", "hybrid") else []
+    needs_prompts = precision in ("int8", "hybrid") or vae.needs_latents
+    prompt_list = load_prompts(prompts) if needs_prompts else []
     prepare_output_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     durations: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    latents: list[Any] = []
     if precision == "int8":
-        info = int8_candidate(ir_dir, out_dir, spec, prompt_list, str(prompts), progress, durations)
+        info = int8_candidate(
+            ir_dir, out_dir, spec, prompt_list, str(prompts), progress, durations, latents
+        )
     elif precision == "hybrid":
         info = _candidate_hybrid(ir_dir, out_dir, spec, prompt_list, str(prompts))
         durations["quantize"] = round(time.perf_counter() - t0, 3)
@@ -343,6 +408,16 @@ def quantize_artifact(
     else:
         _copy_ir(ir_dir, out_dir, skip=set())
         info = {"quantization": None}
+
+    vae_record = vae_decoder_stage(
+        ir_dir, out_dir, vae, spec, prompt_list, str(prompts), latents, progress, durations
+    )
+    del latents
+    quantization = info.get("quantization")
+    if vae.kind != "sd" and quantization and "unchanged_parts" in quantization:
+        quantization["unchanged_parts"] = [
+            part for part in quantization["unchanged_parts"] if part != "vae_decoder"
+        ]
 
     t0 = time.perf_counter()
     gate, record = gate_candidate(ir_dir, out_dir, eval_spec, evaluation, progress)
@@ -362,9 +437,10 @@ def quantize_artifact(
         out_dir,
         {
             "source": source,
-            "precision": {"int8": "int8-unet"}.get(precision, precision),
+            "precision": precision_label({"int8": "int8-unet"}.get(precision, precision), vae.kind),
             "fake_quantize_count": 0,
             **info,
+            "vae_decoder": vae_record,
             "quality": {
                 **record["aggregate"],
                 "passed": gate.passed,
@@ -411,10 +487,13 @@ def build_artifact(
     overwrite: bool = False,
     progress: bool = True,
     source_record: dict[str, Any] | None = None,
+    vae: VaeDecoderOptions | None = None,
 ) -> BuildResult:
     """Export then make and gate the candidate; the fp32 reference stays in ``work_dir``."""
     if precision not in PRECISIONS:
         raise BuildInputError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    if vae is not None:
+        vae.check()
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".fp32")
     exported = export_artifact(
@@ -434,5 +513,6 @@ def build_artifact(
         evaluation=evaluation,
         overwrite=overwrite,
         progress=progress,
+        vae=vae,
     )
     return replace(result, durations_s={**exported.durations_s, **result.durations_s})

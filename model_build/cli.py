@@ -23,6 +23,7 @@ from pathlib import Path
 from model_build.build import PRECISIONS, EvalOptions, QualityGateFailed
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildError, BuildInputError
+from model_build.vae_decoder import VAE_DECODERS, VaeDecoderOptions
 
 logger = logging.getLogger("model_build")
 
@@ -51,6 +52,26 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
         default="int8",
         help="int8: NNCF INT8 UNet (default); hybrid: optimum-intel hybrid; "
         "fp16 / fp32: no quantization",
+    )
+    p.add_argument(
+        "--vae-decoder",
+        choices=VAE_DECODERS,
+        default="sd",
+        help="the candidate's VAE decoder: sd (default, as exported), int8-weights (NNCF INT8 "
+        "weights), int8 (NNCF INT8, calibrated on the calibration renders' latents), taesd "
+        "(a TAESD tiny decoder from --taesd)",
+    )
+    p.add_argument(
+        "--taesd",
+        metavar="SOURCE",
+        help="for --vae-decoder taesd: a diffusers AutoencoderTiny folder or hub id",
+    )
+    p.add_argument("--taesd-revision", default="main", help="hub revision of --taesd")
+    p.add_argument(
+        "--vae-samples",
+        type=int,
+        help="for --vae-decoder int8: latents to calibrate on, one per render "
+        "(default: ceil(samples / steps), the renders the UNet's calibration makes)",
     )
     p.add_argument(
         "--eval-prompts",
@@ -85,9 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--kind",
-        choices=("lcm", "sd15"),
+        choices=("lcm", "sd15", "taesd"),
         default="lcm",
-        help="lcm: an LCM (default); sd15: an SD1.5-family base for --lora builds",
+        help="lcm: an LCM (default); sd15: an SD1.5-family base for --lora builds; taesd: a "
+        "tiny AutoencoderTiny for --vae-decoder taesd (--size does not apply)",
     )
 
     p = sub.add_parser("tiny-lora", help="build a tiny random LoRA for a tiny sd15 base, offline")
@@ -154,6 +176,17 @@ def _spec(args: argparse.Namespace) -> CalibrationSpec:
     )
 
 
+def _vae(args: argparse.Namespace) -> VaeDecoderOptions:
+    options = VaeDecoderOptions(
+        kind=args.vae_decoder,
+        taesd=args.taesd,
+        taesd_revision=args.taesd_revision,
+        samples=args.vae_samples,
+    )
+    options.check()
+    return options
+
+
 def _summary(result) -> None:
     rows = {
         "artifact": str(result.artifact),
@@ -174,7 +207,9 @@ def _summary(result) -> None:
         )
         rows["speed (default precision)"] = (
             f"UNet {sp['candidate']['unet_s']}s vs {sp['reference']['unet_s']}s "
-            f"(x{sp['unet_speedup']}), pipeline {sp['candidate']['pipeline_s']}s vs "
+            f"(x{sp['unet_speedup']}), VAE {sp['candidate'].get('vae_s')}s vs "
+            f"{sp['reference'].get('vae_s')}s (x{sp.get('vae_speedup')}), "
+            f"pipeline {sp['candidate']['pipeline_s']}s vs "
             f"{sp['reference']['pipeline_s']}s (x{sp['pipeline_speedup']})"
         )
     if result.gate is not None:
@@ -200,10 +235,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command in ("publish", "list"):
         return _run_registry(args)
     if args.command == "tiny":
-        from model_build.tiny import TinySpec, build_tiny, build_tiny_sd15
+        from model_build.tiny import TinySpec, build_tiny, build_tiny_sd15, build_tiny_taesd
 
-        builder = build_tiny if args.kind == "lcm" else build_tiny_sd15
-        out = builder(args.out, TinySpec(image_size=args.size, seed=args.seed))
+        if args.kind == "taesd":
+            out = build_tiny_taesd(args.out, seed=args.seed)
+        else:
+            builder = build_tiny if args.kind == "lcm" else build_tiny_sd15
+            out = builder(args.out, TinySpec(image_size=args.size, seed=args.seed))
         print(f"tiny {args.kind} model written to {out}")
         return 0
     if args.command == "tiny-lora":
@@ -232,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
             args.ir,
             args.out,
             precision=args.precision,
+            vae=_vae(args),
             evaluation=_evaluation(args),
             spec=_spec(args),
             prompts=args.prompts,
@@ -267,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
             spec=_spec(args),
             prompts=args.prompts,
             precision=args.precision,
+            vae=_vae(args),
             evaluation=_evaluation(args),
             overwrite=args.overwrite,
             progress=not args.no_progress,

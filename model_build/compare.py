@@ -6,7 +6,7 @@ candidate's own (quantization or precision). Per image: PSNR and SSIM
 (scikit-image) against the reference, and the mean absolute pixel difference.
 
 Speed: both are compiled again at the device's default precision (what a worker
-runs) and timed in the same run: UNet time and whole-pipeline time per image,
+runs) and timed in the same run: UNet, VAE decoder and whole-pipeline time per image,
 medians over ``speed_runs`` renders after one warm-up render.
 """
 
@@ -47,6 +47,7 @@ class ImageScore:
 class Speed:
     unet_s: float
     pipeline_s: float
+    vae_s: float = 0.0
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Comparison:
             "reference": asdict(ref),
             "candidate": asdict(cand),
             "unet_speedup": round(ref.unet_s / cand.unet_s, 3) if cand.unet_s else None,
+            "vae_speedup": round(ref.vae_s / cand.vae_s, 3) if cand.vae_s else None,
             "pipeline_speedup": round(ref.pipeline_s / cand.pipeline_s, 3)
             if cand.pipeline_s
             else None,
@@ -137,21 +139,25 @@ def render_set(artifact: Path, spec: EvalSpec, label: str, progress: bool = True
 
 
 def measure_speed(artifact: Path, spec: EvalSpec, label: str, progress: bool = True) -> Speed:
-    """Median UNet and pipeline seconds per image at the device's default precision."""
+    """Median UNet, VAE and pipeline seconds per image at the device's default precision."""
     from tqdm import tqdm
 
     pipe = _pipeline(artifact, spec, {})
     _generate(pipe, spec, spec.prompts[0], 0)  # warm-up: the first generate is slower
-    unet, total = [], []
+    unet, vae, total = [], [], []
     for run in tqdm(
         range(spec.speed_runs), desc=f"time {label}", unit="image", disable=not progress
     ):
         t0 = time.perf_counter()
         _generate(pipe, spec, spec.prompts[run % len(spec.prompts)], run)
         total.append(time.perf_counter() - t0)
-        unet.append(sum(pipe.get_performance_metrics().raw_metrics.unet_inference_durations) / 1e6)
+        metrics = pipe.get_performance_metrics()
+        unet.append(sum(metrics.raw_metrics.unet_inference_durations) / 1e6)
+        vae.append(metrics.get_vae_decoder_infer_duration() / 1e3)
     return Speed(
-        unet_s=round(statistics.median(unet), 4), pipeline_s=round(statistics.median(total), 4)
+        unet_s=round(statistics.median(unet), 4),
+        pipeline_s=round(statistics.median(total), 4),
+        vae_s=round(statistics.median(vae), 4),
     )
 
 

@@ -318,3 +318,60 @@ def build_full_size_random(out_dir: Path, seed: int = 0) -> Path:
     write_lcm(out_dir, FULL_SIZE, seed)
     logger.info("full-size random LCM (LCM_Dreamshaper_v7 architecture) written to %s", out_dir)
     return Path(out_dir)
+
+
+#: A small AutoencoderTiny (the TAESD architecture at narrow widths: 4 latent channels, 8x
+#: upsampling) for tests of ``--vae-decoder taesd``.
+TINY_TAESD: dict[str, Any] = dict(
+    encoder_block_out_channels=(16, 16, 16, 16),
+    decoder_block_out_channels=(16, 16, 16, 16),
+    num_encoder_blocks=(1, 1, 1, 1),
+    num_decoder_blocks=(1, 1, 1, 1),
+)
+
+
+def write_taesd(out_dir: Path, config: dict[str, Any], seed: int, spread: bool = False) -> Path:
+    """A randomly initialised diffusers ``AutoencoderTiny`` folder (config.json + weights).
+
+    ``spread``: re-draw the weights so that the decoder's images span the 0..255 range
+    (He-normal convolutions, zero biases, the last layer centred on mid-grey); diffusers'
+    default initialisation shrinks the signal through the decoder's many layers and decodes
+    any latents to a nearly black image, which would make comparisons of decodes vacuous.
+    """
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    vae: Any = AutoencoderTiny(**config)
+    if spread:
+        convs = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            for conv in convs:
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                if conv.bias is not None:
+                    conv.bias.zero_()
+            # The decoder's output is 2 * last - 1: a last layer around 0.5 is mid-grey.
+            convs[-1].weight.mul_(0.01)
+            if convs[-1].bias is not None:
+                convs[-1].bias.fill_(0.5)
+    vae.save_pretrained(str(out_dir), safe_serialization=True)
+    return Path(out_dir)
+
+
+def build_tiny_taesd(out_dir: Path, seed: int = 0) -> Path:
+    """Write a tiny random TAESD (:data:`TINY_TAESD`) at ``out_dir``; same seed, same bytes.
+
+    Its weights are random (drawn so its decodes span the pixel range): it exercises the
+    export and serving path of ``--vae-decoder taesd``, and fails the quality gate.
+    """
+    write_taesd(out_dir, TINY_TAESD, seed, spread=True)
+    logger.info("tiny TAESD written to %s", out_dir)
+    return Path(out_dir)
+
+
+def build_taesd_random(out_dir: Path, seed: int = 0) -> Path:
+    """Write a full-size random TAESD at ``out_dir``: diffusers' default ``AutoencoderTiny``
+    config is the TAESD architecture (madebyollin/taesd), so its compute is the real one's."""
+    write_taesd(out_dir, {}, seed)
+    logger.info("full-size random TAESD (AutoencoderTiny defaults) written to %s", out_dir)
+    return Path(out_dir)
