@@ -11,6 +11,7 @@ from typing import Any
 
 from model_build.errors import ManifestError
 from model_build.manifest import Manifest, read_manifest, verify_files
+from model_build.vae_decoder import VAE_DECODERS
 from worker.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class ServedModel:
     #: True for a UNet without a guidance embedding (SD1.5 + LCM-LoRA): classifier-free
     #: guidance doubles its batch when guidance_scale > 1, so the compiled regime counts.
     cfg: bool = False
+    #: How the VAE decoder was made (``lcm-build --vae-decoder``): sd, int8-weights, int8, taesd.
+    vae_decoder: str = "sd"
 
 
 def _unet_config(path: Path) -> dict[str, Any]:
@@ -76,6 +79,23 @@ def check_quality(manifest: Manifest, path: Path) -> None:
         )
 
 
+def check_vae_decoder(manifest: Manifest, path: Path) -> str:
+    """The artifact's VAE decoder kind; refuse one this worker does not know.
+
+    Every kind loads through genai's Text2ImagePipeline unchanged (model_build makes a TAESD
+    decoder with the SD decoder's I/O); artifacts without the record have the SD decoder.
+    """
+    record = manifest.data.get("vae_decoder") or {"kind": "sd"}
+    kind = record.get("kind") if isinstance(record, dict) else None
+    if kind not in VAE_DECODERS:
+        raise ModelLoadError(
+            f"refusing to serve {path}: manifest.json has vae_decoder kind {kind!r}, this worker "
+            f"serves {', '.join(VAE_DECODERS)}; upgrade the worker (lcm-fleet[worker]) or "
+            "rebuild the artifact with this lcm-fleet"
+        )
+    return str(kind)
+
+
 def verify_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
     """Read and verify the manifest at ``path``; raise ModelLoadError on any mismatch."""
     path = Path(path)
@@ -91,6 +111,7 @@ def verify_artifact(path: Path, width: int | None = None, height: int | None = N
         raise ModelLoadError(f"refusing to serve {path}: {e}") from e
     check_versions(manifest)
     check_quality(manifest, path)
+    vae_decoder = check_vae_decoder(manifest, path)
     shape = manifest.shape
     w = width or shape.get("width")
     h = height or shape.get("height")
@@ -110,11 +131,18 @@ def verify_artifact(path: Path, width: int | None = None, height: int | None = N
     cfg = not _unet_config(path).get("time_cond_proj_dim")
     guidance = float(shape.get("guidance_scale") or (1.0 if cfg else 8.0))
     logger.info(
-        "artifact %s verified: %d files, manifest %s",
+        "artifact %s verified: %d files, manifest %s, VAE decoder %s",
         path,
         len(manifest.files),
         manifest.sha256[:16],
+        vae_decoder,
     )
     return ServedModel(
-        path=path, manifest=manifest, width=int(w), height=int(h), guidance_scale=guidance, cfg=cfg
+        path=path,
+        manifest=manifest,
+        width=int(w),
+        height=int(h),
+        guidance_scale=guidance,
+        cfg=cfg,
+        vae_decoder=vae_decoder,
     )
