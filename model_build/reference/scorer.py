@@ -1,9 +1,10 @@
 """Read a render of the reference domain back into its scene, and score prompt adherence.
 
-Per image: the background colour is the median of the border ring; the shape is every pixel
-far from that background; its colour is the median of the mask's interior; its kind is the
-canonical outline (cropped to the mask's bounding box) with the highest IoU. A render
-adheres to its caption when all three match. Pure numpy and Pillow: no model, no training,
+Per image: the background colour is the median of the border ring; the shape's colour is
+the median of the pixels far from that background; the shape is the largest region nearer
+its colour than the background's; its kind is the canonical outline (cropped to the
+region's bounding box) with the highest IoU. A render
+adheres to its caption when all three match. numpy, scipy and Pillow only: no model, no training,
 so the scorer cannot learn the generator's mistakes. It reads the training renders
 themselves perfectly (tested).
 """
@@ -71,6 +72,7 @@ def read_image(pixels: Any) -> Reading:
     """The scene an H x W x 3 uint8 render shows."""
     import numpy as np
     from PIL import Image
+    from scipy import ndimage
 
     image = np.asarray(pixels, dtype=np.float64)
     h, w = image.shape[:2]
@@ -98,10 +100,15 @@ def read_image(pixels: Any) -> Reading:
     core = inner if inner.sum() >= 4 else mask
     shape_rgb = np.median(image[core], axis=0)
     colour = nearest_colour(shape_rgb)
-    # The outline is the half-way contour between background and shape colour, so soft
-    # edges neither grow nor shrink the shape.
-    contrast = float(np.sqrt(((shape_rgb - bg_rgb) ** 2).sum()))
-    mask = distance > max(_MASK_DISTANCE / 2, contrast / 2)
+    # The shape is what is nearer its own colour than the background's (soft edges neither
+    # grow nor shrink it), in one piece: the largest connected region, holes filled.
+    to_shape = np.sqrt(((image - shape_rgb) ** 2).sum(axis=2))
+    mask = (to_shape < distance) & (distance > _MASK_DISTANCE / 2)
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum(mask, labels, index=range(1, count + 1))
+        mask = labels == 1 + int(np.argmax(sizes))
+    mask = ndimage.binary_fill_holes(mask)
     area = float(mask.mean())
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
