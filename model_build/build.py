@@ -42,6 +42,7 @@ from model_build.manifest import (
 from model_build.progress import peak_rss_gib
 from model_build.prompts import load_prompts
 from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
+from model_build.reference.quality import adherence_check, reference_prompts
 from model_build.vae_decoder import VaeDecoderOptions, make_vae_decoder, precision_label
 
 logger = logging.getLogger(__name__)
@@ -316,10 +317,30 @@ def _candidate_hybrid(
 def gate_candidate(
     ir_dir: Path, out_dir: Path, spec: EvalSpec, options: EvalOptions, progress: bool
 ) -> tuple[GateResult, dict[str, Any]]:
-    """Render the evaluation set with both; write quality.json and the contact sheet."""
+    """Render the evaluation set with both; write quality.json and the contact sheet.
+
+    For a reference-domain model (its ``reference.json``) the gate also scores prompt
+    adherence of both (model_build.reference.quality)."""
     comparison = compare_artifacts(ir_dir, out_dir, spec, progress=progress)
-    gate = judge(comparison.aggregate(), options.gate, options.override)
-    record = quality_record(comparison, spec, gate, str(options.prompts))
+    adherence = adherence_check(
+        ir_dir,
+        out_dir,
+        options.gate.gate_max_adherence_drop_points,
+        spec.steps,
+        spec.guidance_scale,
+    )
+    gate = judge(
+        comparison.aggregate(),
+        options.gate,
+        options.override,
+        extra_failures=adherence["failures"] if adherence else None,
+    )
+    prompts_label = str(options.prompts)
+    if reference_prompts(ir_dir) is not None and options.prompts == "eval":
+        prompts_label = "reference-domain evaluation captions"
+    record = quality_record(comparison, spec, gate, prompts_label)
+    if adherence is not None:
+        record["adherence"] = adherence
     write_quality(out_dir, record)
     write_contact_sheet(
         comparison.pixels,
@@ -328,6 +349,17 @@ def gate_candidate(
         title=f"{out_dir.name}: candidate vs fp32 reference",
     )
     return gate, record
+
+
+def _adherence_summary(adherence: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's prompt-adherence figures (reference-domain models only)."""
+    if not adherence:
+        return {}
+    return {
+        "adherence_fp32_pct": adherence["reference_f32"]["adherence_pct"],
+        "adherence_pct": adherence["candidate_served"]["adherence_pct"],
+        "adherence_drop_points": adherence["drop_points"],
+    }
 
 
 def quantize_artifact(
@@ -365,6 +397,11 @@ def quantize_artifact(
     vae = vae or VaeDecoderOptions()
     vae.check()
     evaluation = evaluation or EvalOptions()
+    # A reference-domain model calibrates and is judged on its own domain's captions,
+    # unless other prompts were asked for.
+    domain = reference_prompts(ir_dir)
+    if domain is not None and str(prompts) == "calibration":
+        prompts = "reference-domain training captions"
     size = native_size(ir_dir)
     spec = spec or CalibrationSpec()
     spec = replace(
@@ -381,14 +418,23 @@ def quantize_artifact(
     eval_spec = EvalSpec(
         width=spec.width,
         height=spec.height,
-        prompts=tuple(load_prompts(evaluation.prompts)),
+        prompts=tuple(
+            domain["eval"]
+            if domain is not None and evaluation.prompts == "eval"
+            else load_prompts(evaluation.prompts)
+        ),
         seeds=evaluation.seeds,
         steps=spec.steps,
         guidance_scale=spec.guidance_scale,
         speed_runs=evaluation.speed_runs,
     )
     needs_prompts = precision in ("int8", "hybrid") or vae.needs_latents
-    prompt_list = load_prompts(prompts) if needs_prompts else []
+    if not needs_prompts:
+        prompt_list: list[str] = []
+    elif domain is not None and prompts == "reference-domain training captions":
+        prompt_list = domain["calibration"]
+    else:
+        prompt_list = load_prompts(prompts)
     prepare_output_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     durations: dict[str, float] = {}
@@ -446,6 +492,7 @@ def quantize_artifact(
                 "passed": gate.passed,
                 "override": gate.override,
                 "failures": gate.failures,
+                **_adherence_summary(record.get("adherence")),
             },
             "speed": record["speed"],
             "build": {"durations_s": durations, "peak_rss_gib": peak_rss_gib()},

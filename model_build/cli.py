@@ -1,6 +1,8 @@
 """``lcm-build``: make the model artifacts that workers serve.
 
     lcm-build tiny OUT                 a tiny random LCM (diffusers folder), offline
+    lcm-build reference OUT            train the reference LCM (procedural shapes), offline
+    lcm-build reference-score TARGET   prompt adherence of a reference-domain model or PNGs
     lcm-build export SOURCE OUT        diffusers folder or hub id -> fp32 OpenVINO IR artifact
     lcm-build quantize IR OUT          fp32 IR artifact -> INT8-UNet artifact (NNCF)
     lcm-build build SOURCE OUT         export + quantize (fp32 kept in OUT.fp32)
@@ -111,6 +113,39 @@ def _parser() -> argparse.ArgumentParser:
         help="lcm: an LCM (default); sd15: an SD1.5-family base for --lora builds; taesd: a "
         "tiny AutoencoderTiny for --vae-decoder taesd (--size does not apply)",
     )
+
+    p = sub.add_parser(
+        "reference",
+        help="train the reference LCM offline on procedural shapes, then score its adherence",
+    )
+    p.add_argument("out", type=Path, help="diffusers folder to write (resumes if interrupted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, help="torch threads (default: all cores; the weights depend on it)"
+    )
+    p.add_argument("--no-eval", action="store_true", help="skip the adherence evaluation")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser(
+        "reference-score",
+        help="prompt adherence of a reference-domain model (diffusers or OpenVINO) or of PNGs",
+    )
+    p.add_argument(
+        "target", type=Path, help="diffusers folder, OpenVINO artifact, or a folder of fleet PNGs"
+    )
+    p.add_argument(
+        "--captions", type=Path, help="one caption per line (default: the 112 evaluation captions)"
+    )
+    p.add_argument("--seeds", type=int, default=2, help="seeds per caption (default 2)")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--guidance-scale", type=float, default=8.0)
+    p.add_argument(
+        "--precision",
+        choices=("f32", "default"),
+        default="f32",
+        help="OpenVINO artifacts: f32 (default) or the device default (as workers serve)",
+    )
+    p.add_argument("--json", type=Path, help="also write the whole report here")
 
     p = sub.add_parser("tiny-lora", help="build a tiny random LoRA for a tiny sd15 base, offline")
     p.add_argument("base", type=Path)
@@ -244,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
             out = builder(args.out, TinySpec(image_size=args.size, seed=args.seed))
         print(f"tiny {args.kind} model written to {out}")
         return 0
+    if args.command in ("reference", "reference-score"):
+        return _run_reference(args)
     if args.command == "tiny-lora":
         from model_build.tiny import build_tiny_lora
 
@@ -316,6 +353,48 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _run_reference(args: argparse.Namespace) -> int:
+    import json
+
+    from model_build.reference.evaluate import (
+        EvalSettings,
+        evaluate,
+        load_captions,
+        print_report,
+        record_evaluation,
+    )
+
+    if args.command == "reference":
+        from model_build.reference.train import Recipe, train_reference
+
+        result = train_reference(
+            args.out, Recipe(seed=args.seed), threads=args.threads, progress=not args.no_progress
+        )
+        print(f"reference LCM written to {result.out_dir}")
+        for stage, seconds in result.durations_s.items():
+            print(f"  {stage:<8} {seconds:7.1f} s")
+        if not args.no_eval:
+            settings = EvalSettings()
+            report = evaluate(args.out, settings=settings)
+            record_evaluation(args.out, report, settings)
+            print_report(report, f"{args.out} (diffusers PyTorch fp32, 4 steps)")
+        return 0
+    if args.seeds < 1 or args.steps < 1:
+        raise BuildInputError("--seeds and --steps must be at least 1")
+    settings = EvalSettings(
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seeds=tuple(range(args.seeds)),
+        precision=args.precision,
+    )
+    scenes = load_captions(args.captions) if args.captions else None
+    report = evaluate(args.target, scenes, settings)
+    print_report(report, str(args.target))
+    if args.json:
+        args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 # --- model registry in S3: publish, list ------------------------------------------------
 # S3 settings come from LCM_* (producer.settings.ProducerSettings); see model_build/registry.py.
 
@@ -366,6 +445,8 @@ _QUALITY_FIGURES = (
     ("ssim_min", "SSIM min {}"),
     ("mean_abs_diff", "|diff| {}"),
     ("mean_abs_diff_mean", "|diff| {}"),
+    ("adherence_pct", "adherence {}%"),
+    ("adherence_drop_points", "adherence -{} pts vs fp32"),
 )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from model_build.errors import BuildInputError, ExportError
 from model_build.progress import elapsed_bar
+from model_build.reference.evaluate import REFERENCE_JSON
 
 logger = logging.getLogger(__name__)
 
@@ -102,4 +103,9 @@ def export_ir(
             f"export of {source!r} is incomplete, missing: {', '.join(missing)}; "
             "is the source a text-to-image LCM/SD pipeline?"
         )
+    # A reference-domain model's description (its split, recipe and figures) travels with
+    # the artifact: the quality gate scores prompt adherence from it.
+    described = Path(source) / REFERENCE_JSON
+    if described.is_file():
+        shutil.copy2(described, out_dir / REFERENCE_JSON)
     return out_dir

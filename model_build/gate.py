@@ -31,6 +31,8 @@ class GateSettings(BaseSettings):
     #: Every single image must keep at least this SSIM (catches one broken render).
     gate_min_ssim_worst: float = Field(default=0.40, ge=-1, le=1)
     gate_max_mean_abs_diff: float = Field(default=16.0, ge=0, le=255)
+    #: Reference-domain models: how many points of prompt adherence the candidate may lose.
+    gate_max_adherence_drop_points: float = Field(default=3.0, ge=0, le=100)
 
 
 @dataclass
@@ -46,9 +48,13 @@ class GateResult:
 
 
 def judge(
-    aggregate: dict[str, float], settings: GateSettings, override: str | None = None
+    aggregate: dict[str, float],
+    settings: GateSettings,
+    override: str | None = None,
+    extra_failures: list[str] | None = None,
 ) -> GateResult:
-    failures = []
+    """Check the figures against the thresholds; ``extra_failures`` come from other checks."""
+    failures = list(extra_failures or [])
     psnr = aggregate["psnr_db_mean"]
     if math.isfinite(psnr) and psnr < settings.gate_min_psnr_db:
         failures.append(f"mean PSNR {psnr} dB < LCM_GATE_MIN_PSNR_DB={settings.gate_min_psnr_db}")
