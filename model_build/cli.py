@@ -247,6 +247,14 @@ def _summary(result) -> None:
             f"pipeline {sp['candidate']['pipeline_s']}s vs "
             f"{sp['reference']['pipeline_s']}s (x{sp['pipeline_speedup']})"
         )
+    adherence = (result.quality or {}).get("adherence")
+    if adherence:
+        rows["prompt adherence"] = (
+            f"{adherence['candidate_served']['adherence_pct']}% served, "
+            f"{adherence['candidate_f32']['adherence_pct']}% at f32, fp32 reference "
+            f"{adherence['reference_f32']['adherence_pct']}% ({adherence['images_each']} images "
+            f"each; -{adherence['drop_points']} points)"
+        )
     if result.gate is not None:
         g = result.gate
         rows["quality gate"] = (

@@ -95,14 +95,18 @@ def render_diffusers(
 
 
 def render_genai(
-    artifact: Path, scenes: list[Scene], settings: EvalSettings
+    artifact: Path, scenes: list[Scene], settings: EvalSettings, size: int | None = None
 ) -> list[tuple[Scene, Any]]:
-    """Renders through openvino.genai, as a worker renders (CppStdGenerator seeds)."""
+    """Renders through openvino.genai, as a worker renders (CppStdGenerator seeds), at
+    ``size`` or else the shape in the artifact's manifest."""
     import numpy as np
     import openvino_genai as ov_genai
 
-    manifest = json.loads((Path(artifact) / "manifest.json").read_text(encoding="utf-8"))
-    shape = manifest["shape"]
+    if size is None:
+        manifest = json.loads((Path(artifact) / "manifest.json").read_text(encoding="utf-8"))
+        shape = manifest["shape"]
+    else:
+        shape = {"width": size, "height": size}
     pipe = ov_genai.Text2ImagePipeline(str(artifact))
     pipe.reshape(1, shape["height"], shape["width"], settings.guidance_scale)
     config = {} if settings.precision == "default" else {"INFERENCE_PRECISION_HINT": "f32"}

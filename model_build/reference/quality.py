@@ -49,7 +49,8 @@ def adherence_check(
 ) -> dict[str, Any] | None:
     """Adherence of the fp32 reference and the candidate; None when ``ir_dir`` is not a
     reference-domain artifact. ``failures`` is empty when the candidate is close enough."""
-    if not is_reference(ir_dir):
+    record = reference_record(ir_dir)
+    if record is None:
         return None
     split = split_of(ir_dir)
     scenes = split.eval_scenes()
@@ -60,7 +61,8 @@ def adherence_check(
         ("candidate_served", candidate_dir, "default"),
     ):
         settings = EvalSettings(steps=steps, guidance_scale=guidance_scale, precision=precision)
-        report = score_renders(render_genai(folder, scenes, settings), split.held_out)
+        renders = render_genai(folder, scenes, settings, size=int(record["image_size"]))
+        report = score_renders(renders, split.held_out)
         figures[label] = {
             "adherence_pct": report.adherence_pct,
             "held_out_pct": report.held_out.get("adherence_pct"),
