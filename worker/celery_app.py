@@ -19,18 +19,19 @@ def configure(settings: WorkerSettings) -> Celery:
         result_backend=settings.redis_url,
         task_default_queue=settings.queue,
         result_expires=settings.result_expires_s,
-        # A job is acknowledged only when it finished (stored or failed for good); if the
-        # worker process dies mid-job, the job goes back to the queue.
+        # A job is acknowledged only when it finished (stored or failed for good). If its
+        # render process dies, the task requeues it (worker/renderer.py); if the whole
+        # worker dies, Redis delivers it again after the visibility timeout.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # Per thread: with two threads per render process, the next job is already here
+        # when the running one finishes rendering.
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        task_soft_time_limit=settings.task_soft_time_limit_s,
-        task_time_limit=settings.task_time_limit_s,
+        # No task_soft_time_limit/task_time_limit: the threads pool cannot enforce them;
+        # the worker enforces LCM_TASK_SOFT_TIME_LIMIT_S/LCM_TASK_TIME_LIMIT_S itself
+        # (worker/limits.py).
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        # The pipeline compiles in worker_process_init; Celery's default 4 s would kill
-        # every new child before it is ready, in an endless respawn loop.
-        worker_proc_alive_timeout=settings.startup_timeout_s,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=20,

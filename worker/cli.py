@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-import tempfile
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -53,11 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if settings.metrics_port and not args.check:
-        # Before anything imports prometheus_client: the prefork children write their
-        # samples here and this (parent) process serves the sum.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lcm-worker-metrics-")
-
     from worker import broker_guard, runtime
     from worker.celery_app import configure
     from worker.model_source import load_model
@@ -115,22 +109,41 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    rt.refusal_file = Path(tempfile.mkdtemp(prefix="lcm-worker-")) / "refused"
-    app.worker_main(
-        [
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={settings.concurrency}",
-            f"--loglevel={settings.log_level}",
-            f"--queues={','.join(rt.queues)}",
-            f"--hostname=lcm-worker-{settings.unit}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
-    if rt.refusal_file.is_file():
-        print(f"lcm-worker: {rt.refusal_file.read_text()}", file=sys.stderr)
+
+    def on_fatal(message: str) -> None:
+        # A render process that cannot be started again: stop serving (running jobs
+        # finish first); lcm-fleet starts the worker again.
+        rt.fatal = message
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        reports = rt.start_rendering(on_fatal)
+    except WorkerError as e:
+        print(f"lcm-worker: {e}", file=sys.stderr)
         return 2
+    from worker import metrics
+
+    for report in reports:
+        metrics.observe_load(report)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                # Threads: two jobs in flight per render process (worker/renderer.py).
+                "--pool=threads",
+                f"--concurrency={rt.threads}",
+                f"--loglevel={settings.log_level}",
+                f"--queues={','.join(rt.queues)}",
+                f"--hostname=lcm-worker-{settings.unit}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        rt.stop()
+    if rt.fatal:
+        print(f"lcm-worker: stopped: {rt.fatal}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -21,3 +21,11 @@ class TransientStorageError(StorageError):
 
 class StartupError(WorkerError):
     """The worker's settings or environment cannot work; the message says what to fix."""
+
+
+class RenderCancelled(WorkerError):
+    """A render stopped at a denoising step because its job's soft time limit passed."""
+
+
+class RendererLost(WorkerError):
+    """The render process died (killed, out of memory) while it rendered a job."""

@@ -84,7 +84,7 @@ class PipelineMemory:
 
 @dataclass(frozen=True)
 class LoadedSizes:
-    pipelines: PipelineSet
+    pipelines: PipelineSet[ImagePipeline]
     loads: tuple[PipelineMemory, ...]
     #: Lower bound per pipeline, from the artifact's weights.
     estimate_gib: float

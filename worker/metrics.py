@@ -1,9 +1,8 @@
 """Prometheus metrics of one worker: stage histograms, jobs by outcome, queue depth.
 
-Celery's prefork children render; the parent serves ``/metrics``. The children write
-their samples to ``PROMETHEUS_MULTIPROC_DIR`` (set by ``lcm-worker`` before anything
-imports prometheus_client), and the parent aggregates them, plus the queue depths it
-reads from Redis at each scrape.
+The job threads of the worker process record them; the same process serves
+``/metrics``, with the queue depths it reads from Redis at each scrape. (The render
+processes only render; they report their compile time and memory once, at start.)
 """
 
 from __future__ import annotations
@@ -22,12 +21,13 @@ STAGES = (
     "unet",
     "vae",
     "render",
+    "slot_wait",
     "encode",
     "upload",
     "store_wait",
     "total",
 )
-OUTCOMES = ("succeeded", "invalid", "failed", "retried", "abandoned")
+OUTCOMES = ("succeeded", "invalid", "failed", "retried", "abandoned", "requeued", "timed_out")
 
 #: ``size`` label of jobs whose size this worker does not serve, and of undecodable ones.
 SIZE_OTHER, SIZE_UNKNOWN = "other", "unknown"
@@ -44,13 +44,11 @@ COMPILE_SECONDS = Gauge(
     "lcm_pipeline_compile_seconds",
     "Seconds to load and compile the pipeline of a size class",
     ["size"],
-    multiprocess_mode="max",
 )
 PIPELINE_MEMORY = Gauge(
     "lcm_pipeline_memory_gib",
-    "Resident memory growth (GiB) while the pipeline of a size class loaded",
+    "Resident memory growth (GiB) while the pipeline of a size class loaded and warmed up",
     ["size"],
-    multiprocess_mode="max",
 )
 
 
@@ -101,16 +99,11 @@ class QueueDepthCollector:
 
 
 def serve(port: int, addr: str, redis_url: str, queues: list[str], info: dict[str, str]) -> None:
-    """Serve /metrics from this (parent) process."""
-    import os
-
-    from prometheus_client import CollectorRegistry, start_http_server
+    """Serve /metrics from this process (a background thread)."""
+    from prometheus_client import REGISTRY, start_http_server
     from prometheus_client.core import GaugeMetricFamily
-    from prometheus_client.multiprocess import MultiProcessCollector
 
-    registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+    registry = REGISTRY
     registry.register(QueueDepthCollector(redis_url, queues))
 
     class Info:
@@ -124,12 +117,3 @@ def serve(port: int, addr: str, redis_url: str, queues: list[str], info: dict[st
     registry.register(Info())
     start_http_server(port, addr=addr, registry=registry)
     logger.info("metrics on http://%s:%d/metrics", addr, port)
-
-
-def mark_dead(pid: int) -> None:
-    import os
-
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)

@@ -1,26 +1,20 @@
-"""The compiled openvino.genai pipeline: loaded and compiled once per worker process.
+"""The compiled openvino.genai pipeline, one per size class, each with a static shape.
 
-Nothing here runs at import time. ``process_pipelines()`` builds the pipelines on first
-use in a process (one per size class; the Celery worker calls it from
-``worker_process_init``, so the first job does not pay for the compile), each with a
-static shape and a compile cache.
+Nothing here runs at import time. The worker's render process (worker/renderer.py)
+compiles its pipelines once when it starts, with the compile cache on.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from worker.artifact import ServedModel
-from worker.errors import ModelLoadError
+from worker.errors import ModelLoadError, RenderCancelled
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,18 +25,35 @@ class StageTimes:
     total_s: float
 
 
-class ImagePipeline(Protocol):
+class CompiledShape(Protocol):
+    """What a job is checked against: the compiled size and guidance regime."""
+
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def guidance_scale(self) -> float: ...
+    @property
+    def cfg(self) -> bool: ...
+
+
+class ImagePipeline(CompiledShape, Protocol):
     """What rendering needs from a pipeline (the genai one, or a fake in fast tests)."""
 
-    width: int
-    height: int
-    guidance_scale: float
-    cfg: bool
-
     def generate(
-        self, prompt: str, seed: int, steps: int, guidance_scale: float
+        self,
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance_scale: float,
+        deadline: float | None = None,
     ) -> tuple[Any, StageTimes]:
-        """Render one image: (H x W x 3 uint8 array, stage times)."""
+        """Render one image: (H x W x 3 uint8 array, stage times).
+
+        ``deadline`` (time.monotonic()): stop at the next denoising step once it has
+        passed and raise :class:`worker.errors.RenderCancelled`.
+        """
         ...
 
 
@@ -106,10 +117,27 @@ class GenaiPipeline:
         )
 
     def generate(
-        self, prompt: str, seed: int, steps: int, guidance_scale: float
+        self,
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance_scale: float,
+        deadline: float | None = None,
     ) -> tuple[Any, StageTimes]:
         import numpy as np
 
+        kwargs: dict[str, Any] = {}
+        cancelled: list[int] = []
+        if deadline is not None:
+
+            def on_step(step: int, num_steps: int, _latent: Any) -> bool:
+                # genai calls this after each denoising step; True stops the loop.
+                if time.monotonic() >= deadline:
+                    cancelled.append(step)
+                    return True
+                return False
+
+            kwargs["callback"] = on_step
         t0 = time.perf_counter()
         out = self._pipe.generate(
             prompt,
@@ -118,8 +146,14 @@ class GenaiPipeline:
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
             generator=self._ov_genai.CppStdGenerator(seed),
+            **kwargs,
         )
         total = time.perf_counter() - t0
+        if cancelled:
+            raise RenderCancelled(
+                f"render stopped after denoising step {cancelled[0] + 1} of {steps}: the "
+                "deadline passed"
+            )
         pixels = np.array(out.data[0], copy=True)
         m = self._pipe.get_performance_metrics()
         text_ms = sum(m.get_text_encoder_infer_duration().values())
@@ -128,22 +162,3 @@ class GenaiPipeline:
         return pixels, StageTimes(
             text_encoder_s=text_ms / 1e3, unet_s=unet_us / 1e6, vae_s=vae_ms / 1e3, total_s=total
         )
-
-
-_lock = threading.Lock()
-_loaded: Any = None
-
-
-def process_pipelines(loader: Callable[[], T]) -> T:
-    """This process's pipelines, built by ``loader()`` the first time they are asked for."""
-    global _loaded
-    with _lock:
-        if _loaded is None:
-            _loaded = loader()
-        return _loaded
-
-
-def reset_process_pipelines() -> None:
-    global _loaded
-    with _lock:
-        _loaded = None

@@ -9,7 +9,7 @@ from typing import Any
 
 from producer.contract import Job
 from producer.errors import InvalidJob
-from worker.pipeline import ImagePipeline
+from worker.pipeline import CompiledShape, ImagePipeline
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Rendered:
     durations_s: dict[str, float] = field(default_factory=dict)
 
 
-def check_inputs(job: Job, pipeline: ImagePipeline) -> tuple[int, int, float]:
+def check_inputs(job: Job, pipeline: CompiledShape) -> tuple[int, int, float]:
     """Size: the compiled one (or unset). Guidance: the model's default when unset; for a
     CFG model, on the same side of 1.0 as the compiled guidance."""
     width = job.width or pipeline.width

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 
 from producer.contract import ImageRecord, Job, JobResult, image_key, result_key
+from worker.limits import Deadlines
 from worker.png import encode_png, image_metadata
 from worker.render import Rendered, RenderedImage
 from worker.storage import ObjectStore
@@ -91,9 +92,15 @@ class ResultWriter:
             if not future.cancelled():
                 future.exception()
 
-    def finish(self, rendered: Rendered) -> JobResult:
-        """Wait for every image's verified upload, then write result.json."""
+    def finish(self, rendered: Rendered, deadlines: Deadlines | None = None) -> JobResult:
+        """Wait for every image's verified upload (until the soft limit), then write result.json."""
         t0 = time.perf_counter()
+        if deadlines is not None:
+            left = deadlines.soft_left()
+            _, waiting = wait(self._pending, timeout=None if left == float("inf") else max(0, left))
+            if waiting:
+                self.abandon()
+                raise deadlines.soft_exceeded(f"waiting for {len(waiting)} image upload(s)")
         stored = [future.result() for future in self._pending]
         waited = time.perf_counter() - t0
         durations = {k: round(v, 4) for k, v in rendered.durations_s.items()}

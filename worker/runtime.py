@@ -1,41 +1,46 @@
-"""What one worker process holds: its settings, the verified model, the store, the pipeline.
+"""What a worker holds: its settings, the verified model, its render processes, the store.
 
-The parent process installs settings and the verified model before it forks; each
-child builds its own pipeline (a pipeline compiled before fork leaves each child's
-OpenVINO on one core) and its own S3 and Redis clients.
+``lcm-worker`` verifies the model, installs the runtime, starts the render processes
+(which compile the pipelines, worker/renderer.py) and only then lets Celery's threads
+consume jobs. The S3 client, the Redis client and the upload threads are shared by the
+job threads (boto3 clients and redis-py clients are thread-safe).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from worker.artifact import ServedModel
 from worker.errors import StartupError
-from worker.memory import LoadedSizes, check_estimate, estimate_gib, load_size_classes
-from worker.pipeline import GenaiPipeline, ImagePipeline, process_pipelines
+from worker.memory import check_estimate, estimate_gib
+from worker.renderer import LoadReport, RenderSlots, RenderSpec
 from worker.settings import WorkerSettings
-from worker.sizes import PipelineSet, Size, queues_for
+from worker.sizes import Size, queues_for
 from worker.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
+
+#: Jobs in flight per render process: one rendering, one storing its images.
+JOBS_PER_RENDER_PROCESS = 2
 
 
 @dataclass
 class Runtime:
     settings: WorkerSettings
     model: ServedModel
+    slots: RenderSlots | None = None
+    #: Why the worker stopped itself (a render process that cannot be started again).
+    fatal: str | None = None
     _store: ObjectStore | None = None
     _redis: Any = None
     _uploads: ThreadPoolExecutor | None = None
-    #: Where a worker process that refuses to start writes why (read by lcm-worker).
-    refusal_file: Path | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def sizes(self) -> list[Size]:
@@ -48,28 +53,20 @@ class Runtime:
         return queues_for(self.settings.queue, self.sizes)
 
     @property
+    def threads(self) -> int:
+        """Celery threads: jobs in flight at once."""
+        return JOBS_PER_RENDER_PROCESS * self.settings.concurrency
+
+    @property
     def name(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
-    def _compile(self, size: Size) -> ImagePipeline:
-        return GenaiPipeline(
-            self.model,
-            self.settings.device,
-            self.settings.cache_dir,
-            self.settings.inference_precision,
-            cpu_threads=self.settings.cpu_threads,
-            cpu_pinning=self.settings.cpu_pinning,
-            text_encoder_device=self.settings.text_encoder_device,
-            width=size[0],
-            height=size[1],
-        )
-
     def _budget(self) -> tuple[float | None, str]:
-        """Memory budget of one worker process's pipelines, and how to name it."""
+        """Memory budget of one render process's pipelines, and how to name it."""
         settings = self.settings
         if settings.memory_budget_gib is None or settings.concurrency == 1:
             return settings.memory_budget_gib, "LCM_MEMORY_BUDGET_GIB"
-        # Every worker process holds its own pipelines.
+        # Every render process holds its own pipelines.
         return (
             settings.memory_budget_gib / settings.concurrency,
             f"LCM_MEMORY_BUDGET_GIB/LCM_CONCURRENCY ({settings.concurrency})",
@@ -86,41 +83,68 @@ class Runtime:
         budget, name = self._budget()
         check_estimate(self.sizes, self._estimate_gib(), budget, name)
 
-    def _load(self) -> LoadedSizes:
+    def render_spec(self) -> RenderSpec:
+        settings = self.settings
         budget, name = self._budget()
-        return load_size_classes(
-            self.sizes,
-            self._compile,
-            estimate_gib=self._estimate_gib(),
+        return RenderSpec(
+            model=self.model,
+            sizes=tuple(self.sizes),
+            device=settings.device,
+            cache_dir=settings.cache_dir,
+            precision=settings.inference_precision,
+            cpu_threads=settings.cpu_threads,
+            cpu_pinning=settings.cpu_pinning,
+            text_encoder_device=settings.text_encoder_device,
             budget_gib=budget,
             budget_name=name,
-            warmup=self.settings.warmup,
+            estimate_gib=self._estimate_gib(),
+            warmup=settings.warmup,
+            log_level=settings.log_level,
         )
 
-    def loaded(self) -> LoadedSizes:
-        """This process's pipelines, one per size class, compiled on first use."""
-        return process_pipelines(self._load)
+    def start_rendering(self, on_fatal: Any = None) -> list[LoadReport]:
+        """Start the render processes; raise StartupError/ModelLoadError if they cannot load."""
+        self.slots = RenderSlots(
+            self.render_spec(),
+            processes=self.settings.concurrency,
+            startup_timeout_s=self.settings.startup_timeout_s,
+            on_fatal=on_fatal,
+        )
+        return self.slots.start()
 
-    def pipelines(self) -> PipelineSet:
-        return self.loaded().pipelines
+    def render_slots(self) -> RenderSlots:
+        if self.slots is None:
+            raise StartupError("the render processes are not started: start with `lcm-worker`")
+        return self.slots
 
     def store(self) -> ObjectStore:
-        if self._store is None:
-            self._store = ObjectStore(self.settings)
-        return self._store
+        with self._lock:
+            if self._store is None:
+                self._store = ObjectStore(self.settings)
+            return self._store
 
     def uploads(self) -> ThreadPoolExecutor:
-        """One background thread per process that encodes and uploads finished images."""
-        if self._uploads is None:
-            self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lcm-upload")
-        return self._uploads
+        """Threads that encode and upload finished images, one per job in flight."""
+        with self._lock:
+            if self._uploads is None:
+                self._uploads = ThreadPoolExecutor(
+                    max_workers=self.threads, thread_name_prefix="lcm-upload"
+                )
+            return self._uploads
 
     def redis(self) -> Any:
-        if self._redis is None:
-            import redis
+        with self._lock:
+            if self._redis is None:
+                import redis
 
-            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
-        return self._redis
+                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+            return self._redis
+
+    def stop(self) -> None:
+        if self.slots is not None:
+            self.slots.stop()
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=True)
 
 
 _runtime: Runtime | None = None
@@ -136,32 +160,3 @@ def current() -> Runtime:
     if _runtime is None:
         raise StartupError("the worker runtime is not installed: start workers with `lcm-worker`")
     return _runtime
-
-
-def load_in_child() -> None:
-    """worker_process_init: compile this child's pipeline; on failure stop the whole worker.
-
-    Celery logs and ignores exceptions from signal handlers, and would keep replacing a
-    child that cannot load: so a load failure shuts the parent down instead.
-    """
-    runtime = current()
-    runtime._store = None
-    runtime._redis = None
-    runtime._uploads = None
-    try:
-        loaded = runtime.loaded()
-        from worker import metrics
-
-        metrics.observe_load(loaded)
-    except StartupError as e:
-        logger.error("worker process %d refuses to start: %s", os.getpid(), e)
-        if runtime.refusal_file is not None:
-            runtime.refusal_file.write_text(str(e))
-        os.kill(os.getppid(), signal.SIGTERM)
-        os._exit(3)
-    except Exception:
-        logger.exception(
-            "worker process %d could not load its pipeline; stopping the worker", os.getpid()
-        )
-        os.kill(os.getppid(), signal.SIGTERM)
-        os._exit(3)

@@ -45,13 +45,14 @@ class WorkerSettings(ConnectionSettings):
     s3_access_key_id: SecretStr
     s3_secret_access_key: SecretStr
 
-    #: Worker processes, each with its own compiled pipeline (one per socket or GPU).
+    #: Render processes, each with its own compiled pipelines (lcm-fleet runs one worker per
+    #: socket or GPU instead); the worker keeps two jobs in flight per render process.
     concurrency: int = Field(default=1, ge=1, le=64)
     task_soft_time_limit_s: int = Field(default=600, ge=1)
     task_time_limit_s: int = Field(default=660, ge=1)
     #: Redis re-delivers an unacknowledged job after this long; must exceed the hard limit.
     visibility_timeout_s: int = Field(default=3600, ge=60)
-    #: Seconds a new worker process may take to load and compile its pipeline.
+    #: Seconds a new render process may take to load, compile and warm up its pipelines.
     startup_timeout_s: float = Field(default=600.0, gt=0)
     #: Deliveries of one job (crashes included) before it is failed for good.
     max_deliveries: int = Field(default=3, ge=1, le=20)

@@ -9,15 +9,13 @@ worker's default size, the first one listed. Light module: no OpenVINO.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 from producer.contract import SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE, Job, size_queue
 from producer.errors import InvalidJob
 
-if TYPE_CHECKING:
-    from worker.pipeline import ImagePipeline
-
 Size = tuple[int, int]
+P = TypeVar("P")
 
 
 def format_size(size: Size) -> str:
@@ -68,10 +66,11 @@ def queues_for(base: str, sizes: Iterable[Size]) -> list[str]:
     return [base, *(size_queue(base, w, h) for w, h in sizes)]
 
 
-class PipelineSet:
-    """One compiled pipeline per size class; ``for_job`` picks the one a job needs."""
+class PipelineSet(Generic[P]):
+    """One compiled pipeline (or its description) per size class; ``for_job`` picks the
+    one a job needs."""
 
-    def __init__(self, pipelines: Mapping[Size, ImagePipeline], default: Size) -> None:
+    def __init__(self, pipelines: Mapping[Size, P], default: Size) -> None:
         if default not in pipelines:
             raise ValueError(f"default size {format_size(default)} has no pipeline")
         self._pipelines = dict(pipelines)
@@ -82,7 +81,7 @@ class PipelineSet:
         """Served sizes, the default first."""
         return [self.default, *(s for s in self._pipelines if s != self.default)]
 
-    def get(self, size: Size) -> ImagePipeline:
+    def get(self, size: Size) -> P:
         return self._pipelines[size]
 
     def size_of(self, job: Job) -> Size:
@@ -91,7 +90,7 @@ class PipelineSet:
             return self.default
         return job.width, job.height
 
-    def for_job(self, job: Job) -> ImagePipeline:
+    def for_job(self, job: Job) -> P:
         size = self.size_of(job)
         pipeline = self._pipelines.get(size)
         if pipeline is None:

@@ -1,4 +1,8 @@
-"""The render task: decode, render, store, decide on retry. The logic lives elsewhere."""
+"""The render task: decode, render, store, decide on retry. The logic lives elsewhere.
+
+It runs on one of Celery's threads (worker/renderer.py says why), under the job's own
+soft and hard time limits (worker/limits.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from producer.backoff import Backoff
 from producer.contract import HEADER_SUBMITTED_AT, TASK_RENDER, Job, parse_job
@@ -15,9 +19,9 @@ from producer.errors import InvalidJob
 from worker import metrics, runtime
 from worker.celery_app import app
 from worker.deliveries import JobAbandoned, count_delivery, forget_deliveries
-from worker.errors import TransientStorageError
-from worker.render import render
-from worker.results import ResultWriter
+from worker.errors import RendererLost, TransientStorageError
+from worker.job import run_job
+from worker.limits import Deadlines
 from worker.sizes import format_size
 
 logger = logging.getLogger(__name__)
@@ -33,18 +37,6 @@ def decode_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
             f"{len(args)} positional and {sorted(kwargs)} keyword arguments"
         )
     return parse_job(args[0])
-
-
-@worker_process_init.connect
-def _load_pipeline(**_: Any) -> None:
-    runtime.load_in_child()
-
-
-@worker_process_shutdown.connect
-def _forget_metrics(pid: int | None = None, **_: Any) -> None:
-    import os
-
-    metrics.mark_dead(pid or os.getpid())
 
 
 def queue_wait_s(submitted_at: Any) -> float | None:
@@ -63,6 +55,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     retries = int(self.request.retries or 0)
     wait_s = queue_wait_s(self.request.get(HEADER_SUBMITTED_AT))
     t0 = time.perf_counter()
+    deadlines = Deadlines.start(settings.task_soft_time_limit_s, settings.task_time_limit_s)
     size = metrics.SIZE_UNKNOWN
     try:
         count_delivery(
@@ -73,24 +66,19 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             ttl_s=settings.visibility_timeout_s * (settings.max_deliveries + 1),
         )
         job = decode_payload(args, kwargs)
-        pipelines = rt.pipelines()
-        wanted = pipelines.size_of(job)
-        size = format_size(wanted) if wanted in pipelines.sizes else metrics.SIZE_OTHER
-        pipeline = pipelines.for_job(job)
-        writer = ResultWriter(
-            rt.store(),
+        slots = rt.render_slots()
+        wanted = slots.classes.size_of(job)
+        size = format_size(wanted) if wanted in slots.classes.sizes else metrics.SIZE_OTHER
+        result = run_job(
             job,
+            slots=slots,
+            store=rt.store(),
             prefix=settings.s3_prefix,
             model_manifest_sha256=rt.model.manifest.sha256,
             worker=rt.name,
+            deadlines=deadlines,
             executor=rt.uploads(),
         )
-        try:
-            rendered = render(job, pipeline, on_image=writer.add)
-        except BaseException:
-            writer.abandon()
-            raise
-        result = writer.finish(rendered)
     except NEVER_RETRY as e:
         metrics.count_outcome("abandoned" if isinstance(e, JobAbandoned) else "invalid", size)
         logger.warning("job %s failed (not retried): %s [size %s]", task_id, e, size)
@@ -115,6 +103,17 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             size,
         )
         raise self.retry(exc=e, countdown=countdown, max_retries=settings.task_max_retries) from e
+    except RendererLost as e:
+        # What task_reject_on_worker_lost does for a dead prefork child: back to the
+        # queue at once; the delivery counter fails the job after LCM_MAX_DELIVERIES.
+        metrics.count_outcome("requeued", size)
+        logger.error("job %s requeued: %s [size %s]", task_id, e, size)
+        raise Reject(str(e), requeue=True) from e
+    except (SoftTimeLimitExceeded, TimeLimitExceeded) as e:
+        # Failed and acknowledged (not retried), as Celery's own time limits do.
+        metrics.count_outcome("timed_out", size)
+        logger.error("job %s failed: %s [size %s]", task_id, e, size)
+        raise
     except Exception as e:
         metrics.count_outcome("failed", size)
         logger.exception("job %s failed: %s [size %s]", task_id, e, size)

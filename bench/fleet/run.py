@@ -3,11 +3,19 @@
 Bare: one process builds the worker's own pipeline (worker.pipeline.GenaiPipeline, the
 same settings) and renders N jobs in a loop. Fleet: the same N jobs are submitted through
 Redis to a real `lcm-worker` process that renders them and stores PNGs in the real S3
-server (SeaweedFS, started here). Throughput is images per second after one warm-up job
-on each side; overhead = 1 - fleet / bare.
+server (SeaweedFS, started here). Throughput is images per second; overhead =
+1 - fleet / bare.
+
+All sides are started first (each renders one unmeasured warm-up job), then measured in
+``--rounds`` alternating rounds (bare, fleet, ...; the next round in reverse order), so
+that a machine shared with other work loads every side alike; each round records the
+share of the machine's CPU that other processes took. ``--compare-code-dir`` adds a
+second fleet worker running the code of another tree (e.g. an older commit exported
+with ``git archive``), measured in the same rounds.
 
     python -m bench.fleet.run                          # the tiny INT8 model (overhead-dominated)
-    python -m bench.fleet.run --artifact DIR --jobs 8  # e.g. the full-size INT8 artifact
+    python -m bench.fleet.run --artifact DIR --jobs 6  # e.g. the full-size INT8 artifact
+    python -m bench.fleet.run --compare-code-dir /tmp/old --compare-label prefork
 """
 
 from __future__ import annotations
@@ -16,18 +24,20 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a lighthouse at dusk", "a bowl of ramen", "a red fox in snow", "a city at night"]
+STAGES = ("queue_wait", "slot_wait", "render", "encode", "upload", "store_wait", "total")
 
 
 def _services() -> Any:
@@ -38,29 +48,141 @@ def _services() -> Any:
     return module
 
 
-def bare_loop(artifact: Path, jobs: int, cache_dir: str) -> dict[str, float]:
-    """Run in a child process: the worker's pipeline, rendering in a plain loop."""
-    code = f"""
-import json, time
+def machine_cpu() -> tuple[float, float]:
+    """(busy CPU s, total CPU s) of the whole machine so far, from /proc/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return (total - fields[3] - fields[4]) / tick, total / tick
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process and its descendants, now."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            seconds += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return seconds
+
+
+def git_describe(code_dir: Path) -> str:
+    """The commit of the worker code measured (``+changes`` when its tree has edits)."""
+    marker = code_dir / "COMMIT"
+    if marker.is_file():  # a tree exported with git archive
+        return marker.read_text().strip()
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=code_dir, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "worker"],
+            cwd=code_dir,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+BARE_SERVER = """
+import json, sys, time
 from worker.artifact import verify_artifact
 from worker.pipeline import GenaiPipeline
-model = verify_artifact({str(artifact)!r})
-pipe = GenaiPipeline(model, "CPU", {cache_dir!r}, "default")
-prompts = {PROMPTS!r}
+model = verify_artifact(sys.argv[1])
+pipe = GenaiPipeline(model, "CPU", sys.argv[2], "default")
+prompts = json.loads(sys.argv[3])
 pipe.generate(prompts[0], 0, 4, model.guidance_scale)
-t0 = time.perf_counter()
-for i in range({jobs}):
-    pipe.generate(prompts[i % len(prompts)], i, 4, model.guidance_scale)
-print(json.dumps({{"seconds": time.perf_counter() - t0}}))
+print("ready", flush=True)
+for line in sys.stdin:
+    for i in range(int(line)):
+        pipe.generate(prompts[i % len(prompts)], i, 4, model.guidance_scale)
+    print("done", flush=True)
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+
+
+@dataclass
+class Side:
+    """One thing measured: the bare loop, or a fleet worker."""
+
+    label: str
+    code: str
+    proc: subprocess.Popen[Any]
+    settings: Any = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(self, jobs: int) -> dict[str, Any]:
+        machine0, cpu0 = machine_cpu(), tree_cpu_s(self.proc.pid)
+        t0 = time.perf_counter()
+        results = self._jobs(jobs)
+        seconds = time.perf_counter() - t0
+        own = tree_cpu_s(self.proc.pid) - cpu0
+        busy, total = (a - b for a, b in zip(machine_cpu(), machine0, strict=True))
+        measured: dict[str, Any] = {
+            "seconds": round(seconds, 4),
+            "images_per_s": round(jobs / seconds, 4),
+            "own_cpu_s": round(own, 2),
+            "other_processes_cpu_share": round(max(busy - own, 0.0) / total, 3),
+        }
+        if results:
+            measured["mean_stage_s"] = {
+                s: round(sum(r.durations_s.get(s, 0.0) for r in results) / jobs, 4) for s in STAGES
+            }
+        self.rounds.append(measured)
+        return measured
+
+    def _jobs(self, jobs: int) -> list[Any]:
+        if self.settings is None:  # the bare loop
+            assert self.proc.stdin and self.proc.stdout
+            self.proc.stdin.write(f"{jobs}\n")
+            self.proc.stdin.flush()
+            if self.proc.stdout.readline().strip() != "done":
+                raise RuntimeError("the bare loop failed")
+            return []
+        from producer.api import submit
+
+        handles = [
+            submit(PROMPTS[i % len(PROMPTS)], settings=self.settings, seed=i, steps=4)
+            for i in range(jobs)
+        ]
+        return [h.wait(3600) for h in handles]
+
+    def summary(self) -> dict[str, Any]:
+        seconds = sum(r["seconds"] for r in self.rounds)
+        jobs = sum(r["seconds"] * r["images_per_s"] for r in self.rounds)
+        return {
+            "code": self.code,
+            "images_per_s": round(jobs / seconds, 4),
+            "rounds": self.rounds,
+        }
+
+
+def start_bare(artifact: Path, cache_dir: str, code_dir: Path) -> Side:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE_SERVER, str(artifact), cache_dir, json.dumps(PROMPTS)],
+        cwd=code_dir,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
-    return {"seconds": round(seconds, 4), "images_per_s": round(jobs / seconds, 4)}
+    assert proc.stdout
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the bare loop did not start")
+    return Side("bare", git_describe(code_dir), proc)
 
 
-def fleet_run(artifact: Path, jobs: int, env: dict[str, str], work: Path) -> dict[str, Any]:
+def start_fleet(
+    label: str, artifact: Path, env: dict[str, str], work: Path, code_dir: Path
+) -> Side:
     from pydantic import SecretStr
 
     from producer.api import submit
@@ -75,49 +197,67 @@ def fleet_run(artifact: Path, jobs: int, env: dict[str, str], work: Path) -> dic
         LCM_METRICS_PORT="0",
         LCM_CACHE_DIR=str(work / "ov-cache"),
     )
-    log = work / "fleet-worker.log"
+    log = work / f"fleet-worker-{label}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli"],
-            cwd=ROOT,
+            cwd=code_dir,
             env=worker_env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    try:
-        deadline = time.monotonic() + 600
-        while " ready." not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        settings = ProducerSettings(
-            redis_url=env["LCM_REDIS_URL"],
-            queue=queue,
-            s3_endpoint_url=env["LCM_S3_ENDPOINT_URL"],
-            s3_bucket=env["LCM_S3_BUCKET"],
-            s3_access_key_id=SecretStr(env["LCM_S3_ACCESS_KEY_ID"]),
-            s3_secret_access_key=SecretStr(env["LCM_S3_SECRET_ACCESS_KEY"]),
+    deadline = time.monotonic() + 900
+    while " ready." not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"worker {label} did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    settings = ProducerSettings(
+        redis_url=env["LCM_REDIS_URL"],
+        queue=queue,
+        s3_endpoint_url=env["LCM_S3_ENDPOINT_URL"],
+        s3_bucket=env["LCM_S3_BUCKET"],
+        s3_access_key_id=SecretStr(env["LCM_S3_ACCESS_KEY_ID"]),
+        s3_secret_access_key=SecretStr(env["LCM_S3_SECRET_ACCESS_KEY"]),
+    )
+    submit(PROMPTS[0], settings=settings, seed=0, steps=4).wait(900)  # warm-up
+    return Side(label, git_describe(code_dir), proc, settings)
+
+
+def stop(side: Side) -> None:
+    if side.proc.poll() is None:
+        if side.settings is None and side.proc.stdin:
+            side.proc.stdin.close()
+        else:
+            side.proc.send_signal(signal.SIGTERM)
+        try:
+            side.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            side.proc.kill()
+
+
+def build_tiny(work: Path) -> Path:
+    artifact = work / "tiny-int8"
+    if not (artifact / "manifest.json").is_file():
+        lcm_build = [sys.executable, "-m", "model_build.cli"]
+        subprocess.run([*lcm_build, "tiny", str(work / "tiny")], check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                *lcm_build,
+                "build",
+                str(work / "tiny"),
+                str(artifact),
+                "--overwrite",
+                "--samples",
+                "40",
+                "--eval-seeds",
+                "1",
+                "--no-progress",
+            ],
+            check=True,
+            cwd=ROOT,
         )
-        submit(PROMPTS[0], settings=settings, seed=0, steps=4).wait(600)  # warm-up
-        t0 = time.perf_counter()
-        handles = [
-            submit(PROMPTS[i % len(PROMPTS)], settings=settings, seed=i, steps=4)
-            for i in range(jobs)
-        ]
-        results = [h.wait(3600) for h in handles]
-        seconds = time.perf_counter() - t0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-    stages = {
-        stage: round(sum(r.durations_s.get(stage, 0.0) for r in results) / jobs, 4)
-        for stage in ("queue_wait", "render", "encode", "upload", "store_wait", "total")
-    }
-    return {
-        "seconds": round(seconds, 4),
-        "images_per_s": round(jobs / seconds, 4),
-        "mean_stage_s": stages,
-    }
+    return artifact
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,68 +269,74 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--artifact", type=Path, help="artifact folder (default: build the tiny INT8)"
     )
-    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--jobs", type=int, default=40, help="jobs per side and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "var" / "bench-fleet")
     parser.add_argument("--s3-port", type=int, default=18933)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--label", default="fleet", help="name of this tree's fleet worker")
+    parser.add_argument(
+        "--compare-code-dir",
+        type=Path,
+        help="also measure a worker running the code of this tree (e.g. an older commit)",
+    )
+    parser.add_argument("--compare-label", default="compare")
     args = parser.parse_args(argv)
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    artifact = args.artifact
-    if artifact is None:
-        artifact = work / "tiny-int8"
-        if not (artifact / "manifest.json").is_file():
-            lcm_build = [sys.executable, "-m", "model_build.cli"]
-            subprocess.run([*lcm_build, "tiny", str(work / "tiny")], check=True, cwd=ROOT)
-            subprocess.run(
-                [
-                    *lcm_build,
-                    "build",
-                    str(work / "tiny"),
-                    str(artifact),
-                    "--overwrite",
-                    "--samples",
-                    "40",
-                    "--eval-seeds",
-                    "1",
-                    "--no-progress",
-                ],
-                check=True,
-                cwd=ROOT,
-            )
-    artifact = artifact.resolve()
+    artifact = (args.artifact or build_tiny(work)).resolve()
     services = _services()
     env = services.start(work / "services", s3_port=args.s3_port, bucket="lcm-bench")
+    sides: list[Side] = []
     try:
-        bare = bare_loop(artifact, args.jobs, str(work / "ov-cache"))
-        fleet = fleet_run(artifact, args.jobs, env, work)
+        sides.append(start_bare(artifact, str(work / "ov-cache"), ROOT))
+        sides.append(start_fleet(args.label, artifact, env, work, ROOT))
+        if args.compare_code_dir:
+            code = args.compare_code_dir.resolve()
+            sides.append(start_fleet(args.compare_label, artifact, env, work, code))
+        for round_ in range(args.rounds):
+            for side in sides if round_ % 2 == 0 else list(reversed(sides)):
+                print(f"round {round_ + 1}: {side.label} {side.run(args.jobs)}", flush=True)
     finally:
+        for side in sides:
+            stop(side)
         services.stop(work / "services")
+    bare, fleets = sides[0], sides[1:]
+    overhead = {}
+    for side in fleets:
+        per_round = [
+            round(1 - f["images_per_s"] / b["images_per_s"], 4)
+            for f, b in zip(side.rounds, bare.rounds, strict=True)
+        ]
+        overhead[side.label] = {
+            "median": round(statistics.median(per_round), 4),
+            "rounds": per_round,
+            "total": round(1 - side.summary()["images_per_s"] / bare.summary()["images_per_s"], 4),
+        }
     manifest = json.loads((artifact / "manifest.json").read_text())
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     report = {
         "benchmark": "fleet",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu, "cores": os.cpu_count()},
         "artifact": str(artifact),
         "shape": manifest.get("shape"),
         "precision": manifest.get("precision"),
-        "jobs": args.jobs,
-        "bare": bare,
-        "fleet": fleet,
-        "overhead": round(1 - fleet["images_per_s"] / bare["images_per_s"], 4),
+        "jobs_per_round": args.jobs,
+        "rounds": args.rounds,
+        "sides": {side.label: side.summary() for side in sides},
+        "overhead": overhead,
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            report["machine"]["cpu"] = next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
     args.results_dir.mkdir(parents=True, exist_ok=True)
     shape = manifest.get("shape") or {}
     name = f"fleet-{shape.get('width')}x{shape.get('height')}-{datetime.now():%Y%m%d-%H%M}"
     (args.results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(json.dumps({k: report[k] for k in ("machine", "shape", "overhead")}, indent=2))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.unit.test_render import FakePipeline
+from tests.unit.fakes import FakePipeline
 from worker.memory import (
     GIB,
     MemoryBudgetExceeded,

@@ -1,25 +1,9 @@
-import numpy as np
 import pytest
 
 from producer.contract import Job
 from producer.errors import InvalidJob
-from worker.pipeline import StageTimes
+from tests.unit.fakes import FakePipeline
 from worker.render import render
-
-
-class FakePipeline:
-    """Deterministic stand-in for the genai pipeline: pixels derive from prompt and seed."""
-
-    def __init__(self, width=64, height=64, guidance_scale=8.0, cfg=False):
-        self.width, self.height = width, height
-        self.guidance_scale, self.cfg = guidance_scale, cfg
-        self.calls = []
-
-    def generate(self, prompt, seed, steps, guidance_scale):
-        self.calls.append((prompt, seed, steps, guidance_scale))
-        rng = np.random.default_rng([seed, len(prompt), steps])
-        pixels = rng.integers(0, 255, (self.height, self.width, 3), dtype=np.uint8)
-        return pixels, StageTimes(0.01, 0.1, 0.05, 0.2)
 
 
 def test_one_seeded_call_per_image():

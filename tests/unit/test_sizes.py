@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from producer.contract import Job
 from producer.errors import InvalidJob
-from tests.unit.test_render import FakePipeline
+from tests.unit.fakes import FakePipeline
 from worker.cli import settings_error
 from worker.render import render
 from worker.settings import WorkerSettings

@@ -1,0 +1,54 @@
+"""Stand-ins for the genai pipeline, importable by a spawned render process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+from worker.errors import RenderCancelled
+from worker.pipeline import StageTimes
+
+
+class FakePipeline:
+    """Deterministic: pixels derive from prompt and seed. ``step_s`` per denoising step."""
+
+    def __init__(self, width=64, height=64, guidance_scale=8.0, cfg=False, step_s=0.0):
+        self.width, self.height = width, height
+        self.guidance_scale, self.cfg = guidance_scale, cfg
+        self.step_s = step_s
+        self.calls = []
+
+    def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
+        self.calls.append((prompt, seed, steps, guidance_scale))
+        for step in range(steps):
+            time.sleep(self.step_s)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RenderCancelled(f"stopped after step {step + 1} of {steps}")
+        rng = np.random.default_rng([seed, len(prompt), steps])
+        pixels = rng.integers(0, 255, (self.height, self.width, 3), dtype=np.uint8)
+        return pixels, StageTimes(0.01, 0.1, 0.05, 0.2)
+
+
+class ScriptedPipeline(FakePipeline):
+    """In a render process: prompts 'crash' (SIGKILL itself), 'hang' (ignores the deadline),
+    'slow' (0.2 s per step), 'fail' (raises)."""
+
+    def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
+        if prompt == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if prompt == "hang":
+            time.sleep(3600)
+        if prompt == "fail":
+            raise RuntimeError("the device went away")
+        self.step_s = 0.2 if prompt == "slow" else 0.0
+        return super().generate(prompt, seed, steps, guidance_scale, deadline)
+
+
+def scripted_factory(spec, size):
+    """RenderSpec.factory for tests: a ScriptedPipeline of the size, holding some memory."""
+    pipe = ScriptedPipeline(size[0], size[1], spec.model.guidance_scale, spec.model.cfg)
+    pipe.weights = np.ones(8 * 1024 * 1024, dtype=np.uint8)  # 8 MiB resident
+    return pipe

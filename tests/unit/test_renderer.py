@@ -1,0 +1,125 @@
+"""The render process with a scripted fake pipeline: sizes, time limits, death and restart."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from model_build.manifest import Manifest
+from tests.unit.fakes import FakePipeline, scripted_factory
+from worker.artifact import ServedModel
+from worker.errors import RendererLost, StartupError
+from worker.limits import Deadlines
+from worker.renderer import RenderSlots, RenderSpec
+
+SIZES = ((64, 64), (96, 64))
+
+
+def _spec(**over):
+    model = ServedModel(path=Path("/nonexistent"), manifest=Manifest({}, "m"), width=64, height=64)
+    base = dict(model=model, sizes=SIZES, factory=scripted_factory, log_level="WARNING")
+    base.update(over)
+    return RenderSpec(**base)
+
+
+def _wait_restarted(slots, old_pid, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    renderer = slots.renderers[0]
+    while time.monotonic() < deadline:
+        if renderer.alive() and renderer.pid != old_pid and renderer.report is not None:
+            return renderer.pid
+        time.sleep(0.05)
+    raise AssertionError("the render process was not started again")
+
+
+@pytest.fixture(scope="module")
+def slots():
+    slots = RenderSlots(_spec(), processes=1, startup_timeout_s=60)
+    reports = slots.start()
+    yield slots, reports
+    slots.stop()
+
+
+def test_each_size_renders_in_the_render_process(slots):
+    slots, (report,) = slots
+    assert [m.size for m in report.loads] == list(SIZES)
+    assert all(m.rss_growth_gib > 0.005 for m in report.loads)  # 8 MiB each, measured there
+    assert report.pid == slots.renderers[0].pid and report.pid != __import__("os").getpid()
+    assert slots.classes.sizes == list(SIZES)
+    with slots.session(Deadlines.none()) as session:
+        for size in SIZES:
+            pipe = session.pipeline(slots.classes.get(size))
+            pixels, times = pipe.generate("a cat", 5, 4, 8.0)
+            expected, _ = FakePipeline(*size).generate("a cat", 5, 4, 8.0)
+            assert pixels.shape == (size[1], size[0], 3) and np.array_equal(pixels, expected)
+            assert times.unet_s > 0
+
+
+def test_soft_limit_stops_the_render_at_a_step(slots):
+    slots, _ = slots
+    pid = slots.renderers[0].pid
+    with slots.session(Deadlines.start(0.5, 30)) as session:
+        pipe = session.pipeline(slots.classes.get((64, 64)))
+        t0 = time.monotonic()
+        with pytest.raises(SoftTimeLimitExceeded, match=r"soft time limit \(0.5s\)"):
+            pipe.generate("slow", 1, 8, 8.0)  # 8 steps x 0.2 s
+        assert time.monotonic() - t0 < 1.2
+    assert slots.renderers[0].pid == pid and slots.renderers[0].alive()  # not restarted
+
+
+def test_hard_limit_kills_and_replaces_the_render_process(slots):
+    slots, _ = slots
+    pid = slots.renderers[0].pid
+    with slots.session(Deadlines.start(0.2, 0.6)) as session:
+        pipe = session.pipeline(slots.classes.get((64, 64)))
+        with pytest.raises(TimeLimitExceeded, match=r"hard time limit \(0.6s\).*was killed"):
+            pipe.generate("hang", 1, 4, 8.0)
+    new_pid = _wait_restarted(slots, pid)
+    with slots.session(Deadlines.none()) as session:
+        assert session.pipeline(slots.classes.get((96, 64))).generate("x", 1, 1, 8.0)[0].shape
+    assert new_pid != pid
+
+
+def test_death_during_a_render_is_reported_and_the_process_restarted(slots):
+    slots, _ = slots
+    pid = slots.renderers[0].pid
+    with (
+        slots.session(Deadlines.none()) as session,
+        pytest.raises(RendererLost, match=r"died during the render \(exit code -9"),
+    ):
+        session.pipeline(slots.classes.get((64, 64))).generate("crash", 1, 4, 8.0)
+    _wait_restarted(slots, pid)
+    with slots.session(Deadlines.none()) as session:
+        assert session.pipeline(slots.classes.get((64, 64))).generate("x", 2, 1, 8.0)[0].size
+
+
+def test_a_render_error_fails_the_image_and_the_process_keeps_serving(slots):
+    slots, _ = slots
+    pid = slots.renderers[0].pid
+    with slots.session(Deadlines.none()) as session:
+        pipe = session.pipeline(slots.classes.get((64, 64)))
+        with pytest.raises(Exception, match="the device went away"):
+            pipe.generate("fail", 1, 4, 8.0)
+        assert pipe.generate("x", 1, 1, 8.0)[0].size
+    assert slots.renderers[0].pid == pid
+
+
+def test_the_slot_is_exclusive_and_waiting_counts_against_the_soft_limit(slots):
+    slots, _ = slots
+    with slots.session(Deadlines.none()):
+        t0 = time.monotonic()
+        with (
+            pytest.raises(SoftTimeLimitExceeded, match="waiting for a free render process"),
+            slots.session(Deadlines.start(0.3, 5)),
+        ):
+            pass
+        assert 0.25 < time.monotonic() - t0 < 2
+
+
+def test_memory_budget_refusal_comes_from_the_render_process():
+    slots = RenderSlots(_spec(budget_gib=0.004), processes=1, startup_timeout_s=60)
+    with pytest.raises(StartupError, match=r"LCM_MEMORY_BUDGET_GIB=0.004 is too small"):
+        slots.start()
+    assert not slots.renderers[0].alive()

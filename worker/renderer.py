@@ -1,0 +1,477 @@
+"""The render process: a worker's compiled pipelines live in a process of their own.
+
+Why: the encoding and upload of job N should overlap the render of job N + 1, and a
+job must still be acknowledged only after its own uploads are verified. Celery's
+prefork pool runs one job per child, start to end, so a child cannot render job N + 1
+before job N's task has returned. The worker therefore runs Celery's threads pool (two
+jobs in flight per render process) and keeps the pipelines in a separate render process
+(``multiprocessing`` spawn: never forked from a process that has OpenVINO threads):
+
+- a job holds a render process (its *slot*) only while it renders; then the next job
+  renders while this one's PNGs are encoded and uploaded; each task returns, and its
+  message is acknowledged, after its own uploads are verified (``task_acks_late``);
+- time limits (worker/limits.py): the soft limit stops the UNet loop at the next step
+  (genai's step callback); past the hard limit the render process is killed and started
+  again, and the job fails with ``TimeLimitExceeded``, as with the prefork pool;
+- if the render process dies during a render (out of memory, killed), the job's message
+  is requeued at once (``Reject(requeue=True)``, what ``task_reject_on_worker_lost`` does
+  for a dead prefork child) and the per-job delivery counter counts the delivery; the
+  render process is started again in the background;
+- SIGTERM: Celery's warm shutdown lets running jobs finish; the render process ignores
+  SIGTERM and SIGINT and is stopped by the worker after them (it also exits when the
+  worker is gone: its pipe closes).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from worker.artifact import ServedModel
+from worker.errors import ModelLoadError, RenderCancelled, RendererLost, StartupError, WorkerError
+from worker.limits import Deadlines
+from worker.memory import PipelineMemory, load_size_classes
+from worker.pipeline import ImagePipeline, StageTimes
+from worker.sizes import PipelineSet, Size, format_size
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SizeClass:
+    """What the worker's threads know about one compiled size (the pipeline is elsewhere)."""
+
+    width: int
+    height: int
+    guidance_scale: float
+    cfg: bool
+
+
+def genai_pipeline(spec: RenderSpec, size: Size) -> ImagePipeline:
+    from worker.pipeline import GenaiPipeline
+
+    return GenaiPipeline(
+        spec.model,
+        spec.device,
+        spec.cache_dir,
+        spec.precision,
+        cpu_threads=spec.cpu_threads,
+        cpu_pinning=spec.cpu_pinning,
+        text_encoder_device=spec.text_encoder_device,
+        width=size[0],
+        height=size[1],
+    )
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything a render process needs to build its pipelines (sent to it pickled)."""
+
+    model: ServedModel
+    sizes: tuple[Size, ...]
+    device: str = "CPU"
+    cache_dir: str = ""
+    precision: str = "default"
+    cpu_threads: int | None = None
+    cpu_pinning: bool | None = None
+    text_encoder_device: str | None = None
+    budget_gib: float | None = None
+    budget_name: str = "LCM_MEMORY_BUDGET_GIB"
+    estimate_gib: float = 0.0
+    warmup: bool = True
+    log_level: str = "INFO"
+    #: Builds one size's pipeline in the render process (a module-level function).
+    factory: Callable[[RenderSpec, Size], ImagePipeline] = genai_pipeline
+
+    def size_classes(self) -> PipelineSet[SizeClass]:
+        model = self.model
+        return PipelineSet(
+            {s: SizeClass(s[0], s[1], model.guidance_scale, model.cfg) for s in self.sizes},
+            self.sizes[0],
+        )
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    size: Size
+    prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    #: time.monotonic() after which the render stops at the next denoising step.
+    soft_deadline: float | None
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a render process reports once its pipelines are compiled and warmed up."""
+
+    pid: int
+    loads: tuple[PipelineMemory, ...]
+    rss_gib: float
+
+    @property
+    def total_gib(self) -> float:
+        return sum(m.rss_growth_gib for m in self.loads)
+
+
+# ---------------------------------------------------------------- the render process
+
+
+def serve(conn: Any, spec: RenderSpec) -> None:
+    """Entry point of the render process: compile, report, then render until told to stop."""
+    # The worker decides when this process stops (after the running jobs); a Ctrl-C or
+    # SIGTERM sent to the whole process group must not cut a render short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=spec.log_level,
+        format=f"%(asctime)s %(levelname)s %(name)s[render {os.getpid()}]: %(message)s",
+    )
+    try:
+        loaded = load_size_classes(
+            spec.sizes,
+            lambda size: spec.factory(spec, size),
+            estimate_gib=spec.estimate_gib,
+            budget_gib=spec.budget_gib,
+            budget_name=spec.budget_name,
+            warmup=spec.warmup,
+        )
+    except StartupError as e:
+        conn.send(("refused", str(e)))
+        return
+    except Exception as e:
+        logger.exception("the render process could not load its pipelines")
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", LoadReport(os.getpid(), loaded.loads, loaded.rss_gib)))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the worker is gone
+        if message[0] == "stop":
+            return
+        request: RenderRequest = message[1]
+        try:
+            pipeline = loaded.pipelines.get(request.size)
+        except KeyError:
+            reply: tuple[Any, ...] = ("error", f"no pipeline for {format_size(request.size)}")
+        else:
+            try:
+                pixels, times = pipeline.generate(
+                    request.prompt,
+                    request.seed,
+                    request.steps,
+                    request.guidance_scale,
+                    deadline=request.soft_deadline,
+                )
+                reply = ("image", pixels, times)
+            except RenderCancelled as e:
+                reply = ("cancelled", str(e))
+            except Exception as e:
+                logger.exception("render failed")
+                reply = ("error", f"{type(e).__name__}: {e}")
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+# ---------------------------------------------------------------- the worker's side
+
+
+class Renderer:
+    """One render process and the pipe to it; used by one job at a time (RenderSlots)."""
+
+    def __init__(self, spec: RenderSpec, startup_timeout_s: float, index: int = 0) -> None:
+        self.spec = spec
+        self.startup_timeout_s = startup_timeout_s
+        self.index = index
+        self._process: Any = None
+        self._conn: Any = None
+        self.report: LoadReport | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else int(self._process.pid)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def start(self) -> LoadReport:
+        """Start the process and wait until its pipelines are ready."""
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=serve, args=(theirs, self.spec), name=f"lcm-render-{self.index}", daemon=True
+        )
+        t0 = time.monotonic()
+        process.start()
+        theirs.close()
+        self._process, self._conn = process, ours
+        self.starts += 1
+        logger.info("render process %d started (pid %d)", self.index, process.pid)
+        try:
+            if not ours.poll(self.startup_timeout_s):
+                self.kill()
+                raise ModelLoadError(
+                    f"the render process did not load its pipelines within "
+                    f"LCM_STARTUP_TIMEOUT_S={self.startup_timeout_s:g}s; raise it, or turn the "
+                    "compile cache on (LCM_CACHE_DIR)"
+                )
+            message = ours.recv()
+        except (EOFError, OSError) as e:
+            self.kill()
+            raise ModelLoadError(
+                f"the render process died while loading its pipelines (exit code "
+                f"{process.exitcode}); see its log lines above"
+            ) from e
+        if message[0] == "refused":
+            self.stop()
+            raise StartupError(message[1])
+        if message[0] != "ready":
+            self.stop()
+            raise ModelLoadError(f"the render process could not load its pipelines: {message[1]}")
+        self.report = message[1]
+        logger.info(
+            "render process %d (pid %d) ready in %.1fs: %s",
+            self.index,
+            process.pid,
+            time.monotonic() - t0,
+            ", ".join(
+                f"{format_size(m.size)} +{m.rss_growth_gib:.2f} GiB" for m in self.report.loads
+            ),
+        )
+        return self.report
+
+    def render(self, request: RenderRequest, deadlines: Deadlines) -> tuple[Any, StageTimes]:
+        """One image; raise RendererLost if the process dies, and kill it past the hard limit."""
+        if not self.alive():
+            raise RendererLost(f"render process {self.index} is not running")
+        try:
+            self._conn.send(("render", request))
+            left = deadlines.hard_left()
+            if not self._conn.poll(None if left == float("inf") else max(0.0, left)):
+                pid = self.pid
+                self.kill()
+                raise deadlines.hard_exceeded(
+                    f"while rendering; render process {self.index} (pid {pid}) was killed "
+                    "and is started again"
+                )
+            reply = self._conn.recv()
+        except (EOFError, OSError) as e:
+            process = self._process
+            if process is not None:
+                process.join(timeout=5)
+            code = None if process is None else process.exitcode
+            raise RendererLost(
+                f"render process {self.index} (pid {self.pid}) died during the render "
+                f"(exit code {code}; -9 is SIGKILL, e.g. the out-of-memory killer)"
+            ) from e
+        kind = reply[0]
+        if kind == "image":
+            return reply[1], reply[2]
+        if kind == "cancelled":
+            raise deadlines.soft_exceeded(f"while rendering ({reply[1]})")
+        raise WorkerError(f"render failed in the render process: {reply[1]}")
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=30)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Ask the process to exit after its current render; kill it after ``timeout_s``."""
+        process, conn = self._process, self._conn
+        if process is None:
+            return
+        with suppress(BrokenPipeError, OSError):
+            conn.send(("stop",))
+        process.join(timeout=timeout_s)
+        if process.is_alive():
+            logger.warning("render process %d did not stop; killing it", self.index)
+            self.kill()
+        conn.close()
+
+
+class RemotePipeline:
+    """An ImagePipeline whose renders run in a render process, under a job's deadlines."""
+
+    def __init__(self, renderer: Renderer, size: SizeClass, deadlines: Deadlines) -> None:
+        self.renderer, self.deadlines = renderer, deadlines
+        self.width, self.height = size.width, size.height
+        self.guidance_scale, self.cfg = size.guidance_scale, size.cfg
+
+    def generate(
+        self,
+        prompt: str,
+        seed: int,
+        steps: int,
+        guidance_scale: float,
+        deadline: float | None = None,
+    ) -> tuple[Any, StageTimes]:
+        self.deadlines.check_soft("before rendering an image")
+        soft = self.deadlines.soft if deadline is None else min(deadline, self.deadlines.soft)
+        request = RenderRequest(
+            size=(self.width, self.height),
+            prompt=prompt,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            soft_deadline=None if soft == float("inf") else soft,
+        )
+        return self.renderer.render(request, self.deadlines)
+
+
+class RenderSession:
+    """A job's hold on one render process."""
+
+    def __init__(self, renderer: Renderer, deadlines: Deadlines, waited_s: float) -> None:
+        self.renderer, self.deadlines, self.waited_s = renderer, deadlines, waited_s
+
+    def pipeline(self, size: SizeClass) -> RemotePipeline:
+        return RemotePipeline(self.renderer, size, self.deadlines)
+
+
+class RenderSlots:
+    """The worker's render processes; a job holds one only while it renders."""
+
+    def __init__(
+        self,
+        spec: RenderSpec,
+        processes: int = 1,
+        startup_timeout_s: float = 600.0,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.classes = spec.size_classes()
+        self.renderers = [Renderer(spec, startup_timeout_s, i) for i in range(processes)]
+        self.on_fatal = on_fatal
+        self._idle: queue.Queue[Renderer] = queue.Queue()
+        self._restarts: list[threading.Thread] = []
+
+    def start(self) -> list[LoadReport]:
+        """Start every render process, one after the other; stop them all on a failure."""
+        reports = []
+        try:
+            for renderer in self.renderers:
+                reports.append(renderer.start())
+                self._idle.put(renderer)
+        except BaseException:
+            self.stop()
+            raise
+        return reports
+
+    @contextmanager
+    def session(self, deadlines: Deadlines) -> Iterator[RenderSession]:
+        """Wait (until the soft limit) for a free render process and hold it."""
+        t0 = time.monotonic()
+        left = deadlines.soft_left()
+        try:
+            renderer = self._idle.get(timeout=None if left == float("inf") else max(0.0, left))
+        except queue.Empty:
+            raise deadlines.soft_exceeded("waiting for a free render process") from None
+        try:
+            yield RenderSession(renderer, deadlines, time.monotonic() - t0)
+        finally:
+            if renderer.alive():
+                self._idle.put(renderer)
+            else:
+                self._restart_later(renderer)
+
+    def _restart_later(self, renderer: Renderer) -> None:
+        def restart() -> None:
+            try:
+                renderer.stop(timeout_s=1.0)
+                renderer.start()
+            except Exception as e:
+                message = f"render process {renderer.index} could not be started again: {e}"
+                logger.error("%s", message)
+                if self.on_fatal is not None:
+                    self.on_fatal(message)
+                return
+            self._idle.put(renderer)
+
+        thread = threading.Thread(target=restart, name=f"lcm-render-restart-{renderer.index}")
+        self._restarts.append(thread)
+        thread.start()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        for thread in self._restarts:
+            thread.join(timeout=timeout_s)
+        for renderer in self.renderers:
+            renderer.stop(timeout_s)
+
+
+class LocalSlots:
+    """In-process pipelines behind one lock: RenderSlots' interface for tests and tools."""
+
+    def __init__(self, pipelines: PipelineSet[ImagePipeline]) -> None:
+        self.pipelines = pipelines
+        self.classes = PipelineSet(
+            {
+                s: SizeClass(p.width, p.height, p.guidance_scale, p.cfg)
+                for s in pipelines.sizes
+                for p in [pipelines.get(s)]
+            },
+            pipelines.default,
+        )
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def session(self, deadlines: Deadlines) -> Iterator[LocalSession]:
+        t0 = time.monotonic()
+        left = deadlines.soft_left()
+        if not self._lock.acquire(timeout=-1 if left == float("inf") else max(0.0, left)):
+            raise deadlines.soft_exceeded("waiting for the pipeline")
+        try:
+            yield LocalSession(self, deadlines, time.monotonic() - t0)
+        finally:
+            self._lock.release()
+
+
+class LocalSession:
+    def __init__(self, slots: LocalSlots, deadlines: Deadlines, waited_s: float) -> None:
+        self.slots, self.deadlines, self.waited_s = slots, deadlines, waited_s
+
+    def pipeline(self, size: SizeClass) -> ImagePipeline:
+        pipeline = self.slots.pipelines.get((size.width, size.height))
+        deadlines = self.deadlines
+
+        class Limited:
+            width, height = pipeline.width, pipeline.height
+            guidance_scale, cfg = pipeline.guidance_scale, pipeline.cfg
+
+            def generate(
+                self,
+                prompt: str,
+                seed: int,
+                steps: int,
+                guidance_scale: float,
+                deadline: float | None = None,
+            ) -> tuple[Any, StageTimes]:
+                deadlines.check_soft("before rendering an image")
+                soft = deadlines.soft if deadline is None else min(deadline, deadlines.soft)
+                try:
+                    return pipeline.generate(
+                        prompt,
+                        seed,
+                        steps,
+                        guidance_scale,
+                        deadline=None if soft == float("inf") else soft,
+                    )
+                except RenderCancelled as e:
+                    raise deadlines.soft_exceeded(f"while rendering ({e})") from e
+
+        return Limited()
