@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.pipeline.vae import TASKS as VAE_TASKS
+
 STAGES = ("total_s", "text_encoder_s", "unet_s", "vae_s")
 
 
@@ -324,6 +326,7 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "quantize": task_quantize,
     "render_diffusers": task_render_diffusers,
     "render_genai": task_render_genai,
+    **VAE_TASKS,
 }
 
 

@@ -78,6 +78,30 @@ def markdown(result: dict[str, Any]) -> str:
         f"NNCF {_num(q.get('nncf_s'), 1)} s (peak ~{_gib(q.get('nncf_peak_rss_gib'))} GiB), "
         f"{q.get('samples')} samples, {q.get('fake_quantize_count')} FakeQuantize",
     ]
+    vae_steps = [
+        ("VAE calibration latents (fp32 IR, f32)", "vae_latents"),
+        ("random TAESD", "taesd"),
+        ("INT8-weights VAE decoder", "ov_int8_vae_int8w"),
+        ("INT8 VAE decoder", "ov_int8_vae_int8"),
+        ("TAESD decoder export", "ov_int8_vae_taesd"),
+    ]
+    for name, key in vae_steps:
+        if key in build:
+            step = build[key]
+            extra = ""
+            if step.get("fake_quantize_count"):
+                extra = (
+                    f": {step.get('samples')} latents, {step['fake_quantize_count']} FakeQuantize"
+                )
+            lines.append(f"- {_step(name, step)}{extra}")
+    if any(key.startswith("ov_int8_vae_") for key in result["paths"]):
+        lines += [
+            "",
+            "The VAE paths are the INT8-UNet artifact with its decoder made by "
+            "`--vae-decoder int8-weights|int8|taesd`. On random weights their speed stands for "
+            "the real model; their images do not: the INT8 decoder's ranges come from random "
+            "latents, and the TAESD's weights are random (no quality gate was run).",
+        ]
     notes = result.get("notes") or []
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]

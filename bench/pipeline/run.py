@@ -1,7 +1,8 @@
 """Benchmark the whole text-to-image pipeline four ways, in one run, on one machine.
 
     python -m bench.pipeline.run [--work-dir var/bench] [--runs 3] [--size 512] [--steps 4]
-                                 [--samples 16] [--skip-build] [--tiny]
+                                 [--samples 16] [--vae-samples 8] [--skip-build] [--tiny]
+                                 [--tag TAG]
 
 Paths, each in a subprocess of its own (so the peak RSS reported is that path's):
 
@@ -10,7 +11,10 @@ Paths, each in a subprocess of its own (so the peak RSS reported is that path's)
     (bf16 where the CPU has bf16 support);
 (c) ``ov_f32``: the same IR with ``INFERENCE_PRECISION_HINT=f32``;
 (d) ``ov_int8_worker``: the INT8-UNet artifact made by model_build's INT8 step, served
-    by ``worker.pipeline.GenaiPipeline`` as ``lcm-worker`` serves it (default precision).
+    by ``worker.pipeline.GenaiPipeline`` as ``lcm-worker`` serves it (default precision);
+(e)-(g) ``ov_int8_vae_int8w``, ``ov_int8_vae_int8``, ``ov_int8_vae_taesd``: the same INT8
+    artifact with its VAE decoder made by ``--vae-decoder int8-weights|int8|taesd``
+    (:mod:`bench.pipeline.vae`; TAESD with random weights), served the same way.
 
 Each path renders one warm-up image and then ``--runs`` timed ones (same prompt, seeds
 1..runs); the table shows medians. The model is the full-size LCM_Dreamshaper_v7
@@ -19,7 +23,8 @@ architecture with random weights, built offline (``model_build.tiny.build_full_s
 INT8 artifact are cached in the work dir with the figures of the steps that made them, so
 a rerun only renders; ``--skip-build`` refuses to build anything that is missing.
 
-Results: ``bench/results/pipeline-<date>.json`` and ``.md`` (``-tiny`` for ``--tiny``).
+Results: ``bench/results/pipeline-<date>.json`` and ``.md`` (``-tiny`` for ``--tiny``,
+``-TAG`` for ``--tag TAG``).
 No assertions on the figures: this measures, it does not judge.
 """
 
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import machine
+from bench.pipeline import machine, vae
 from bench.pipeline.report import markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +71,8 @@ class Options:
     seed: int
     skip_build: bool
     tiny: bool
+    vae_samples: int = 8
+    tag: str = ""
 
 
 class Runner:
@@ -141,29 +148,40 @@ class Runner:
         return {**figures, "cached": False}
 
 
-def build_all(opts: Options, runner: Runner) -> tuple[dict[str, Path], dict[str, Any]]:
-    models = opts.work_dir / "models"
+def model_and_ir(
+    runner: Runner, models: Path, size: int, seed: int, tiny: bool, skip_build: bool
+) -> tuple[str, Path, Path, dict[str, Any]]:
+    """The random model and its fp32 IR (cached): (name, model dir, IR dir, build figures)."""
     models.mkdir(parents=True, exist_ok=True)
-    if opts.tiny:
-        name = f"tiny-{opts.size}px-seed{opts.seed}"
+    if tiny:
+        name = f"tiny-{size}px-seed{seed}"
         kind = "tiny"
     else:
-        name = f"lcm-dreamshaper-v7-random-seed{opts.seed}"
+        name = f"lcm-dreamshaper-v7-random-seed{seed}"
         kind = "full"
     model_dir = models / name
     ir_dir = models / f"{name}.ir"
-    int8_dir = models / f"{name}.int8-{opts.size}px-{opts.steps}steps-{opts.samples}samples"
     figures = {
         "model": runner.cached(
             "build-model",
             "build_model",
             model_dir,
-            {"kind": kind, "size": opts.size, "seed": opts.seed},
-            opts.skip_build,
+            {"kind": kind, "size": size, "seed": seed},
+            skip_build,
         ),
-        "export": runner.cached(
-            "export", "export", ir_dir, {"source": str(model_dir)}, opts.skip_build
-        ),
+        "export": runner.cached("export", "export", ir_dir, {"source": str(model_dir)}, skip_build),
+    }
+    return name, model_dir, ir_dir, figures
+
+
+def build_all(opts: Options, runner: Runner) -> tuple[dict[str, Path], dict[str, Any]]:
+    models = opts.work_dir / "models"
+    name, model_dir, ir_dir, figures = model_and_ir(
+        runner, models, opts.size, opts.seed, opts.tiny, opts.skip_build
+    )
+    int8_dir = models / f"{name}.int8-{opts.size}px-{opts.steps}steps-{opts.samples}samples"
+    figures = {
+        **figures,
         "quantize": runner.cached(
             "quantize-int8",
             "quantize",
@@ -172,13 +190,27 @@ def build_all(opts: Options, runner: Runner) -> tuple[dict[str, Path], dict[str,
             opts.skip_build,
         ),
     }
-    return {"model": model_dir, "ir": ir_dir, "int8": int8_dir}, figures
+    dirs = {"model": model_dir, "ir": ir_dir, "int8": int8_dir}
+    variants, vae_figures = vae.build_variants(
+        runner,
+        models,
+        name,
+        dirs,
+        size=opts.size,
+        steps=opts.steps,
+        guidance_scale=GUIDANCE_SCALE,
+        vae_samples=opts.vae_samples,
+        seed=opts.seed,
+        tiny=opts.tiny,
+        skip_build=opts.skip_build,
+    )
+    return {**dirs, **variants}, {**figures, **vae_figures}
 
 
 def path_specs(
     dirs: dict[str, Path], common: dict[str, Any]
 ) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(key, label, task, spec) of the four paths, in the order they run."""
+    """(key, label, task, spec) of the paths, in the order they run."""
     return [
         (
             "pytorch_fp32",
@@ -204,6 +236,16 @@ def path_specs(
             "render_genai",
             {**common, "artifact": str(dirs["int8"]), "precision": "default"},
         ),
+        *[
+            (
+                key,
+                label,
+                "render_genai",
+                {**common, "artifact": str(dirs[key]), "precision": "default"},
+            )
+            for _kind, key, label in vae.VAE_PATHS
+            if key in dirs
+        ],
     ]
 
 
@@ -267,6 +309,7 @@ def run(opts: Options, command: str) -> dict[str, Any]:
             "model_description": TINY_DESCRIPTION if opts.tiny else FULL_DESCRIPTION,
             "seed": opts.seed,
             "samples": opts.samples,
+            "vae_samples": opts.vae_samples,
             **common,
         },
         "machine": machine.describe(),
@@ -277,9 +320,11 @@ def run(opts: Options, command: str) -> dict[str, Any]:
     return result
 
 
-def write_results(result: dict[str, Any], results_dir: Path, tiny: bool) -> tuple[Path, Path]:
+def write_results(
+    result: dict[str, Any], results_dir: Path, tiny: bool, tag: str = ""
+) -> tuple[Path, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"pipeline-{result['date']}" + ("-tiny" if tiny else "")
+    stem = f"pipeline-{result['date']}" + ("-tiny" if tiny else "") + (f"-{tag}" if tag else "")
     json_path, md_path = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
     json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     md_path.write_text(markdown(result), encoding="utf-8")
@@ -310,6 +355,13 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     p.add_argument("--seed", type=int, default=0, help="weight seed of the random model")
     p.add_argument(
+        "--vae-samples",
+        type=int,
+        default=8,
+        help="final latents (calibration prompts) the INT8 VAE decoder calibrates on",
+    )
+    p.add_argument("--tag", default="", help="suffix of the results' file names")
+    p.add_argument(
         "--skip-build",
         action="store_true",
         help="use the cached model, IR and INT8 artifact; fail if one is missing",
@@ -328,6 +380,10 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("--steps must be from 1 to 8")
     if a.samples < 1:
         p.error("--samples must be at least 1")
+    if a.vae_samples < 1:
+        p.error("--vae-samples must be at least 1")
+    if a.tag and not all(ch.isalnum() or ch in "-_" for ch in a.tag):
+        p.error("--tag may only hold letters, digits, - and _")
     return Options(
         work_dir=a.work_dir.resolve(),
         results_dir=a.results_dir.resolve(),
@@ -338,6 +394,8 @@ def parse_args(argv: list[str] | None) -> Options:
         seed=a.seed,
         skip_build=a.skip_build,
         tiny=a.tiny,
+        vae_samples=a.vae_samples,
+        tag=a.tag,
     )
 
 
@@ -350,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"bench.pipeline: {e}", file=sys.stderr)
         return 1
-    json_path, md_path = write_results(result, opts.results_dir, opts.tiny)
+    json_path, md_path = write_results(result, opts.results_dir, opts.tiny, opts.tag)
     print()
     print(markdown(result))
     print(f"written: {json_path} and {md_path}")

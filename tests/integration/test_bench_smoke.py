@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PATHS = ("pytorch_fp32", "ov_default", "ov_f32", "ov_int8_worker")
+PATHS = (
+    "pytorch_fp32",
+    "ov_default",
+    "ov_f32",
+    "ov_int8_worker",
+    "ov_int8_vae_int8w",
+    "ov_int8_vae_int8",
+    "ov_int8_vae_taesd",
+)
 STAGES = ("total_s", "text_encoder_s", "unet_s", "vae_s")
 
 
@@ -58,3 +66,5 @@ def test_bench_pipeline_smoke(tmp_path: Path) -> None:
     assert quantize["fake_quantize_count"] > 0 and quantize["peak_rss_gib"] > 0
     assert result["machine"]["cpu_model"] and result["machine"]["ram_gib"] > 0
     assert "| INT8 UNet, worker path" in proc.stdout
+    assert result["build"]["ov_int8_vae_int8"]["fake_quantize_count"] > 0
+    assert "| INT8 UNet + TAESD decoder (random), worker path" in proc.stdout
