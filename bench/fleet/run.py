@@ -9,13 +9,15 @@ server (SeaweedFS, started here). Throughput is images per second; overhead =
 All sides are started first (each renders one unmeasured warm-up job), then measured in
 ``--rounds`` alternating rounds (bare, fleet, ...; the next round in reverse order), so
 that a machine shared with other work loads every side alike; each round records the
-share of the machine's CPU that other processes took. ``--compare-code-dir`` adds a
-second fleet worker running the code of another tree (e.g. an older commit exported
-with ``git archive``), measured in the same rounds.
+share of the machine's CPU that other processes took, and the CPU seconds each side
+used (the CPU overhead is 1 - bare / fleet CPU seconds per image). ``--compare-code-dir``
+adds a second fleet worker running the code of another tree (e.g. an older commit
+exported with ``git archive``), measured in the same rounds.
 
     python -m bench.fleet.run                          # the tiny INT8 model (overhead-dominated)
     python -m bench.fleet.run --artifact DIR --jobs 6  # e.g. the full-size INT8 artifact
     python -m bench.fleet.run --compare-code-dir /tmp/old --compare-label prefork
+    python -m bench.fleet.run --s3-latency-ms 100     # as if S3 were 100 ms away
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -92,6 +95,59 @@ def git_describe(code_dir: Path) -> str:
     except OSError:
         return "unknown"
     return head + ("+changes" if dirty else "")
+
+
+class DelayProxy:
+    """A TCP proxy in front of the S3 server that holds each response chunk ``delay_s``:
+    the round trip of a remote S3 (the local one answers in milliseconds)."""
+
+    def __init__(self, target: str, delay_s: float) -> None:
+        from urllib.parse import urlparse
+
+        url = urlparse(target)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.delay_s = delay_s
+        self._ready = threading.Event()
+        self._loop: Any = None
+        self.listen_port = 0
+
+    async def _pipe(self, src: Any, dst: Any, delay_s: float) -> None:
+        import asyncio
+
+        try:
+            while data := await src.read(65536):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        await asyncio.gather(
+            self._pipe(reader, up_writer, 0.0), self._pipe(up_reader, writer, self.delay_s)
+        )
+
+    def start(self) -> str:
+        import asyncio
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            server = self._loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0)
+            )
+            self.listen_port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=run, name="s3-delay-proxy", daemon=True).start()
+        self._ready.wait(10)
+        return f"http://127.0.0.1:{self.listen_port}"
 
 
 BARE_SERVER = """
@@ -162,6 +218,8 @@ class Side:
         return {
             "code": self.code,
             "images_per_s": round(jobs / seconds, 4),
+            # CPU seconds per image of the side's processes: hardly moved by other load.
+            "cpu_s_per_image": round(sum(r["own_cpu_s"] for r in self.rounds) / jobs, 4),
             "rounds": self.rounds,
         }
 
@@ -281,12 +339,21 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure a worker running the code of this tree (e.g. an older commit)",
     )
     parser.add_argument("--compare-label", default="compare")
+    parser.add_argument(
+        "--s3-latency-ms",
+        type=float,
+        default=0.0,
+        help="hold each S3 response this long (a remote S3's round trip), through a local proxy",
+    )
     args = parser.parse_args(argv)
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     artifact = (args.artifact or build_tiny(work)).resolve()
     services = _services()
     env = services.start(work / "services", s3_port=args.s3_port, bucket="lcm-bench")
+    if args.s3_latency_ms:
+        proxy = DelayProxy(env["LCM_S3_ENDPOINT_URL"], args.s3_latency_ms / 1000)
+        env = {**env, "LCM_S3_ENDPOINT_URL": proxy.start()}
     sides: list[Side] = []
     try:
         sides.append(start_bare(artifact, str(work / "ov-cache"), ROOT))
@@ -308,10 +375,13 @@ def main(argv: list[str] | None = None) -> int:
             round(1 - f["images_per_s"] / b["images_per_s"], 4)
             for f, b in zip(side.rounds, bare.rounds, strict=True)
         ]
+        fleet_sum, bare_sum = side.summary(), bare.summary()
         overhead[side.label] = {
             "median": round(statistics.median(per_round), 4),
             "rounds": per_round,
-            "total": round(1 - side.summary()["images_per_s"] / bare.summary()["images_per_s"], 4),
+            "total": round(1 - fleet_sum["images_per_s"] / bare_sum["images_per_s"], 4),
+            # Extra CPU per image the queue, storage and worker cost (1 - bare/fleet CPU).
+            "cpu": round(1 - bare_sum["cpu_s_per_image"] / fleet_sum["cpu_s_per_image"], 4),
         }
     manifest = json.loads((artifact / "manifest.json").read_text())
     cpu = "unknown"
@@ -328,15 +398,18 @@ def main(argv: list[str] | None = None) -> int:
         "shape": manifest.get("shape"),
         "precision": manifest.get("precision"),
         "jobs_per_round": args.jobs,
+        "s3_latency_ms": args.s3_latency_ms,
         "rounds": args.rounds,
         "sides": {side.label: side.summary() for side in sides},
         "overhead": overhead,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     shape = manifest.get("shape") or {}
-    name = f"fleet-{shape.get('width')}x{shape.get('height')}-{datetime.now():%Y%m%d-%H%M}"
+    latency = f"-s3lat{args.s3_latency_ms:g}ms" if args.s3_latency_ms else ""
+    name = f"fleet-{shape.get('width')}x{shape.get('height')}{latency}-{datetime.now():%Y%m%d-%H%M}"
     (args.results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("machine", "shape", "overhead")}, indent=2))
+    print(f"written: {args.results_dir / name}.json")
     return 0
 
 

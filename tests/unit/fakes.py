@@ -52,3 +52,10 @@ def scripted_factory(spec, size):
     pipe = ScriptedPipeline(size[0], size[1], spec.model.guidance_scale, spec.model.cfg)
     pipe.weights = np.ones(8 * 1024 * 1024, dtype=np.uint8)  # 8 MiB resident
     return pipe
+
+
+def flaky_factory(spec, size):
+    """scripted_factory, unless LCM_TEST_FACTORY_FAIL is set when the process starts."""
+    if os.environ.get("LCM_TEST_FACTORY_FAIL"):
+        raise RuntimeError("cannot compile: the device went away")
+    return scripted_factory(spec, size)

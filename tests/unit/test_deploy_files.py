@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from producer.contract import QUEUE_RENDER
+from worker.sizes import parse_sizes
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
@@ -16,6 +17,8 @@ def _docs(name):
 def test_manifests_parse_and_match_the_code():
     config, secret = _docs("config.yaml")
     assert config["data"]["LCM_QUEUE"] == QUEUE_RENDER
+    assert parse_sizes(config["data"]["LCM_SIZES"])  # the worker's own parser accepts it
+    assert float(config["data"]["LCM_MEMORY_BUDGET_GIB"]) > 0
     assert set(secret["stringData"]) == {"LCM_S3_ACCESS_KEY_ID", "LCM_S3_SECRET_ACCESS_KEY"}
     (deployment,) = _docs("worker.yaml")
     spec = deployment["spec"]["template"]["spec"]

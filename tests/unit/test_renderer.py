@@ -8,7 +8,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model_build.manifest import Manifest
-from tests.unit.fakes import FakePipeline, scripted_factory
+from tests.unit.fakes import FakePipeline, flaky_factory, scripted_factory
 from worker.artifact import ServedModel
 from worker.errors import RendererLost, StartupError
 from worker.limits import Deadlines
@@ -123,3 +123,30 @@ def test_memory_budget_refusal_comes_from_the_render_process():
     with pytest.raises(StartupError, match=r"LCM_MEMORY_BUDGET_GIB=0.004 is too small"):
         slots.start()
     assert not slots.renderers[0].alive()
+
+
+def test_a_render_process_that_cannot_start_again_stops_the_worker(monkeypatch):
+    fatal = []
+    slots = RenderSlots(
+        _spec(factory=flaky_factory), processes=1, startup_timeout_s=60, on_fatal=fatal.append
+    )
+    slots.start()
+    try:
+        monkeypatch.setenv("LCM_TEST_FACTORY_FAIL", "1")  # seen by the next render process
+        with (
+            slots.session(Deadlines.none()) as session,
+            pytest.raises(RendererLost),
+        ):
+            session.pipeline(slots.classes.get((64, 64))).generate("crash", 1, 4, 8.0)
+        deadline = time.monotonic() + 30
+        while not fatal and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fatal and "could not be started again" in fatal[0]
+        assert "cannot compile: the device went away" in fatal[0]
+        with (  # no render process left to hand out
+            pytest.raises(SoftTimeLimitExceeded),
+            slots.session(Deadlines.start(0.2, 1)),
+        ):
+            pass
+    finally:
+        slots.stop()
