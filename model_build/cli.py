@@ -146,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         help="OpenVINO artifacts: f32 (default) or the device default (as workers serve)",
     )
     p.add_argument("--json", type=Path, help="also write the whole report here")
+    p.add_argument("--sheet", type=Path, help="also write the renders as a captioned grid (PNG)")
 
     p = sub.add_parser("tiny-lora", help="build a tiny random LoRA for a tiny sd15 base, offline")
     p.add_argument("base", type=Path)
@@ -396,8 +397,10 @@ def _run_reference(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     scenes = load_captions(args.captions) if args.captions else None
-    report = evaluate(args.target, scenes, settings)
+    report = evaluate(args.target, scenes, settings, sheet=args.sheet)
     print_report(report, str(args.target))
+    if args.sheet:
+        print(f"renders with captions: {args.sheet}")
     if args.json:
         args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
     return 0

@@ -154,8 +154,10 @@ def evaluate(
     scenes: list[Scene] | None = None,
     settings: EvalSettings | None = None,
     split: Split | None = None,
+    sheet: Path | None = None,
 ) -> AdherenceReport:
-    """Adherence of ``target`` (diffusers folder, OpenVINO artifact, or a folder of PNGs)."""
+    """Adherence of ``target`` (diffusers folder, OpenVINO artifact, or a folder of PNGs);
+    ``sheet``: also write the renders as a captioned grid there."""
     target = Path(target)
     settings = settings or EvalSettings()
     if not target.is_dir():
@@ -172,6 +174,8 @@ def evaluate(
     else:
         renders = read_pngs(target)
     report = score_renders(renders, split.held_out)
+    if sheet is not None:
+        write_sheet(renders, sheet, split.held_out)
     logger.info(
         "adherence of %s: %.1f%% (held-out %.1f%%, seen %.1f%%) over %d images",
         target,
@@ -216,3 +220,39 @@ def print_report(report: AdherenceReport, label: str) -> None:
             f"  missed: {failure['caption']!r} read as {read['colour']} {read['shape']} "
             f"on {read['background']}"
         )
+
+
+def write_sheet(
+    renders: list[tuple[Scene, Any]], path: Path, held_out: frozenset[Any], columns: int = 8
+) -> Path:
+    """The renders in a grid, 3x enlarged, each captioned with what it was asked for and
+    whether the scorer read it so (held-out combinations marked *)."""
+    from PIL import Image, ImageDraw
+
+    from model_build.reference.scorer import read_image
+
+    if not renders:
+        raise BuildInputError("no renders for the sheet")
+    h, w = renders[0][1].shape[:2]
+    cell_w, cell_h, text_h, pad = w * 3, h * 3, 40, 6
+    rows = (len(renders) + columns - 1) // columns
+    cell = max(cell_w, 150)
+    sheet = Image.new("RGB", (columns * (cell + pad) + pad, rows * (cell_h + text_h + pad) + pad))
+    sheet.paste((255, 255, 255), (0, 0, *sheet.size))
+    draw = ImageDraw.Draw(sheet)
+    for i, (scene, pixels) in enumerate(renders):
+        x = pad + (i % columns) * (cell + pad)
+        y = pad + (i // columns) * (cell_h + text_h + pad)
+        image = Image.fromarray(pixels).resize((cell_w, cell_h), Image.Resampling.NEAREST)
+        sheet.paste(image, (x + (cell - cell_w) // 2, y))
+        ok = all(read_image(pixels).matches(scene).values())
+        mark = "*" if scene.combination in held_out else ""
+        draw.text((x, y + cell_h + 2), f"{scene.colour} {scene.shape}{mark}", fill="black")
+        draw.text(
+            (x, y + cell_h + 16),
+            f"on {scene.background}  {'ok' if ok else 'MISSED'}",
+            fill="darkgreen" if ok else "red",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
+    return path

@@ -160,8 +160,8 @@ def score_renders(
         return out
 
     failures = [
-        {"caption": scene.caption, "read": asdict(reading)}
-        for scene, reading, m in rows
+        {"caption": scene.caption, "read": asdict(reading), "index": i}
+        for i, (scene, reading, m) in enumerate(rows)
         if not all(m.values())
     ]
     return AdherenceReport(

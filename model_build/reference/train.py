@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from model_build.errors import BuildError, BuildInputError
-from model_build.reference.domain import Split, all_scenes, make_split, render_dataset
+from model_build.reference.domain import (
+    PALETTE,
+    SHAPES,
+    Split,
+    all_scenes,
+    make_split,
+    render_dataset,
+)
 from model_build.reference.evaluate import REFERENCE_JSON
 from model_build.tiny import LCM_DREAMSHAPER_V7_SCHEDULER, TIME_COND_PROJ_DIM
 from model_build.tokenizer import BOS, EOS, MAX_LENGTH, train_clip_bpe
@@ -60,10 +67,16 @@ class Recipe:
     vae_crop: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    teacher_steps: int = 2000
+    teacher_steps: int = 3000
     teacher_batch: int = 64
     teacher_lr: float = 1e-3
     caption_dropout: float = 0.1
+    #: Weight of the text encoder's auxiliary loss: its pooled output must name the caption's
+    #: colour, shape and background (linear heads, dropped after training), so the UNet has
+    #: telling text features from the first steps.
+    text_aux_weight: float = 0.1
+    #: EMA of the teacher (UNet and text encoder): the weights the later stages use.
+    teacher_ema_decay: float = 0.995
     distill_steps: int = 1000
     distill_batch: int = 64
     distill_lr: float = 2e-4
@@ -295,6 +308,7 @@ class _Data:
     scene_of: Any  # N long: index into captions
     captions: list[str]
     split: Split
+    attributes: Any  # captions x 3 long: colour, shape and background indices
 
 
 def _tokenize(tokenizer: Any, captions: list[str]) -> Any:
@@ -389,6 +403,9 @@ def _stage_teacher(
     progress: bool,
     result: TrainResult,
 ) -> tuple[Any, Any]:
+    import copy
+    import itertools
+
     import torch
 
     text_encoder = _text_encoder(recipe, vocab)
@@ -403,7 +420,13 @@ def _stage_teacher(
     torch.manual_seed(recipe.seed + 21)
     teacher = _unet(recipe, None)
     gen = torch.Generator().manual_seed(recipe.seed + 22)
-    params = list(teacher.parameters()) + list(text_encoder.parameters())
+    torch.manual_seed(recipe.seed + 23)
+    heads = torch.nn.Linear(recipe.text_hidden, len(PALETTE) + len(SHAPES) + len(PALETTE))
+    bounds = [0, len(PALETTE), len(PALETTE) + len(SHAPES), 2 * len(PALETTE) + len(SHAPES)]
+    ema_unet, ema_text = copy.deepcopy(teacher), copy.deepcopy(text_encoder)
+    ema_unet.requires_grad_(False)
+    ema_text.requires_grad_(False)
+    params = [*teacher.parameters(), *text_encoder.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=recipe.teacher_lr, weight_decay=0.0)
     mean, scale = latents
     acp = _alphas_cumprod()
@@ -416,7 +439,8 @@ def _stage_teacher(
         caption = data.scene_of[idx].clone()
         drop = torch.rand(caption.shape, generator=gen) < recipe.caption_dropout
         caption[drop] = empty
-        hidden = text_encoder(tokens[caption])[0]
+        encoded = text_encoder(tokens[caption])
+        hidden = encoded[0]
         t = torch.randint(0, acp.shape[0], (recipe.teacher_batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = acp[t].view(-1, 1, 1, 1)
@@ -425,7 +449,25 @@ def _stage_teacher(
         # Min-SNR-5 weighting (Hang et al., 2023): nearly clean steps do not dominate.
         snr = acp[t] / (1 - acp[t])
         weight = snr.clamp(max=5.0) / snr
-        return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        kept = ~drop
+        if recipe.text_aux_weight and bool(kept.any()):
+            logits = heads(encoded[1][kept])
+            target = data.attributes[caption[kept]]
+            aux = sum(
+                torch.nn.functional.cross_entropy(logits[:, lo:hi], target[:, i])
+                for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
+            )
+            loss = loss + recipe.text_aux_weight * aux
+        return loss
+
+    def ema() -> dict[str, Any]:
+        d = recipe.teacher_ema_decay
+        with torch.no_grad():
+            for ema_m, m in ((ema_unet, teacher), (ema_text, text_encoder)):
+                for p_e, p in zip(ema_m.parameters(), m.parameters(), strict=True):
+                    p_e.mul_(d).add_(p.detach(), alpha=1 - d)
+        return {}
 
     t0 = time.perf_counter()
     teacher.train()
@@ -434,23 +476,27 @@ def _stage_teacher(
         "teacher",
         recipe,
         ck,
-        {"unet": teacher, "text_encoder": text_encoder},
+        {
+            "unet": teacher,
+            "text_encoder": text_encoder,
+            "heads": heads,
+            "unet_ema": ema_unet,
+            "text_encoder_ema": ema_text,
+        },
         optimizer,
         gen,
         step,
-        None,
+        ema,
         progress,
         result.resumed_from,
     )
-    teacher.eval()
-    text_encoder.eval()
     result.durations_s["teacher"] = round(time.perf_counter() - t0, 1)
     ck.save(
         "teacher",
-        {"unet": teacher.state_dict(), "text_encoder": text_encoder.state_dict()},
+        {"unet": ema_unet.state_dict(), "text_encoder": ema_text.state_dict()},
         done=True,
     )
-    return text_encoder, teacher
+    return ema_text.eval(), ema_unet.eval()
 
 
 def _stage_distill(
@@ -596,7 +642,14 @@ def train_reference(
         train_scenes, recipe.per_scene, recipe.image_size, recipe.seed
     )
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    data = _Data(images, torch.tensor(scene_index), captions, split)
+    colours, shapes = list(PALETTE), list(SHAPES)
+    attributes = torch.tensor(
+        [
+            [colours.index(s.colour), shapes.index(s.shape), colours.index(s.background)]
+            for s in train_scenes
+        ]
+    )
+    data = _Data(images, torch.tensor(scene_index), captions, split, attributes)
     result.durations_s["data"] = round(time.perf_counter() - t0, 1)
     logger.info("dataset: %d images of %d training scenes", len(scene_index), len(train_scenes))
 
