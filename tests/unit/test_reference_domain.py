@@ -109,3 +109,14 @@ def test_scorer_says_no_to_the_wrong_caption() -> None:
 def test_a_flat_image_has_no_shape() -> None:
     reading = read_image(np.full((64, 64, 3), PALETTE["green"], dtype=np.uint8))
     assert reading.shape == "none" and reading.background == "green"
+
+
+def test_a_region_of_no_domain_shape_is_no_shape() -> None:
+    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    pixels[:] = PALETTE["blue"]
+    pixels[28:36, 10:54] = PALETTE["red"]  # a bar
+    reading = read_image(pixels)
+    assert (reading.shape, reading.colour, reading.background) == ("none", "red", "blue")
+    pixels[:] = PALETTE["blue"]
+    pixels[8:56, 8:56] = PALETTE["red"]  # a square, but far larger than the domain's
+    assert read_image(pixels).shape == "none"
