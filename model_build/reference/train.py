@@ -685,7 +685,7 @@ def train_reference(
     result.durations_s["total"] = round(time.perf_counter() - t_all, 1)
     record = {
         "kind": "lcm-fleet reference",
-        "domain": "a <size> <colour> <shape> on a <colour> background",
+        "domain": "a <colour> <shape> on a <colour> background",
         "image_size": recipe.image_size,
         "split": split.record(),
         "recipe": asdict(recipe),

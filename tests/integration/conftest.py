@@ -80,6 +80,16 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"tiny": tiny, "fp32": base / "tiny-int8.fp32", "int8": int8}
 
 
+@pytest.fixture(scope="session")
+def reference_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped reference LCM, exported and quantized by the real CLI (quality gate with
+    prompt adherence included)."""
+    out = tmp_path_factory.mktemp("reference") / "reference-int8"
+    weights = ROOT / "model_build" / "reference" / "weights"
+    run_cli("model_build.cli", "build", str(weights), str(out), "--samples", "80", "--no-progress")
+    return out
+
+
 @dataclass
 class WorkerProcess:
     proc: subprocess.Popen[bytes]
