@@ -254,7 +254,7 @@ def _summary(result) -> None:
             f"{adherence['candidate_served']['adherence_pct']}% served, "
             f"{adherence['candidate_f32']['adherence_pct']}% at f32, fp32 reference "
             f"{adherence['reference_f32']['adherence_pct']}% ({adherence['images_each']} images "
-            f"each; -{adherence['drop_points']} points)"
+            f"each; {-adherence['drop_points']:+.2f} points vs fp32)"
         )
     if result.gate is not None:
         g = result.gate
@@ -457,7 +457,7 @@ _QUALITY_FIGURES = (
     ("mean_abs_diff", "|diff| {}"),
     ("mean_abs_diff_mean", "|diff| {}"),
     ("adherence_pct", "adherence {}%"),
-    ("adherence_drop_points", "adherence -{} pts vs fp32"),
+    ("adherence_drop_points", "adherence drop {} pts vs fp32"),
 )
 
 

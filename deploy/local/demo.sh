@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The offline demo, end to end on real parts:
-#   set up .venv -> build the tiny LCM -> export to OpenVINO IR -> NNCF INT8 UNet and quality
-#   gate -> start Redis (if none answers) and S3 (SeaweedFS) -> publish the artifact ->
-#   start one worker that pulls it by name@latest ->
-#   submit jobs -> print where the PNGs are, with per-stage timings.
+#   set up .venv -> take the reference LCM shipped in model_build/reference/weights (trained
+#   offline by `lcm-build reference`) -> export to OpenVINO IR -> NNCF INT8 UNet and quality
+#   gate (image figures and prompt adherence) -> start Redis (if none answers) and S3
+#   (SeaweedFS) -> publish the artifact -> start one worker that pulls it by name@latest ->
+#   submit jobs -> download the PNGs -> score how well they follow their prompts.
 # Usage: bash deploy/local/demo.sh     (LCM_DEMO_KEEP=1 leaves worker and S3 running)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,25 +20,24 @@ say() { printf '\n== %s\n' "$*"; }
 say "starting local services (Redis on 127.0.0.1:6379 if none answers, S3 on 127.0.0.1:8333)"
 eval "$(python deploy/local/services.py start)"
 
-ARTIFACT=$MODELS/tiny-int8
+REFERENCE=model_build/reference/weights
+ARTIFACT=$MODELS/reference-int8
 # Reuse an artifact only if it is intact and passed this lcm-fleet's quality gate.
 if lcm-build verify "$ARTIFACT" >/dev/null 2>&1 && python -c "import json, sys; \
     sys.exit(not (json.load(open('$ARTIFACT/manifest.json')).get('quality') or {}).get('passed'))"; then
   say "INT8 artifact $ARTIFACT exists and matches its manifest; reusing it"
 else
-  rm -rf "$MODELS/tiny" "$ARTIFACT" "$ARTIFACT.fp32"
-  say "building the tiny LCM offline ($MODELS/tiny)"
-  lcm-build tiny "$MODELS/tiny"
-  say "exporting to OpenVINO IR and quantizing the UNet to INT8 with NNCF"
-  lcm-build build "$MODELS/tiny" "$ARTIFACT" --samples 200
+  rm -rf "$ARTIFACT" "$ARTIFACT.fp32"
+  say "exporting the reference LCM ($REFERENCE) to OpenVINO IR and quantizing the UNet to INT8"
+  lcm-build build "$REFERENCE" "$ARTIFACT" --samples 200
 fi
 
 say "publishing the artifact to S3 (its version is a content hash; 'latest' moves last)"
-lcm-build publish "$ARTIFACT" tiny --no-progress
-lcm-build list tiny
+lcm-build publish "$ARTIFACT" reference --no-progress
+lcm-build list reference
 
-# The worker pulls tiny@latest into its cache and checks every sha256 before it serves.
-export LCM_MODEL=tiny@latest
+# The worker pulls reference@latest into its cache and checks every sha256 before it serves.
+export LCM_MODEL=reference@latest
 export LCM_MODEL_CACHE_DIR=$ROOT/var/model-cache
 export LCM_CACHE_DIR=$ROOT/var/ov-cache
 export LCM_QUEUE=lcm.demo
@@ -60,16 +60,23 @@ done
 grep -q " ready." "$WORKER_LOG" || { tail -30 "$WORKER_LOG"; echo "the worker did not become ready" >&2; exit 1; }
 
 OUT=$DEMO/images
+rm -rf "$OUT"
 say "submitting jobs (each waits for its result, then downloads the PNGs to $OUT)"
-lcm submit "a lighthouse on a rocky coast at dusk" --seed 1 --wait --download "$OUT"
-lcm submit "a bowl of ramen, food photography" --seed 2 --num-images 2 --wait --download "$OUT"
-lcm submit "a red fox in fresh snow, telephoto" --seed 3 --steps 2 --wait --download "$OUT"
+lcm submit "a red circle on a blue background" --seed 1 --wait --download "$OUT"
+lcm submit "a yellow triangle on a purple background" --seed 2 --num-images 2 --wait --download "$OUT"
+lcm submit "a white cross on a green background" --seed 3 --wait --download "$OUT"
+# Combinations the model never saw in training (model_build/reference/weights/reference.json):
+lcm submit "a cyan diamond on a purple background" --seed 4 --wait --download "$OUT"
+lcm submit "a green cross on a yellow background" --seed 5 --steps 2 --wait --download "$OUT"
 
 say "an invalid job is refused at submit:"
 lcm submit "too many steps" --steps 12 || true
+
+say "how well the PNGs follow their prompts (model_build.reference.scorer reads shape and colours back):"
+lcm-build reference-score "$OUT"
 
 say "done"
 echo "PNGs (with prompt, seed and model hash in their text chunks): $ROOT/$OUT"
 ls -1 "$OUT"
 echo "worker log: $ROOT/$WORKER_LOG"
-echo "The tiny model has random weights, so the images are coloured noise: the point is the path."
+echo "quality report of the INT8 artifact: $ROOT/$ARTIFACT/quality.json (contact_sheet.png beside it)"

@@ -233,6 +233,7 @@ def write_sheet(
 
     if not renders:
         raise BuildInputError("no renders for the sheet")
+    columns = min(columns, len(renders))
     h, w = renders[0][1].shape[:2]
     cell_w, cell_h, text_h, pad = w * 3, h * 3, 40, 6
     rows = (len(renders) + columns - 1) // columns
