@@ -9,11 +9,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from producer.contract import Job
 from producer.errors import InvalidJob
-from tests.unit.fakes import FakePipeline
+from tests.unit.fakes import FakePipeline, LocalSlots
 from tests.unit.test_result_writer import SlowS3, _store
 from worker.job import run_job
 from worker.limits import Deadlines
-from worker.renderer import LocalSlots
 from worker.sizes import PipelineSet
 
 
