@@ -43,6 +43,7 @@ VAE_PATHS = (
 )
 #: Recipes the comparison tries for ``--vae-decoder int8`` (model_type None: NNCF's default,
 #: every convolution and eltwise input quantized; TRANSFORMER: matmul/conv inputs only).
+#: The last one is ``model_build.vae_decoder.INT8_RECIPE``.
 RECIPES: dict[str, dict[str, Any]] = {
     "int8 default/performance": {
         "model_type": None,
@@ -53,6 +54,19 @@ RECIPES: dict[str, dict[str, Any]] = {
     "int8 transformer/mixed": {
         "model_type": "TRANSFORMER",
         "preset": "MIXED",
+        "disable_bias_correction": True,
+    },
+    # NNCF's default activation ranges clip outliers; MINMAX keeps the whole range.
+    "int8 default/performance/minmax": {
+        "model_type": None,
+        "preset": "PERFORMANCE",
+        "activations_range_estimator": "MINMAX",
+        "disable_bias_correction": True,
+    },
+    "int8 transformer/mixed/minmax": {
+        "model_type": "TRANSFORMER",
+        "preset": "MIXED",
+        "activations_range_estimator": "MINMAX",
         "disable_bias_correction": True,
     },
 }
@@ -347,7 +361,10 @@ def build_variants(
     from model_build.vae_decoder import INT8_RECIPE
 
     # The INT8 decoder's folder names its recipe: a changed recipe is built anew.
-    recipe = f"{INT8_RECIPE['model_type'] or 'default'}-{INT8_RECIPE['preset']}".lower()
+    recipe = "-".join(
+        str(INT8_RECIPE.get(k) or "default")
+        for k in ("model_type", "preset", "activations_range_estimator")
+    ).lower()
     out: dict[str, Path] = {}
     for kind, key, _label in VAE_PATHS:
         suffix = f"vae-{kind}" + (f"-{recipe}-{vae_samples}latents" if kind == "int8" else "")
@@ -408,13 +425,20 @@ def markdown(result: dict[str, Any]) -> str:
             else ""
         ),
     ]
-    lines += [
-        "",
-        "Random weights: the quality columns say how far each decoder's output moves from "
-        "the fp32 SD decoder's on these latents; they do not grade real images (a random TAESD "
-        "is expected to be far off). The speed columns stand for the real model.",
-        "",
-    ]
+    if cfg["model"] in ("tiny", "full-size-random"):
+        lines += [
+            "",
+            "Random weights: the quality columns say how far each decoder's output moves from "
+            "the fp32 SD decoder's on these latents; they do not grade real images (a random "
+            "TAESD is expected to be far off). The speed columns stand for the real model.",
+        ]
+    else:
+        lines += [
+            "",
+            "Trained decoder: the quality columns grade each option against it; the TAESD row "
+            "has random weights (no TAESD is trained for this model) and only shows speed.",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -447,6 +471,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the decoders an earlier run made (re-measure only; make_s is that run's)",
     )
+    p.add_argument(
+        "--ir",
+        type=Path,
+        help="compare the decoder of this exported IR (e.g. a trained model) instead of the "
+        "random model's; --size must be its size",
+    )
+    p.add_argument("--calibration-prompts", default="calibration", help="shipped set or file")
+    p.add_argument("--eval-prompts", default="eval", help="shipped set or file")
+    p.add_argument("--tag", default="", help="suffix of the result files")
     a = p.parse_args(args_list)
     if a.runs < 3 or a.calibration < 1 or a.eval < 1:
         p.error("--runs must be at least 3, --calibration and --eval at least 1")
@@ -454,16 +487,25 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(work)
     started = dt.datetime.now()
     try:
-        name, _model_dir, ir_dir, build = model_and_ir(
-            runner, work / "models", a.size, a.seed, a.tiny, a.skip_build
-        )
-        latents = {}
-        for prompts, count in (("calibration", a.calibration), ("eval", a.eval)):
-            folder = (
-                work / "models" / f"{name}.vae-latents-{prompts}-{a.size}px-{a.steps}steps-{count}"
+        build: dict[str, Any] = {}
+        if a.ir:
+            ir_dir, name = a.ir.resolve(), a.ir.resolve().name
+            description = f"The decoder of {ir_dir}"
+        else:
+            name, _model_dir, ir_dir, build = model_and_ir(
+                runner, work / "models", a.size, a.seed, a.tiny, a.skip_build
             )
-            build[f"vae_latents_{prompts}"] = runner.cached(
-                f"vae-latents-{prompts}",
+            description = TINY_DESCRIPTION if a.tiny else FULL_DESCRIPTION
+        latents = {}
+        sets = {"calibration": a.calibration_prompts, "eval": a.eval_prompts}
+        for role, count in (("calibration", a.calibration), ("eval", a.eval)):
+            prompts = sets[role]
+            label = Path(prompts).stem if Path(prompts).is_file() else prompts
+            folder = (
+                work / "models" / f"{name}.vae-latents-{label}-{a.size}px-{a.steps}steps-{count}"
+            )
+            build[f"vae_latents_{role}"] = runner.cached(
+                f"vae-latents-{label}",
                 "vae_latents",
                 folder,
                 {
@@ -471,12 +513,12 @@ def main(argv: list[str] | None = None) -> int:
                     "size": a.size,
                     "steps": a.steps,
                     "guidance_scale": GUIDANCE_SCALE,
-                    "prompts": prompts,
+                    "prompts": str(Path(prompts).resolve()) if Path(prompts).is_file() else prompts,
                     "count": count,
                 },
                 a.skip_build,
             )
-            latents[prompts] = folder
+            latents[role] = folder
         taesd = (
             work
             / "models"
@@ -489,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             {"kind": "tiny" if a.tiny else "full", "seed": a.seed},
             a.skip_build,
         )
-        scratch = work / "vae-recipes"
+        scratch = work / ("vae-recipes" + (f"-{a.tag}" if a.tag else ""))
         if not a.reuse:
             shutil.rmtree(scratch, ignore_errors=True)
         figures = runner.child(
@@ -514,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "bench.pipeline.vae", *args_list]),
         "config": {
-            "model": "tiny" if a.tiny else "full-size-random",
-            "model_description": TINY_DESCRIPTION if a.tiny else FULL_DESCRIPTION,
+            "model": str(a.ir) if a.ir else ("tiny" if a.tiny else "full-size-random"),
+            "model_description": description,
             "size": a.size,
             "steps": a.steps,
             "runs": a.runs,
@@ -533,7 +575,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     results = a.results_dir.resolve()
     results.mkdir(parents=True, exist_ok=True)
-    stem = f"vae-recipes-{result['date']}" + ("-tiny" if a.tiny else "")
+    stem = (
+        f"vae-recipes-{result['date']}"
+        + ("-tiny" if a.tiny else "")
+        + (f"-{a.tag}" if a.tag else "")
+    )
     (results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (results / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
     print()

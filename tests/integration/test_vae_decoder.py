@@ -93,6 +93,7 @@ def test_int8_vae_from_the_unets_capture_pass(vae_builds):
     assert vae["calibration"]["width"] == SIZE and vae["calibration"]["steps"] == 4
     assert vae["fake_quantize_count"] == _fake_quantize(path / "vae_decoder/openvino_model.xml") > 0
     assert (vae["preset"], vae["model_type"]) == ("MIXED", "TRANSFORMER")
+    assert vae["activations_range_estimator"] == "MINMAX"
     durations = data["build"]["durations_s"]
     assert "calibration_capture" in durations and "vae_calibration_capture" not in durations
     assert "vae_decoder" not in data["quantization"]["unchanged_parts"]
