@@ -84,10 +84,13 @@ def test_soft_time_limit_stops_the_render_and_fails_the_job(slow_worker):
     worker, settings = slow_worker
     (pid,) = _render_pids(worker.log_text())
     h = submit("too slow", settings=settings, width=512, height=512, steps=8, num_images=3)
-    t0 = time.monotonic()
-    with pytest.raises(JobFailed, match=r"soft time limit \(2s\) exceeded while rendering"):
+    # Stopped at a denoising step by genai's callback, not after the image.
+    with pytest.raises(
+        JobFailed,
+        match=r"soft time limit \(2s\) exceeded while rendering \(render stopped after "
+        r"denoising step [1-7] of 8",
+    ):
         h.wait(60)
-    assert time.monotonic() - t0 < 4  # stopped at a denoising step, not after the image
     assert submit("still serving", settings=settings, seed=2).wait(60).images
     assert _render_pids(worker.log_text()) == [pid] and _alive(pid)  # no restart needed
     assert sum(f"job {h.job_id} failed" in ln for ln in worker.log_text().splitlines()) == 1

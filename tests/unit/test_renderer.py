@@ -62,10 +62,11 @@ def test_soft_limit_stops_the_render_at_a_step(slots):
     pid = slots.renderers[0].pid
     with slots.session(Deadlines.start(0.5, 30)) as session:
         pipe = session.pipeline(slots.classes.get((64, 64)))
-        t0 = time.monotonic()
-        with pytest.raises(SoftTimeLimitExceeded, match=r"soft time limit \(0.5s\)"):
+        with pytest.raises(
+            SoftTimeLimitExceeded,
+            match=r"limit \(0.5s\) exceeded while rendering \(stopped after step [1-7] of 8",
+        ):
             pipe.generate("slow", 1, 8, 8.0)  # 8 steps x 0.2 s
-        assert time.monotonic() - t0 < 1.2
     assert slots.renderers[0].pid == pid and slots.renderers[0].alive()  # not restarted
 
 
@@ -108,14 +109,12 @@ def test_a_render_error_fails_the_image_and_the_process_keeps_serving(slots):
 
 def test_the_slot_is_exclusive_and_waiting_counts_against_the_soft_limit(slots):
     slots, _ = slots
-    with slots.session(Deadlines.none()):
-        t0 = time.monotonic()
-        with (
-            pytest.raises(SoftTimeLimitExceeded, match="waiting for a free render process"),
-            slots.session(Deadlines.start(0.3, 5)),
-        ):
-            pass
-        assert 0.25 < time.monotonic() - t0 < 2
+    with (
+        slots.session(Deadlines.none()),
+        pytest.raises(SoftTimeLimitExceeded, match="waiting for a free render process"),
+        slots.session(Deadlines.start(0.3, 5)),
+    ):
+        pass
 
 
 def test_memory_budget_refusal_comes_from_the_render_process():
