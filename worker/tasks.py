@@ -125,14 +125,15 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     metrics.observe_job(result.durations_s, len(result.images), size)
     d = result.durations_s
     logger.info(
-        "job %s succeeded: %d image(s) %dx%d steps=%d | queue_wait=%s text_encoder=%.3fs "
-        "unet=%.3fs vae=%.3fs encode=%.3fs upload=%.3fs total=%.3fs",
+        "job %s succeeded: %d image(s) %dx%d steps=%d | queue_wait=%s slot_wait=%.3fs "
+        "text_encoder=%.3fs unet=%.3fs vae=%.3fs encode=%.3fs upload=%.3fs total=%.3fs",
         task_id,
         len(result.images),
         result.width,
         result.height,
         result.steps,
         "-" if wait_s is None else f"{wait_s:.3f}s",
+        d["slot_wait"],
         d["text_encoder"],
         d["unet"],
         d["vae"],
