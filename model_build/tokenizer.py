@@ -83,8 +83,14 @@ def learn_merges(
     return merges
 
 
-def train_clip_bpe(corpus: Iterable[str], out_dir: Path, vocab_size: int = 4096) -> Path:
-    """Learn the BPE on ``corpus`` and save a CLIPTokenizer folder at ``out_dir``."""
+def train_clip_bpe(
+    corpus: Iterable[str], out_dir: Path, vocab_size: int = 4096, max_length: int = MAX_LENGTH
+) -> Path:
+    """Learn the BPE on ``corpus`` and save a CLIPTokenizer folder at ``out_dir``.
+
+    ``max_length`` is the tokenizer's ``model_max_length``: what diffusers and openvino.genai
+    pad every prompt to (it must equal the text encoder's ``max_position_embeddings``).
+    """
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
@@ -103,6 +109,6 @@ def train_clip_bpe(corpus: Iterable[str], out_dir: Path, vocab_size: int = 4096)
     ]:
         vocab.setdefault(symbol, len(vocab))
     merge_list: Any = merges
-    clip = CLIPTokenizer(vocab=vocab, merges=merge_list, model_max_length=MAX_LENGTH)
+    clip = CLIPTokenizer(vocab=vocab, merges=merge_list, model_max_length=max_length)
     clip.save_pretrained(str(out_dir))
     return Path(out_dir)

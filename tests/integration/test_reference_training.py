@@ -85,3 +85,43 @@ def test_other_recipe_in_the_same_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / ".training" / "recipe.json").write_text(json.dumps({"seed": 5}))
     with pytest.raises(BuildInputError, match="another recipe"):
         train_reference(tmp_path, Recipe(), progress=False)
+
+
+def test_a_text_length_shorter_than_the_grammar_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from model_build.errors import BuildInputError
+    from model_build.reference.train import Recipe, train_reference
+
+    with pytest.raises(BuildInputError, match=r"text_max_length=6: raise text_max_length"):
+        train_reference(tmp_path, Recipe(text_max_length=6, per_scene=1), progress=False)
+    assert not (tmp_path / "model_index.json").exists()
+
+
+def test_vae_colour_error_reads_a_known_colour_shift() -> None:
+    import torch
+
+    from model_build.reference.domain import make_split, render_dataset
+    from model_build.reference.train import _Data, vae_colour_error
+
+    class ShiftingVae:
+        """decode(encode(x)) = x + shift on the red channel (in [-1, 1] units)."""
+
+        def __init__(self, shift: float) -> None:
+            self.shift = shift
+
+        def encode(self, x):
+            return type("E", (), {"latent_dist": type("D", (), {"mean": x})()})()
+
+        def decode(self, z):
+            out = z.clone()
+            out[:, 0] += self.shift
+            return type("O", (), {"sample": out})()
+
+    scenes = make_split(0).train_scenes()[:40]
+    pixels, index = render_dataset(scenes, 2, 64, 0)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    data = _Data(images, torch.tensor(index), [s.caption for s in scenes], None, None)
+    errors = vae_colour_error(ShiftingVae(10 / 127.5), data, scenes)
+    assert set(errors) == {s.colour for s in scenes}
+    # 10 levels of red everywhere (the palette's highest red, 240, stays below 255).
+    assert all(abs(e - 10.0) < 0.2 for e in errors.values()), errors
+    assert max(vae_colour_error(ShiftingVae(0.0), data, scenes).values()) == 0.0
