@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -96,8 +97,13 @@ def check_vae_decoder(manifest: Manifest, path: Path) -> str:
     return str(kind)
 
 
-def verify_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
-    """Read and verify the manifest at ``path``; raise ModelLoadError on any mismatch."""
+def open_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
+    """Read the manifest at ``path`` and check everything but the files' hashes.
+
+    The format and OpenVINO versions, the quality gate, the VAE decoder kind and the shape;
+    raise ModelLoadError on any mismatch. :func:`verify_files_of` checks the hashes (a
+    worker does that while its render process compiles, and serves only after both).
+    """
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(
@@ -106,7 +112,6 @@ def verify_artifact(path: Path, width: int | None = None, height: int | None = N
         )
     try:
         manifest = read_manifest(path)
-        verify_files(path, manifest)
     except ManifestError as e:
         raise ModelLoadError(f"refusing to serve {path}: {e}") from e
     check_versions(manifest)
@@ -130,13 +135,6 @@ def verify_artifact(path: Path, width: int | None = None, height: int | None = N
         )
     cfg = not _unet_config(path).get("time_cond_proj_dim")
     guidance = float(shape.get("guidance_scale") or (1.0 if cfg else 8.0))
-    logger.info(
-        "artifact %s verified: %d files, manifest %s, VAE decoder %s",
-        path,
-        len(manifest.files),
-        manifest.sha256[:16],
-        vae_decoder,
-    )
     return ServedModel(
         path=path,
         manifest=manifest,
@@ -146,3 +144,27 @@ def verify_artifact(path: Path, width: int | None = None, height: int | None = N
         cfg=cfg,
         vae_decoder=vae_decoder,
     )
+
+
+def verify_files_of(model: ServedModel) -> None:
+    """Check every file's size and sha256 against the manifest; raise ModelLoadError."""
+    t0 = time.perf_counter()
+    try:
+        verify_files(model.path, model.manifest)
+    except ManifestError as e:
+        raise ModelLoadError(f"refusing to serve {model.path}: {e}") from e
+    logger.info(
+        "artifact %s verified: %d files, manifest %s, VAE decoder %s (hashed in %.1fs)",
+        model.path,
+        len(model.manifest.files),
+        model.manifest.sha256[:16],
+        model.vae_decoder,
+        time.perf_counter() - t0,
+    )
+
+
+def verify_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
+    """Read and verify the manifest at ``path``, hashes included; raise ModelLoadError."""
+    model = open_artifact(path, width, height)
+    verify_files_of(model)
+    return model

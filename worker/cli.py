@@ -54,20 +54,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     from worker import broker_guard, runtime
     from worker.celery_app import configure
-    from worker.model_source import load_model
+    from worker.model_source import open_model, verify_model
     from worker.sizes import format_size, format_sizes
     from worker.storage import ObjectStore
 
     try:
-        model = load_model(settings)
-        ObjectStore(settings).check_bucket()
+        model = open_model(settings)  # pulled if needed; manifest, versions, gate, shape
     except WorkerError as e:
         print(f"lcm-worker: {e}", file=sys.stderr)
         return 2
     rt = runtime.install(settings, model)
+
+    def on_fatal(message: str) -> None:
+        # A render process that cannot be started again: stop serving (running jobs
+        # finish first); lcm-fleet starts the worker again.
+        rt.fatal = message
+        os.kill(os.getpid(), signal.SIGTERM)
+
     try:
         rt.check_estimate()
+        if not args.check:
+            # The render process compiles while this process hashes the artifact's files and
+            # checks storage and the broker; nothing is served before all of them are done.
+            rt.launch_rendering(on_fatal)
+        verify_model(settings, model)
+        ObjectStore(settings).check_bucket()
     except WorkerError as e:
+        rt.abort()
         print(f"lcm-worker: {e}", file=sys.stderr)
         return 2
     app = configure(settings)
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
         except OSError as e:
+            rt.abort()
             print(
                 f"lcm-worker: cannot serve metrics on {settings.metrics_addr}:"
                 f"{settings.metrics_port}: {e}; set LCM_METRICS_PORT to a free port, or 0",
@@ -110,14 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
-    def on_fatal(message: str) -> None:
-        # A render process that cannot be started again: stop serving (running jobs
-        # finish first); lcm-fleet starts the worker again.
-        rt.fatal = message
-        os.kill(os.getpid(), signal.SIGTERM)
-
     try:
-        reports = rt.start_rendering(on_fatal)
+        reports = rt.render_slots().wait_ready()
     except WorkerError as e:
         print(f"lcm-worker: {e}", file=sys.stderr)
         return 2

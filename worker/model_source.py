@@ -10,11 +10,13 @@ the worker serves it; a damaged cached copy is refused with the folder to delete
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from model_build.registry import RegistryError, RegistryInputError, looks_like_ref, pull
 from producer.s3 import s3_client
-from worker.artifact import ServedModel, verify_artifact
+from worker.artifact import ServedModel, open_artifact, verify_files_of
 from worker.errors import ModelLoadError
 from worker.settings import WorkerSettings
 
@@ -60,11 +62,11 @@ def local_model_dir(settings: WorkerSettings) -> Path:
     return path
 
 
-def load_model(settings: WorkerSettings) -> ServedModel:
-    """Pull if needed, then verify the folder; raise ModelLoadError saying how to fix it."""
-    path = local_model_dir(settings)
+@contextmanager
+def _cached_copy_hint(settings: WorkerSettings, path: Path) -> Iterator[None]:
+    """Say which folder to delete when a pulled (cached) copy is refused."""
     try:
-        return verify_artifact(path, settings.width, settings.height)
+        yield
     except ModelLoadError as e:
         if settings.model is not None and is_published_ref(settings.model):
             raise ModelLoadError(
@@ -73,3 +75,23 @@ def load_model(settings: WorkerSettings) -> ServedModel:
                 "afresh."
             ) from e
         raise
+
+
+def open_model(settings: WorkerSettings) -> ServedModel:
+    """Pull if needed, then read and check the manifest; the files' hashes come later."""
+    path = local_model_dir(settings)
+    with _cached_copy_hint(settings, path):
+        return open_artifact(path, settings.width, settings.height)
+
+
+def verify_model(settings: WorkerSettings, model: ServedModel) -> None:
+    """Check every file's size and sha256; raise ModelLoadError saying how to fix it."""
+    with _cached_copy_hint(settings, model.path):
+        verify_files_of(model)
+
+
+def load_model(settings: WorkerSettings) -> ServedModel:
+    """Pull if needed, then verify the folder, hashes included."""
+    model = open_model(settings)
+    verify_model(settings, model)
+    return model

@@ -201,6 +201,7 @@ class Renderer:
         self._conn: Any = None
         self.report: LoadReport | None = None
         self.starts = 0
+        self._launched_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -211,19 +212,31 @@ class Renderer:
 
     def start(self) -> LoadReport:
         """Start the process and wait until its pipelines are ready."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process; it compiles and warms up its pipelines (see wait_ready)."""
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         process = context.Process(
             target=serve, args=(theirs, self.spec), name=f"lcm-render-{self.index}", daemon=True
         )
-        t0 = time.monotonic()
+        self._launched_at = time.monotonic()
         process.start()
         theirs.close()
         self._process, self._conn = process, ours
         self.starts += 1
         logger.info("render process %d started (pid %d)", self.index, process.pid)
+
+    def wait_ready(self) -> LoadReport:
+        """Wait until the launched process reports its pipelines ready (or fails)."""
+        process, ours, t0 = self._process, self._conn, self._launched_at
+        if process is None:
+            raise StartupError(f"render process {self.index} was not launched")
+        left = max(0.0, self.startup_timeout_s - (time.monotonic() - t0))
         try:
-            if not ours.poll(self.startup_timeout_s):
+            if not ours.poll(left):
                 self.kill()
                 raise ModelLoadError(
                     f"the render process did not load its pipelines within "
@@ -363,10 +376,23 @@ class RenderSlots:
 
     def start(self) -> list[LoadReport]:
         """Start every render process, one after the other; stop them all on a failure."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the first render process without waiting: the worker verifies the artifact
+        and its storage meanwhile, and serves nothing before :meth:`wait_ready` returns."""
+        self.renderers[0].launch()
+
+    def wait_ready(self) -> list[LoadReport]:
+        """Wait for the first render process, then start the others one after the other
+        (so their memory is measured one at a time); stop them all on a failure."""
         reports = []
         try:
             for renderer in self.renderers:
-                reports.append(renderer.start())
+                if renderer.pid is None:
+                    renderer.launch()
+                reports.append(renderer.wait_ready())
                 self._idle.put(renderer)
         except BaseException:
             self.stop()
@@ -406,6 +432,11 @@ class RenderSlots:
         thread = threading.Thread(target=restart, name=f"lcm-render-restart-{renderer.index}")
         self._restarts.append(thread)
         thread.start()
+
+    def kill(self) -> None:
+        """Kill every render process at once (at start-up, before anything was served)."""
+        for renderer in self.renderers:
+            renderer.kill()
 
     def stop(self, timeout_s: float = 60.0) -> None:
         for thread in self._restarts:

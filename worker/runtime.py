@@ -104,13 +104,19 @@ class Runtime:
 
     def start_rendering(self, on_fatal: Any = None) -> list[LoadReport]:
         """Start the render processes; raise StartupError/ModelLoadError if they cannot load."""
+        self.launch_rendering(on_fatal)
+        return self.render_slots().wait_ready()
+
+    def launch_rendering(self, on_fatal: Any = None) -> None:
+        """Start compiling in the first render process; :meth:`render_slots` ``.wait_ready()``
+        waits for it (and starts the others)."""
         self.slots = RenderSlots(
             self.render_spec(),
             processes=self.settings.concurrency,
             startup_timeout_s=self.settings.startup_timeout_s,
             on_fatal=on_fatal,
         )
-        return self.slots.start()
+        self.slots.launch()
 
     def render_slots(self) -> RenderSlots:
         if self.slots is None:
@@ -139,6 +145,11 @@ class Runtime:
 
                 self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
             return self._redis
+
+    def abort(self) -> None:
+        """Refusing to start: kill the render processes now (they have served nothing)."""
+        if self.slots is not None:
+            self.slots.kill()
 
     def stop(self) -> None:
         if self.slots is not None:

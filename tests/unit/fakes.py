@@ -58,6 +58,12 @@ def scripted_factory(spec, size):
     return pipe
 
 
+def hanging_factory(spec, size):
+    """RenderSpec.factory for tests: a compile that never ends."""
+    time.sleep(3600)
+    return scripted_factory(spec, size)
+
+
 def flaky_factory(spec, size):
     """scripted_factory, unless LCM_TEST_FACTORY_FAIL is set when the process starts."""
     if os.environ.get("LCM_TEST_FACTORY_FAIL"):

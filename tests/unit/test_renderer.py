@@ -8,7 +8,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model_build.manifest import Manifest
-from tests.unit.fakes import FakePipeline, flaky_factory, scripted_factory
+from tests.unit.fakes import FakePipeline, flaky_factory, hanging_factory, scripted_factory
 from worker.artifact import ServedModel
 from worker.errors import RendererLost, StartupError
 from worker.limits import Deadlines
@@ -149,3 +149,15 @@ def test_a_render_process_that_cannot_start_again_stops_the_worker(monkeypatch):
             pass
     finally:
         slots.stop()
+
+
+def test_launch_does_not_wait_for_the_compile_and_kill_ends_it():
+    # lcm-worker hashes the artifact while the render process compiles; if the hashes do
+    # not match it refuses to start and kills the render process mid-compile.
+    slots = RenderSlots(_spec(factory=hanging_factory), processes=2, startup_timeout_s=60)
+    slots.launch()
+    first, second = slots.renderers
+    assert first.alive() and first.report is None
+    assert second.pid is None  # the others start one after the other, in wait_ready
+    slots.kill()
+    assert not first.alive() and first._process.exitcode == -9
