@@ -23,7 +23,6 @@ exported with ``git archive``), measured in the same rounds.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -38,17 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.services import local_services
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a lighthouse at dusk", "a bowl of ramen", "a red fox in snow", "a city at night"]
 STAGES = ("queue_wait", "slot_wait", "render", "encode", "upload", "store_wait", "total")
-
-
-def _services() -> Any:
-    spec = importlib.util.spec_from_file_location("lcm_services", ROOT / "deploy/local/services.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -349,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     artifact = (args.artifact or build_tiny(work)).resolve()
-    services = _services()
+    services = local_services()
     env = services.start(work / "services", s3_port=args.s3_port, bucket="lcm-bench")
     if args.s3_latency_ms:
         proxy = DelayProxy(env["LCM_S3_ENDPOINT_URL"], args.s3_latency_ms / 1000)

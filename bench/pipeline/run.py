@@ -2,7 +2,7 @@
 
     python -m bench.pipeline.run [--work-dir var/bench] [--runs 3] [--size 512] [--steps 4]
                                  [--samples 16] [--vae-samples 8] [--skip-build] [--tiny]
-                                 [--tag TAG]
+                                 [--tag TAG] [--build-only]
 
 Paths, each in a subprocess of its own (so the peak RSS reported is that path's):
 
@@ -73,6 +73,7 @@ class Options:
     tiny: bool
     vae_samples: int = 8
     tag: str = ""
+    build_only: bool = False
 
 
 class Runner:
@@ -367,6 +368,12 @@ def parse_args(argv: list[str] | None) -> Options:
         help="use the cached model, IR and INT8 artifact; fail if one is missing",
     )
     p.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build (or find cached) the model, IR and artifacts, then stop: the timed "
+        "paths can then run later on a quiet machine with --skip-build",
+    )
+    p.add_argument(
         "--tiny",
         action="store_true",
         help="smoke mode: the tiny model of model_build.tiny.build_tiny",
@@ -382,6 +389,8 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("--samples must be at least 1")
     if a.vae_samples < 1:
         p.error("--vae-samples must be at least 1")
+    if a.build_only and a.skip_build:
+        p.error("--build-only and --skip-build exclude each other")
     if a.tag and not all(ch.isalnum() or ch in "-_" for ch in a.tag):
         p.error("--tag may only hold letters, digits, - and _")
     return Options(
@@ -396,6 +405,7 @@ def parse_args(argv: list[str] | None) -> Options:
         tiny=a.tiny,
         vae_samples=a.vae_samples,
         tag=a.tag,
+        build_only=a.build_only,
     )
 
 
@@ -404,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(args)
     command = shlex.join(["python", "-m", "bench.pipeline.run", *args])
     try:
+        if opts.build_only:
+            runner = Runner(opts.work_dir)
+            dirs, _ = build_all(opts, runner)
+            runner.say("built: " + ", ".join(f"{k} {v}" for k, v in dirs.items()))
+            return 0
         result = run(opts, command)
     except BenchError as e:
         print(f"bench.pipeline: {e}", file=sys.stderr)
