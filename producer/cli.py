@@ -2,12 +2,16 @@
 
     lcm submit "a lighthouse at dusk" [--seed N --steps N --num-images N ...]
                [--wait] [--download DIR]
+    lcm submit-file prompts.jsonl|prompts.csv [--steps N ... (defaults for every row)]
+               [--skip-invalid] [--from-line N] [--ids-out FILE] [--wait] [--download DIR]
     lcm wait JOB_ID [--timeout-s S]
     lcm status JOB_ID
     lcm download JOB_ID DIR
 
 Connection settings come from LCM_* environment variables (LCM_REDIS_URL, LCM_S3_*).
-Exit codes: 0 done, 2 invalid input, 1 the job failed, timed out, or the queue is unreachable.
+Exit codes: 0 done, 2 invalid input (nothing submitted), 1 a job failed, timed out, or the
+queue is unreachable (submit-file: the jobs queued before are listed, with the line to
+resume from).
 """
 
 from __future__ import annotations
@@ -44,18 +48,41 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit one job")
     p.add_argument("prompt")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
-    p.add_argument("--num-images", type=int)
+    _add_job_fields(p)
     p.add_argument("--job-id", help="your own id (re-submitting it overwrites that job's images)")
     p.add_argument("--queue", help="queue name (default LCM_QUEUE)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print the S3 URIs")
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.add_argument("--download", type=Path, metavar="DIR", help="wait, then download the PNGs here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser(
+        "submit-file",
+        help="submit every row of a JSONL or CSV file (checked whole before anything is queued)",
+    )
+    p.add_argument("file", type=Path, help="*.jsonl (one JSON object per line) or *.csv (header)")
+    p.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file's suffix")
+    _add_job_fields(p, defaults=True)
+    p.add_argument(
+        "--batch-id",
+        help="rows without job_id get BATCH_ID-<line> (default: a digest of the file, so "
+        "resubmitting the same file overwrites the same jobs)",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="submit the valid rows and list the invalid ones (default: submit nothing)",
+    )
+    p.add_argument(
+        "--from-line", type=int, default=1, metavar="N", help="skip rows before line N (resume)"
+    )
+    p.add_argument("--queue", help="queue name (default LCM_QUEUE, or the row's size class)")
+    p.add_argument(
+        "--ids-out", type=Path, metavar="FILE", help="write line, job_id, seed per job (JSONL)"
+    )
+    p.add_argument("--wait", action="store_true", help="wait for every job; exit 1 if any failed")
+    p.add_argument("--timeout-s", type=float, default=3600.0, help="for the whole batch")
+    p.add_argument("--download", type=Path, metavar="DIR", help="wait, then download the PNGs here")
 
     p = sub.add_parser("wait", help="wait for a job's result")
     p.add_argument("job_id")
@@ -71,6 +98,91 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_JOB_FIELDS = (
+    ("seed", int),
+    ("steps", int),
+    ("guidance_scale", float),
+    ("width", int),
+    ("height", int),
+    ("num_images", int),
+)
+
+
+def _add_job_fields(p: argparse.ArgumentParser, defaults: bool = False) -> None:
+    for name, kind in _JOB_FIELDS:
+        help_text = "for rows that do not give it" if defaults else None
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=help_text)
+
+
+def _job_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields = {name: getattr(args, name) for name, _ in _JOB_FIELDS}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _submit_file(args: argparse.Namespace, settings: Any) -> int:
+    from producer.bulk import BulkSubmitError, read_jobs_file, submit_rows, wait_all
+    from producer.download import download
+
+    if args.from_line < 1:
+        raise InvalidJob(f"--from-line got {args.from_line}; give a line number from 1")
+    bulk = read_jobs_file(
+        args.file,
+        fmt=args.format,
+        defaults=_job_fields(args),
+        batch_id=args.batch_id,
+        skip_invalid=args.skip_invalid,
+    )
+    for reject in bulk.rejected:
+        print(f"lcm: skipped line {reject.line}: {reject.reason}", file=sys.stderr)
+    rows = [row for row in bulk.rows if row.line >= args.from_line]
+    ids_out = open(args.ids_out, "w") if args.ids_out else None  # noqa: SIM115
+
+    def record(row: Any, handle: Any) -> None:
+        print(handle.job_id)
+        if ids_out is not None:
+            entry = {"line": row.line, "job_id": handle.job_id, "seed": row.job.seed}
+            ids_out.write(json.dumps(entry) + "\n")
+            ids_out.flush()
+
+    try:
+        handles = submit_rows(rows, settings, queue=args.queue, on_submitted=record)
+    except BulkSubmitError as e:
+        print(f"lcm: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if ids_out is not None:
+            ids_out.close()
+    print(
+        f"submitted {len(handles)} job(s) from {args.file} (batch {bulk.batch_id}"
+        + (f", {len(bulk.rejected)} invalid row(s) skipped" if bulk.rejected else "")
+        + (f", lines before {args.from_line} skipped" if args.from_line > 1 else "")
+        + ")",
+        file=sys.stderr,
+    )
+    if not (args.wait or args.download):
+        return 0
+    outcome = wait_all(handles, args.timeout_s)
+    for job_id, reason in outcome.failed.items():
+        print(f"lcm: job {job_id} failed: {reason}", file=sys.stderr)
+    if outcome.unfinished:
+        print(
+            f"lcm: {len(outcome.unfinished)} job(s) not finished after {args.timeout_s:.0f}s "
+            f"(first: {outcome.unfinished[0]}); wait for them with `lcm wait ID`",
+            file=sys.stderr,
+        )
+    images = sum(len(r.images) for r in outcome.results.values())
+    print(
+        f"{len(outcome.results)} succeeded ({images} image(s)), {len(outcome.failed)} failed, "
+        f"{len(outcome.unfinished)} unfinished",
+        file=sys.stderr,
+    )
+    if args.download:
+        for job_id in outcome.results:
+            for path in download(job_id, args.download, settings):
+                print(f"saved {path}", file=sys.stderr)
+    return 0 if outcome.ok else 1
+
+
 def run(args: argparse.Namespace) -> int:
     from producer.api import handle, submit
     from producer.download import download
@@ -78,19 +190,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = ProducerSettings()
     if args.command == "submit":
-        fields: dict[str, Any] = {
-            k: v
-            for k, v in {
-                "seed": args.seed,
-                "steps": args.steps,
-                "guidance_scale": args.guidance_scale,
-                "width": args.width,
-                "height": args.height,
-                "num_images": args.num_images,
-                "job_id": args.job_id,
-            }.items()
-            if v is not None
-        }
+        fields = _job_fields(args)
+        if args.job_id is not None:
+            fields["job_id"] = args.job_id
         h = submit(args.prompt, settings=settings, queue=args.queue, **fields)
         assert h.job is not None
         print(f"submitted job {h.job_id} (seed {h.job.seed})", file=sys.stderr)
@@ -103,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
             for path in download(h.job_id, args.download, settings):
                 print(f"saved {path}", file=sys.stderr)
         return 0
+    if args.command == "submit-file":
+        return _submit_file(args, settings)
     if args.command == "wait":
         _print_result(handle(args.job_id, settings).wait(timeout_s=args.timeout_s), args.json)
         return 0

@@ -1,0 +1,69 @@
+"""`lcm submit-file` through real Redis, the real worker process and real S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import redis
+
+from producer.contract import image_key
+from tests.integration.conftest import run_cli
+
+
+def _env(service_env, producer_settings) -> dict[str, str]:
+    return {**service_env, "LCM_QUEUE": producer_settings.queue}
+
+
+def test_csv_batch_renders_every_row_and_downloads_verified_pngs(
+    worker, service_env, producer_settings, s3, tmp_path
+):
+    f = tmp_path / "prompts.csv"
+    f.write_text(
+        "prompt,seed,num_images,width,height\n"
+        '"a red cube, on a table",11,2,,\n'
+        "a blue ball,12,,128,128\n"
+        "a green cone,,,,\n"
+    )
+    ids_out, out_dir = tmp_path / "ids.jsonl", tmp_path / "pngs"
+    done = run_cli(
+        "producer.cli", "submit-file", str(f), "--steps", "2", "--batch-id", "bulk-t1",
+        "--ids-out", str(ids_out), "--wait", "--timeout-s", "180", "--download", str(out_dir),
+        env=_env(service_env, producer_settings),
+    )  # fmt: skip
+    assert done.stdout.split() == ["bulk-t1-000002", "bulk-t1-000003", "bulk-t1-000004"]
+    assert "3 succeeded (4 image(s)), 0 failed, 0 unfinished" in done.stderr
+    records = [json.loads(line) for line in ids_out.read_text().splitlines()]
+    assert [(r["line"], r["seed"]) for r in records][:2] == [(2, 11), (3, 12)]
+    saved = sorted(p.name for p in out_dir.iterdir())
+    assert saved == [
+        "bulk-t1-000002-000.png",
+        "bulk-t1-000002-001.png",
+        "bulk-t1-000003-000.png",
+        "bulk-t1-000004-000.png",
+    ]
+    stored = s3.get_object(
+        Bucket=producer_settings.s3_bucket, Key=image_key("", "bulk-t1-000002", 1)
+    )["Body"].read()
+    assert (out_dir / saved[1]).read_bytes() == stored
+    assert hashlib.sha256(stored).hexdigest()
+
+
+def test_a_file_with_a_bad_row_queues_nothing_and_names_the_row(
+    service_env, producer_settings, tmp_path
+):
+    queue = producer_settings.queue + ".bulk-refused"
+    f = tmp_path / "prompts.jsonl"
+    f.write_text('{"prompt": "fine"}\n{"prompt": "bad", "steps": 40}\n')
+    env = {**service_env, "LCM_QUEUE": queue}
+    refused = run_cli("producer.cli", "submit-file", str(f), env=env, check=False)
+    assert refused.returncode == 2
+    assert "line 2: field 'steps' got 40" in refused.stderr
+    assert "nothing was submitted" in refused.stderr
+    broker = redis.Redis.from_url(service_env["LCM_REDIS_URL"])
+    assert broker.llen(queue) == 0
+    # Skipping invalid rows explicitly queues the good one and lists the other.
+    skipped = run_cli("producer.cli", "submit-file", str(f), "--skip-invalid", env=env)
+    assert "skipped line 2: field 'steps' got 40" in skipped.stderr
+    assert broker.llen(queue) == 1
+    broker.delete(queue)
