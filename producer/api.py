@@ -95,6 +95,9 @@ def submit_job(
     target = queue or queue_for(job, settings.queue)
 
     def publish() -> None:
+        # A job id used before (a resubmitted job or bulk file) still has its old result in
+        # the backend; drop it so that waiting on this submission sees this run's result.
+        AsyncResult(job.job_id, app=client).forget()
         client.send_task(
             TASK_RENDER,
             args=[job.model_dump(mode="json")],

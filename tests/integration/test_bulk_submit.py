@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 import redis
+from PIL import Image
 
 from producer.contract import image_key
 from tests.integration.conftest import run_cli
@@ -26,24 +28,32 @@ def test_csv_batch_renders_every_row_and_downloads_verified_pngs(
         "a green cone,,,,\n"
     )
     ids_out, out_dir = tmp_path / "ids.jsonl", tmp_path / "pngs"
-    done = run_cli(
-        "producer.cli", "submit-file", str(f), "--steps", "2", "--batch-id", "bulk-t1",
-        "--ids-out", str(ids_out), "--wait", "--timeout-s", "180", "--download", str(out_dir),
-        env=_env(service_env, producer_settings),
-    )  # fmt: skip
-    assert done.stdout.split() == ["bulk-t1-000002", "bulk-t1-000003", "bulk-t1-000004"]
+    batch = f"bulk-{uuid.uuid4().hex[:8]}"
+    args = ["--steps", "2", "--batch-id", batch, "--ids-out", str(ids_out), "--wait"]
+    env = _env(service_env, producer_settings)
+    # Submitted twice: the second run's --wait must see its own results, not the first's.
+    for _ in range(2):
+        done = run_cli(
+            "producer.cli", "submit-file", str(f), *args, "--timeout-s", "180",
+            "--download", str(out_dir), env=env, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"{batch}-000002", f"{batch}-000003", f"{batch}-000004"]
     assert "3 succeeded (4 image(s)), 0 failed, 0 unfinished" in done.stderr
     records = [json.loads(line) for line in ids_out.read_text().splitlines()]
     assert [(r["line"], r["seed"]) for r in records][:2] == [(2, 11), (3, 12)]
     saved = sorted(p.name for p in out_dir.iterdir())
     assert saved == [
-        "bulk-t1-000002-000.png",
-        "bulk-t1-000002-001.png",
-        "bulk-t1-000003-000.png",
-        "bulk-t1-000004-000.png",
+        f"{batch}-000002-000.png",
+        f"{batch}-000002-001.png",
+        f"{batch}-000003-000.png",
+        f"{batch}-000004-000.png",
     ]
+    # The downloaded PNGs are the second run's: row 4's random seed is that run's.
+    last_seed = records[2]["seed"]
+    assert Image.open(out_dir / saved[3]).text["seed"] == str(last_seed)
     stored = s3.get_object(
-        Bucket=producer_settings.s3_bucket, Key=image_key("", "bulk-t1-000002", 1)
+        Bucket=producer_settings.s3_bucket, Key=image_key("", f"{batch}-000002", 1)
     )["Body"].read()
     assert (out_dir / saved[1]).read_bytes() == stored
     assert hashlib.sha256(stored).hexdigest()
