@@ -24,6 +24,7 @@ from typing import Any
 
 from producer.contract import JobResult
 from producer.errors import InvalidJob, ProducerError
+from producer.settings import ProducerSettings
 
 
 def _print_result(result: JobResult, as_json: bool) -> None:
@@ -119,9 +120,9 @@ def _job_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _submit_file(args: argparse.Namespace, settings: Any) -> int:
+def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
     from producer.bulk import BulkSubmitError, read_jobs_file, submit_rows, wait_all
-    from producer.download import download
+    from producer.download import download_images, storage_client
 
     if args.from_line < 1:
         raise InvalidJob(f"--from-line got {args.from_line}; give a line number from 1")
@@ -177,8 +178,9 @@ def _submit_file(args: argparse.Namespace, settings: Any) -> int:
         file=sys.stderr,
     )
     if args.download:
-        for job_id in outcome.results:
-            for path in download(job_id, args.download, settings):
+        client = storage_client(settings)
+        for result in outcome.results.values():
+            for path in download_images(result, args.download, settings, client):
                 print(f"saved {path}", file=sys.stderr)
     return 0 if outcome.ok else 1
 

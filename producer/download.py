@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from producer.contract import JobResult, result_key
 from producer.errors import ProducerError
@@ -16,10 +17,15 @@ def _secret(value: object) -> str | None:
     return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
 
 
-def fetch_result(job_id: str, settings: ProducerSettings) -> JobResult:
-    client = s3_client(
+def storage_client(settings: ProducerSettings) -> Any:
+    """A boto3 S3 client with the producer's credentials (or boto3's default chain)."""
+    return s3_client(
         settings, _secret(settings.s3_access_key_id), _secret(settings.s3_secret_access_key)
     )
+
+
+def fetch_result(job_id: str, settings: ProducerSettings) -> JobResult:
+    client = storage_client(settings)
     key = result_key(settings.s3_prefix, job_id)
     try:
         body = client.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
@@ -33,10 +39,15 @@ def fetch_result(job_id: str, settings: ProducerSettings) -> JobResult:
 
 def download(job_id: str, out_dir: Path, settings: ProducerSettings | None = None) -> list[Path]:
     settings = settings or ProducerSettings()
-    result = fetch_result(job_id, settings)
-    client = s3_client(
-        settings, _secret(settings.s3_access_key_id), _secret(settings.s3_secret_access_key)
-    )
+    return download_images(fetch_result(job_id, settings), out_dir, settings)
+
+
+def download_images(
+    result: JobResult, out_dir: Path, settings: ProducerSettings, client: Any = None
+) -> list[Path]:
+    """Download the images of a result already in hand (e.g. from ``JobHandle.wait``)."""
+    job_id = result.job_id
+    client = client or storage_client(settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -119,3 +119,24 @@ def test_a_broker_failure_part_way_names_what_was_queued_and_where_to_resume(tmp
     assert [h.job_id for h in e.value.submitted] == ["b-000001", "b-000002"]
     assert e.value.next_line == 3
     assert "2 of 4 job(s) were queued" in str(e.value) and "from line 3" in str(e.value)
+
+
+def test_submit_file_checks_the_whole_file_then_queues_every_row(tmp_path, monkeypatch):
+    import producer.bulk as bulk_module
+    from producer.bulk import submit_file
+
+    sent: list[tuple[str, int]] = []
+
+    def fake_submit_job(job, settings=None, queue=None):
+        sent.append((job.job_id, job.steps))
+        return type("H", (), {"job_id": job.job_id})()
+
+    monkeypatch.setattr(bulk_module, "submit_job", fake_submit_job)
+    bad = _write(tmp_path / "bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "steps": 0}\n')
+    with pytest.raises(InvalidJob, match="line 2"):
+        submit_file(bad, settings=object())  # type: ignore[arg-type]
+    assert sent == []
+    good = _write(tmp_path / "good.jsonl", '{"prompt": "a"}\n{"prompt": "b", "steps": 2}\n')
+    handles = submit_file(good, settings=object(), defaults={"steps": 5}, batch_id="g")  # type: ignore[arg-type]
+    assert sent == [("g-000001", 5), ("g-000002", 2)]
+    assert [h.job_id for h in handles] == ["g-000001", "g-000002"]
