@@ -32,6 +32,34 @@ def count_fake_quantize(model: Any) -> int:
     return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
 
 
+def nncf_quantize_arguments(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``nncf.quantize`` that ``recipe`` (a manifest recipe) names.
+
+    Keys a recipe lacks take NNCF's defaults; the UNet's and the VAE decoder's INT8 recipes
+    both go through here, so what a manifest records is what NNCF was given.
+    """
+    import nncf
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    advanced: dict[str, Any] = {}
+    if "disable_bias_correction" in recipe:
+        advanced["disable_bias_correction"] = recipe["disable_bias_correction"]
+    if recipe.get("activations_range_estimator"):
+        advanced["activations_range_estimator_params"] = getattr(
+            RangeEstimatorParametersSet, recipe["activations_range_estimator"]
+        )
+    if recipe.get("overflow_fix"):
+        advanced["overflow_fix"] = getattr(nncf.OverflowFix, recipe["overflow_fix"])
+    arguments: dict[str, Any] = {
+        "advanced_parameters": nncf.AdvancedQuantizationParameters(**advanced)
+    }
+    if recipe.get("model_type"):
+        arguments["model_type"] = getattr(nncf.ModelType, recipe["model_type"])
+    if recipe.get("preset"):
+        arguments["preset"] = getattr(nncf.QuantizationPreset, recipe["preset"])
+    return arguments
+
+
 def quantize_unet(unet_xml: Path, samples: list[dict[str, Any]], out_xml: Path) -> int:
     """Quantize the UNet IR at ``unet_xml`` with ``samples``; save it at ``out_xml``.
 
@@ -48,12 +76,7 @@ def quantize_unet(unet_xml: Path, samples: list[dict[str, Any]], out_xml: Path) 
             model,
             nncf.Dataset(samples),
             subset_size=len(samples),
-            model_type=nncf.ModelType.TRANSFORMER,
-            preset=nncf.QuantizationPreset.MIXED,
-            advanced_parameters=nncf.AdvancedQuantizationParameters(
-                disable_bias_correction=UNET_INT8_RECIPE["disable_bias_correction"],
-                overflow_fix=getattr(nncf.OverflowFix, UNET_INT8_RECIPE["overflow_fix"]),
-            ),
+            **nncf_quantize_arguments(UNET_INT8_RECIPE),
         )
     except Exception as e:
         raise QuantizeError(f"NNCF could not quantize {unet_xml}: {e}") from e

@@ -232,32 +232,20 @@ def quantize(
     import nncf
     import openvino as ov
 
-    from model_build.quantize import count_fake_quantize
+    from model_build.quantize import count_fake_quantize, nncf_quantize_arguments
 
     # A given recipe is used as it is (keys it lacks take NNCF's defaults, not ours).
     recipe = {"method": INT8_RECIPE["method"], **(INT8_RECIPE if recipe is None else recipe)}
     if not samples:
         raise QuantizeError("no calibration latents for the VAE decoder: capture at least one")
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
     model = ov.Core().read_model(str(ir_part / XML))
     input_name = model.inputs[0].get_any_name()
-    model_type = recipe["model_type"]
-    advanced: dict[str, Any] = {"disable_bias_correction": recipe["disable_bias_correction"]}
-    if recipe.get("activations_range_estimator"):
-        advanced["activations_range_estimator_params"] = getattr(
-            RangeEstimatorParametersSet, recipe["activations_range_estimator"]
-        )
-    if recipe.get("overflow_fix"):
-        advanced["overflow_fix"] = getattr(nncf.OverflowFix, recipe["overflow_fix"])
     try:
         quantized = nncf.quantize(
             model,
             nncf.Dataset([{input_name: s} for s in samples]),
             subset_size=len(samples),
-            model_type=getattr(nncf.ModelType, model_type) if model_type else None,
-            preset=getattr(nncf.QuantizationPreset, recipe["preset"]),
-            advanced_parameters=nncf.AdvancedQuantizationParameters(**advanced),
+            **nncf_quantize_arguments(recipe),
         )
     except Exception as e:
         raise QuantizeError(f"NNCF could not quantize the VAE decoder {ir_part}: {e}") from e

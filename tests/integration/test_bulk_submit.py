@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import uuid
+from urllib.parse import urlsplit
 
+import pytest
 import redis
 from PIL import Image
 
+from producer.bulk import BulkSubmitError, read_jobs_file, submit_rows
 from producer.contract import image_key
 from tests.integration.conftest import run_cli
+from tests.integration.tcp_proxy import TcpProxy
 
 
 def _env(service_env, producer_settings) -> dict[str, str]:
@@ -77,3 +82,55 @@ def test_a_file_with_a_bad_row_queues_nothing_and_names_the_row(
     assert "skipped line 2: field 'steps' got 40" in skipped.stderr
     assert broker.llen(queue) == 1
     broker.delete(queue)
+
+
+def test_a_broker_outage_part_way_names_the_line_and_from_line_resumes_there(
+    service_env, producer_settings, tmp_path
+):
+    """Real Redis behind a proxy that is cut after two publishes; then `--from-line`."""
+    redis_url = urlsplit(service_env["LCM_REDIS_URL"])
+    proxy = TcpProxy((redis_url.hostname or "127.0.0.1", redis_url.port or 6379))
+    queue = producer_settings.queue + ".bulk-resume"
+    settings = producer_settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{proxy.port}{redis_url.path}",
+            "queue": queue,
+            "publish_attempts": 2,
+            "publish_backoff_base_s": 0.05,
+        }
+    )
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("".join(f'{{"prompt": "prompt {n}", "seed": {n}}}\n' for n in range(1, 5)))
+    bulk = read_jobs_file(f)
+    broker = redis.Redis.from_url(service_env["LCM_REDIS_URL"])
+    try:
+
+        def cut_after_line_2(row, handle):
+            if row.line == 2:
+                proxy.cut()
+
+        with pytest.raises(BulkSubmitError) as failed:
+            submit_rows(bulk.rows, settings, on_submitted=cut_after_line_2)
+        assert failed.value.next_line == 3
+        assert [h.job_id for h in failed.value.submitted] == [
+            f"{bulk.batch_id}-000001",
+            f"{bulk.batch_id}-000002",
+        ]
+        assert "2 of 4 job(s) were queued" in str(failed.value)
+        assert "Resubmit from line 3" in str(failed.value)
+        assert broker.llen(queue) == 2
+
+        env = {**service_env, "LCM_QUEUE": queue}
+        resumed = run_cli("producer.cli", "submit-file", str(f), "--from-line", "3", env=env)
+        assert resumed.stdout.split() == [f"{bulk.batch_id}-000003", f"{bulk.batch_id}-000004"]
+        assert "lines before 3 skipped" in resumed.stderr
+        # Every line of the file is queued exactly once, with the seed its line gave it.
+        queued = [json.loads(m) for m in broker.lrange(queue, 0, -1)]
+        seeds = {
+            m["headers"]["id"]: json.loads(base64.b64decode(m["body"]))[0][0]["seed"]
+            for m in queued
+        }
+        assert seeds == {f"{bulk.batch_id}-{n:06d}": n for n in range(1, 5)}
+    finally:
+        proxy.cut()
+        broker.delete(queue)
