@@ -13,6 +13,10 @@ from worker.artifact import verify_artifact
 from worker.pipeline import GenaiPipeline
 from worker.render import render
 
+# Builds an SD1.5 + LCM-LoRA INT8 artifact through the CLI (over a minute); CI runs the slow
+# tier after the default one.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def lora_artifact(tmp_path_factory):

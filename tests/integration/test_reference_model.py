@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from model_build.reference.evaluate import evaluate, split_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,9 @@ def test_full_precision_follows_prompts_including_held_out_combinations() -> Non
     assert len(split_of(WEIGHTS).held_out) == 56
 
 
+# Builds the reference INT8 artifact (export, 80 calibration samples, NNCF, the gate): about a
+# minute and a half; the demo runs the same build, and CI runs the slow tier after the default.
+@pytest.mark.slow
 def test_int8_artifact_keeps_adherence_within_three_points(reference_artifact: Path) -> None:
     quality = json.loads((reference_artifact / "quality.json").read_text())
     adherence = quality["adherence"]
