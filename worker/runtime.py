@@ -98,7 +98,7 @@ class Runtime:
             budget_gib=budget,
             budget_name=name,
             estimate_gib=self._estimate_gib(),
-            warmup=settings.warmup,
+            warmup=settings.warms_up(),
             log_level=settings.log_level,
         )
 

@@ -9,7 +9,8 @@ directory that a first, unmeasured sample filled ("warm"):
   the real S3 server, started here), with one job already waiting on its queue. Times, from
   the process start: the artifact's files verified, the pipelines compiled and warmed up,
   Celery consuming, and the job's result stored (its PNG uploaded and verified): the first
-  image. Warm samples run with the warm-up render (``LCM_WARMUP``, the default) and without.
+  image. Warm samples run with the warm-up render (``LCM_WARMUP=true``; the default only
+  when a memory budget is set) and without.
 
 Reported: medians of --runs samples, and the cache's size on disk.
 

@@ -77,3 +77,17 @@ def test_size_must_be_multiple_of_8_and_paired(env):
 def test_producer_needs_no_secrets(env):
     s = ProducerSettings()
     assert s.redis_url.startswith("redis://") and s.s3_access_key_id is None
+
+
+@pytest.mark.parametrize(
+    ("warmup", "budget", "expected"),
+    [(None, None, False), (None, "6", True), ("false", "6", False), ("true", None, True)],
+)
+def test_warm_up_by_default_only_to_measure_for_a_memory_budget(env, warmup, budget, expected):
+    for k, v in REQUIRED.items():
+        env.setenv(k, v)
+    if warmup is not None:
+        env.setenv("LCM_WARMUP", warmup)
+    if budget is not None:
+        env.setenv("LCM_MEMORY_BUDGET_GIB", budget)
+    assert WorkerSettings().warms_up() is expected
