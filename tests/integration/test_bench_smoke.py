@@ -24,6 +24,9 @@ PATHS = (
     "ov_int8_vae_taesd",
 )
 STAGES = ("total_s", "text_encoder_s", "unet_s", "vae_s")
+#: openvino.genai reports the text encoder's and the VAE decoder's durations in whole
+#: milliseconds: the tiny model's take under 1 ms on a fast CPU and read 0 there.
+WHOLE_MS_STAGES = ("text_encoder_s", "vae_s")
 
 
 @pytest.mark.slow
@@ -56,8 +59,10 @@ def test_bench_pipeline_smoke(tmp_path: Path) -> None:
     for key in PATHS:
         path = result["paths"][key]
         assert len(path["runs"]) >= 3, key
+        median = path["median"]
         for stage in STAGES:
-            assert path["median"][stage] > 0, (key, stage)
+            coarse = key != "pytorch_fp32" and stage in WHOLE_MS_STAGES
+            assert median[stage] >= 0 if coarse else median[stage] > 0, (key, stage, median)
         assert path["peak_rss_gib"] > 0 and path["load_s"] > 0, key
         assert path["speedup_total"] > 0 and path["speedup_unet"] > 0, key
     assert result["paths"]["pytorch_fp32"]["speedup_total"] == 1.0
