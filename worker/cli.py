@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 
 from pydantic import ValidationError
@@ -133,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for report in reports:
         metrics.observe_load(report)
+    from worker import reclaim
+
+    name = f"lcm-worker-{settings.unit}@{socket.gethostname()}"
+    holdings = reclaim.Holdings(rt.redis(), name, settings.heartbeat_ttl_s)
+    reclaim.install(holdings)
+    heartbeat = reclaim.Heartbeat(holdings, reclaim.kombu_restore(app))
+    heartbeat.start()
     try:
         app.worker_main(
             [
@@ -142,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"--concurrency={rt.threads}",
                 f"--loglevel={settings.log_level}",
                 f"--queues={','.join(rt.queues)}",
-                f"--hostname=lcm-worker-{settings.unit}@%h",
+                f"--hostname={name}",
                 "--without-gossip",
                 "--without-mingle",
             ]
         )
     finally:
+        heartbeat.stop()
         rt.stop()
     if rt.fatal:
         print(f"lcm-worker: stopped: {rt.fatal}", file=sys.stderr)

@@ -54,6 +54,9 @@ class WorkerSettings(ConnectionSettings):
     task_time_limit_s: int = Field(default=660, ge=1)
     #: Redis re-delivers an unacknowledged job after this long; must exceed the hard limit.
     visibility_timeout_s: int = Field(default=3600, ge=60)
+    #: A worker whose heartbeat is this old is taken for dead, and the jobs it held go back
+    #: to their queue at once instead of after the visibility timeout (worker/reclaim.py).
+    heartbeat_ttl_s: float = Field(default=30.0, ge=3, le=3600)
     #: Seconds a new render process may take to load, compile and warm up its pipelines.
     startup_timeout_s: float = Field(default=600.0, gt=0)
     #: Deliveries of one job (crashes included) before it is failed for good.

@@ -22,6 +22,7 @@ from worker.deliveries import JobAbandoned, count_delivery, forget_deliveries
 from worker.errors import RendererLost, TransientStorageError
 from worker.job import run_job
 from worker.limits import Deadlines
+from worker.reclaim import HeldRequest
 from worker.sizes import format_size
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ def queue_wait_s(submitted_at: Any) -> float | None:
         return None
 
 
-@app.task(name=TASK_RENDER, bind=True, throws=NEVER_RETRY)
+# HeldRequest records each delivered message until it is acknowledged, so that if this
+# worker dies its jobs go back to the queue at once (worker/reclaim.py).
+@app.task(name=TASK_RENDER, bind=True, throws=NEVER_RETRY, Request=HeldRequest)
 def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     rt = runtime.current()
     settings = rt.settings

@@ -1,0 +1,193 @@
+"""A dead worker's jobs go back to their queue when its heartbeat stops, not an hour later.
+
+Jobs are acknowledged late (worker/celery_app.py): kombu's Redis transport keeps each
+delivered message in its ``unacked`` hash until the worker acknowledges it, and when the
+worker dies it puts the message back only after the visibility timeout
+(LCM_VISIBILITY_TIMEOUT_S, an hour by default). So each worker process records, under an id
+of its own (its incarnation), the delivery tags of the messages it holds, and keeps a
+heartbeat key that expires LCM_HEARTBEAT_TTL_S after its last beat. At start and on every
+beat, a worker gives back the messages of incarnations whose heartbeat expired, with kombu's
+own ``restore_by_tag``: one Redis transaction per message that does nothing if the message
+is no longer unacknowledged, so two workers giving back the same message put it back once.
+
+A job given back is delivered again and counted by the delivery counter
+(worker/deliveries.py): a job that keeps killing its workers still fails after
+LCM_MAX_DELIVERIES. A worker cut off from Redis for longer than the TTL is taken for dead:
+its running jobs are delivered again elsewhere, and their second run overwrites the same
+objects (at-least-once, as with the visibility timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celery.worker.request import Request
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "lcm-fleet:incarnation"
+#: Hash: incarnation id -> worker name, of every worker process that may hold messages.
+REGISTRY_KEY = f"{PREFIX}s"
+
+
+def held_key(incarnation: str) -> str:
+    """Hash: delivery tag -> job id, of the messages that incarnation holds."""
+    return f"{PREFIX}:{incarnation}:held"
+
+
+def alive_key(incarnation: str) -> str:
+    return f"{PREFIX}:{incarnation}:alive"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Holdings:
+    """The messages this worker process holds, and its heartbeat, in Redis."""
+
+    def __init__(self, redis: Any, name: str, ttl_s: float, incarnation: str | None = None) -> None:
+        self.redis = redis
+        self.name = name
+        self.ttl_s = ttl_s
+        self.incarnation = incarnation or uuid.uuid4().hex
+
+    def beat(self) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(alive_key(self.incarnation), self.name, px=int(self.ttl_s * 1000))
+        pipe.hset(REGISTRY_KEY, self.incarnation, self.name)
+        pipe.execute()
+
+    def hold(self, tag: str, job_id: str) -> None:
+        self.redis.hset(held_key(self.incarnation), tag, job_id)
+
+    def release(self, tag: str) -> None:
+        self.redis.hdel(held_key(self.incarnation), tag)
+
+    def close(self) -> None:
+        """A clean stop: Celery has put back what it had not started; forget the rest."""
+        pipe = self.redis.pipeline()
+        pipe.delete(held_key(self.incarnation), alive_key(self.incarnation))
+        pipe.hdel(REGISTRY_KEY, self.incarnation)
+        pipe.execute()
+
+
+def reclaim_dead(
+    redis: Any, restore: Callable[[Iterable[str]], None], own: str
+) -> dict[str, list[str]]:
+    """Give back the messages of every incarnation whose heartbeat expired.
+
+    Returns ``{"<worker name> (<incarnation>)": [job ids]}`` of those that held any.
+    """
+    given_back: dict[str, list[str]] = {}
+    for raw_incarnation, raw_name in redis.hgetall(REGISTRY_KEY).items():
+        incarnation = _text(raw_incarnation)
+        if incarnation == own or redis.exists(alive_key(incarnation)):
+            continue
+        held = {_text(t): _text(j) for t, j in redis.hgetall(held_key(incarnation)).items()}
+        if held:
+            restore(sorted(held))
+            given_back[f"{_text(raw_name)} ({incarnation})"] = sorted(held.values())
+        pipe = redis.pipeline()
+        pipe.delete(held_key(incarnation))
+        pipe.hdel(REGISTRY_KEY, incarnation)
+        pipe.execute()
+    return given_back
+
+
+def kombu_restore(app: Any) -> Callable[[Iterable[str]], None]:
+    """Put unacknowledged messages back on their queues, as kombu's visibility timeout does."""
+
+    def restore(tags: Iterable[str]) -> None:
+        with app.connection_for_write() as conn:
+            qos = conn.default_channel.qos
+            for tag in tags:
+                qos.restore_by_tag(tag)
+
+    return restore
+
+
+class Heartbeat:
+    """Beats every third of the TTL and gives back what dead workers held."""
+
+    def __init__(self, holdings: Holdings, restore: Callable[[Iterable[str]], None]) -> None:
+        self.holdings = holdings
+        self.restore = restore
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lcm-heartbeat", daemon=True)
+
+    def tick(self) -> dict[str, list[str]]:
+        self.holdings.beat()
+        given_back = reclaim_dead(self.holdings.redis, self.restore, self.holdings.incarnation)
+        for worker, jobs in given_back.items():
+            logger.warning(
+                "worker %s stopped beating while it held %d job(s); put back on their queues: %s",
+                worker,
+                len(jobs),
+                ", ".join(jobs),
+            )
+        return given_back
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.holdings.ttl_s / 3):
+            try:
+                self.tick()
+            except Exception as e:  # Redis away: the next beat tries again
+                logger.warning(
+                    "heartbeat failed: %s; retrying in %.1fs", e, self.holdings.ttl_s / 3
+                )
+
+    def start(self) -> None:
+        """One beat (and give-back) now, before consuming; then in the background."""
+        try:
+            self.tick()
+        except Exception as e:
+            logger.warning("first heartbeat failed: %s; retrying in the background", e)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        try:
+            self.holdings.close()
+        except Exception as e:
+            logger.warning("could not clear this worker's heartbeat at exit: %s", e)
+
+
+_holdings: Holdings | None = None
+
+
+def install(holdings: Holdings | None) -> None:
+    global _holdings
+    _holdings = holdings
+
+
+def _record(action: str, call: Callable[[Holdings], None]) -> None:
+    if _holdings is None:
+        return
+    try:
+        call(_holdings)
+    except Exception as e:
+        # Only the fast give-back is lost: the visibility timeout still brings it back.
+        logger.warning("could not record that this worker %s a message: %s", action, e)
+
+
+class HeldRequest(Request):
+    """A task request that records its message as held until it is acknowledged or rejected."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tag, job_id = str(self.message.delivery_tag), str(self.id)
+        _record("holds", lambda h: h.hold(tag, job_id))
+
+    def acknowledge(self) -> None:
+        super().acknowledge()
+        _record("released", lambda h: h.release(str(self.message.delivery_tag)))
+
+    def reject(self, requeue: bool = False) -> None:
+        super().reject(requeue=requeue)
+        _record("released", lambda h: h.release(str(self.message.delivery_tag)))
