@@ -40,6 +40,10 @@ STAGE_SECONDS = Histogram(
 )
 JOBS = Counter("lcm_jobs_total", "Jobs finished, by outcome and size class", ["outcome", "size"])
 IMAGES = Counter("lcm_images_total", "Images rendered and stored", ["size"])
+GIVEN_BACK = Counter(
+    "lcm_jobs_given_back_total",
+    "Jobs that workers which stopped beating held, put back on their queues by this worker",
+)
 COMPILE_SECONDS = Gauge(
     "lcm_pipeline_compile_seconds",
     "Seconds to load and compile the pipeline of a size class",

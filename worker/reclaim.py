@@ -27,6 +27,8 @@ from typing import Any
 
 from celery.worker.request import Request
 
+from worker import metrics
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "lcm-fleet:incarnation"
@@ -124,6 +126,7 @@ class Heartbeat:
         self.holdings.beat()
         given_back = reclaim_dead(self.holdings.redis, self.restore, self.holdings.incarnation)
         for worker, jobs in given_back.items():
+            metrics.GIVEN_BACK.inc(len(jobs))
             logger.warning(
                 "worker %s stopped beating while it held %d job(s); put back on their queues: %s",
                 worker,

@@ -9,13 +9,20 @@ import os
 import re
 import signal
 import time
+import urllib.request
 import uuid
 
 import redis
 
 from producer.api import submit
 from producer.settings import ProducerSettings
-from tests.integration.conftest import start_worker, stop_worker, wait_for_log, worker_env
+from tests.integration.conftest import (
+    METRICS_PORT,
+    start_worker,
+    stop_worker,
+    wait_for_log,
+    worker_env,
+)
 from worker.reclaim import REGISTRY_KEY, Holdings, alive_key, held_key, reclaim_dead
 
 
@@ -94,7 +101,8 @@ def test_jobs_of_a_killed_worker_are_rendered_by_the_next_one(
         stop_worker(first)
 
     started = time.monotonic()
-    second = start_worker(env, tmp_path / "second.log")
+    metrics_port = METRICS_PORT + 20
+    second = start_worker({**env, "LCM_METRICS_PORT": str(metrics_port)}, tmp_path / "second.log")
     try:
         for job in jobs:
             assert job.wait(120).images
@@ -105,5 +113,7 @@ def test_jobs_of_a_killed_worker_are_rendered_by_the_next_one(
         assert len(gave_back) == 1 and all(j.job_id in gave_back[0] for j in jobs)
         for job in jobs:
             assert f"job {job.job_id} succeeded" in log
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
+            assert "lcm_jobs_given_back_total 2.0" in page.read().decode()
     finally:
         stop_worker(second)
