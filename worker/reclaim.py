@@ -86,14 +86,17 @@ def reclaim_dead(
     Returns ``{"<worker name> (<incarnation>)": [job ids]}`` of those that held any.
     """
     given_back: dict[str, list[str]] = {}
-    for raw_incarnation, raw_name in redis.hgetall(REGISTRY_KEY).items():
-        incarnation = _text(raw_incarnation)
-        if incarnation == own or redis.exists(alive_key(incarnation)):
-            continue
+    others = {_text(i): _text(n) for i, n in redis.hgetall(REGISTRY_KEY).items() if _text(i) != own}
+    # Every worker runs this on every beat: one round trip for all heartbeats.
+    pipe = redis.pipeline()
+    for incarnation in others:
+        pipe.exists(alive_key(incarnation))
+    dead = [i for i, alive in zip(others, pipe.execute(), strict=True) if not alive]
+    for incarnation in dead:
         held = {_text(t): _text(j) for t, j in redis.hgetall(held_key(incarnation)).items()}
         if held:
             restore(sorted(held))
-            given_back[f"{_text(raw_name)} ({incarnation})"] = sorted(held.values())
+            given_back[f"{others[incarnation]} ({incarnation})"] = sorted(held.values())
         pipe = redis.pipeline()
         pipe.delete(held_key(incarnation))
         pipe.hdel(REGISTRY_KEY, incarnation)
