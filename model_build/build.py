@@ -1,7 +1,7 @@
 """The build stages, each returning a dataclass: export, make a candidate, gate it, or all.
 
 An artifact is a folder that openvino.genai's Text2ImagePipeline loads, plus
-``manifest.json`` (see :mod:`model_build.manifest`). A build exports the source to a
+``manifest.json`` (see :mod:`lcm_fleet.artifact.manifest`). A build exports the source to a
 full-precision (fp32) IR, the reference; makes the candidate at the chosen precision;
 renders an evaluation set with both and gates the candidate on the figures
 (quality.json, contact_sheet.png); then writes the candidate's manifest.
@@ -19,6 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.artifact.manifest import (
+    MANIFEST_NAME,
+    artifact_files,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from model_build.calibration import CalibrationSpec, capture_inputs
 from model_build.compare import EvalSpec, compare_artifacts
 from model_build.contact_sheet import write_contact_sheet
@@ -31,13 +38,6 @@ from model_build.gate import (
     judge,
     quality_record,
     write_quality,
-)
-from model_build.manifest import (
-    MANIFEST_NAME,
-    artifact_files,
-    read_manifest,
-    sha256_file,
-    write_manifest,
 )
 from model_build.progress import peak_rss_gib
 from model_build.prompts import load_prompts

@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from lcm_fleet.errors import LcmError
 from model_build.build import PRECISIONS, EvalOptions, QualityGateFailed
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildError, BuildInputError
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tiny LoRA written to {build_tiny_lora(args.base, args.out, seed=args.seed)}")
         return 0
     if args.command == "verify":
-        from model_build.manifest import read_manifest, verify_files
+        from lcm_fleet.artifact.manifest import read_manifest, verify_files
 
         manifest = read_manifest(args.artifact)
         verify_files(args.artifact, manifest)
@@ -428,7 +429,7 @@ def _registry_parsers(sub) -> None:
 def _registry_store():
     from pydantic import ValidationError
 
-    from producer.s3 import s3_client
+    from lcm_fleet.storage import s3_client
     from producer.settings import ProducerSettings
 
     try:
@@ -567,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     except QualityGateFailed as e:
         print(f"lcm-build: quality gate: {e}", file=sys.stderr)
         return 3
-    except BuildError as e:
+    except (BuildError, LcmError) as e:
         print(f"lcm-build: failed: {e}", file=sys.stderr)
         return 1
 

@@ -17,7 +17,3 @@ class ExportError(BuildError):
 
 class QuantizeError(BuildError):
     """Calibration or NNCF quantization failed."""
-
-
-class ManifestError(BuildError):
-    """An artifact's manifest is missing, malformed, or does not match its files."""

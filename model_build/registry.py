@@ -42,8 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from model_build.errors import BuildError, BuildInputError, ManifestError
-from model_build.manifest import (
+from lcm_fleet.artifact.manifest import (
     MANIFEST_NAME,
     Manifest,
     read_manifest,
@@ -51,8 +50,18 @@ from model_build.manifest import (
     sha256_file,
     verify_files,
 )
-from producer.backoff import Backoff, call_with_backoff
-from producer.s3 import error_code, is_transient, s3_uri
+from lcm_fleet.backoff import Backoff, call_with_backoff
+from lcm_fleet.errors import ManifestError
+from lcm_fleet.keys import (
+    DEFAULT_ALIAS,
+    alias_key,
+    models_root,
+    name_prefix,
+    object_key,
+    version_prefix,
+)
+from lcm_fleet.storage import error_code, is_transient, s3_uri
+from model_build.errors import BuildError, BuildInputError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +69,6 @@ T = TypeVar("T")
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 NAME_RULE = "1 to 64 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or a digit"
 VERSION_LENGTH = 16
-DEFAULT_ALIAS = "latest"
 #: Files at least this big go up as multi-part uploads, checked by HEAD afterwards.
 LARGE_FILE_BYTES = 64 * 1024 * 1024
 #: ``x-amz-meta-*`` keys on every object we write.
@@ -171,27 +179,6 @@ def looks_like_ref(value: str) -> bool:
     except RegistryInputError:
         return False
     return True
-
-
-def models_root(prefix: str) -> str:
-    prefix = prefix.strip("/")
-    return f"{prefix}/models/" if prefix else "models/"
-
-
-def name_prefix(prefix: str, name: str) -> str:
-    return f"{models_root(prefix)}{name}/"
-
-
-def version_prefix(prefix: str, name: str, version: str) -> str:
-    return f"{name_prefix(prefix, name)}{version}/"
-
-
-def object_key(prefix: str, name: str, version: str, rel: str) -> str:
-    return f"{version_prefix(prefix, name, version)}{rel}"
-
-
-def alias_key(prefix: str, name: str, alias: str = DEFAULT_ALIAS) -> str:
-    return f"{name_prefix(prefix, name)}{alias}.json"
 
 
 def _safe_rel(rel: str) -> bool:

@@ -263,7 +263,7 @@ def quantize(
 def describe_taesd(source: str, revision: str) -> dict[str, Any]:
     path = Path(source)
     if path.exists():
-        from model_build.manifest import artifact_files, sha256_file
+        from lcm_fleet.artifact.manifest import artifact_files, sha256_file
 
         digest = hashlib.sha256()
         for rel in artifact_files(path):

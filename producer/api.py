@@ -12,8 +12,8 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from producer.backoff import Backoff, call_with_backoff
-from producer.contract import (
+from lcm_fleet.backoff import Backoff, call_with_backoff
+from lcm_fleet.contract import (
     HEADER_SUBMITTED_AT,
     TASK_RENDER,
     Job,
@@ -21,7 +21,8 @@ from producer.contract import (
     parse_job,
     queue_for,
 )
-from producer.errors import InvalidJob, JobFailed, JobTimeout, SubmitError
+from lcm_fleet.errors import InvalidJob
+from producer.errors import JobFailed, JobTimeout, SubmitError
 from producer.queue import cached_client
 from producer.settings import ProducerSettings
 

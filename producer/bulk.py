@@ -1,6 +1,6 @@
 """Bulk submission: a JSONL or CSV file of prompts, validated whole, then enqueued.
 
-Each row is one job with the fields of :class:`producer.contract.Job` (JSONL: one JSON
+Each row is one job with the fields of :class:`lcm_fleet.contract.Job` (JSONL: one JSON
 object per line; CSV: a header row naming the fields, empty cells mean "not given").
 Defaults given by the caller fill the fields a row leaves out. A row without ``job_id``
 gets ``<batch_id>-<line>``: the batch id defaults to a digest of the file's bytes, so
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.contract import Job, JobResult, parse_job
+from lcm_fleet.errors import InvalidJob
 from producer.api import JobHandle, submit_job
-from producer.contract import Job, JobResult, parse_job
-from producer.errors import InvalidJob, JobFailed, JobTimeout, SubmitError
+from producer.errors import JobFailed, JobTimeout, SubmitError
 from producer.settings import ProducerSettings
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from producer.contract import JobResult
-from producer.errors import InvalidJob, ProducerError
+from lcm_fleet.contract import JobResult
+from lcm_fleet.errors import InvalidJob
+from producer.errors import ProducerError
 from producer.settings import ProducerSettings
 
 

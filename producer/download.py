@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from producer.contract import JobResult, result_key
+from lcm_fleet.contract import JobResult
+from lcm_fleet.keys import result_key
+from lcm_fleet.storage import s3_client
 from producer.errors import ProducerError
-from producer.s3 import s3_client
 from producer.settings import ProducerSettings
 
 

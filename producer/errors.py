@@ -1,17 +1,10 @@
-"""Exceptions of the producer, and the contract's own rejection error."""
+"""Exceptions of the producer. A job the contract rejects raises ``lcm_fleet.errors.InvalidJob``."""
 
 from __future__ import annotations
 
 
 class ProducerError(Exception):
     """Base of everything the producer raises."""
-
-
-class InvalidJob(ProducerError, ValueError):
-    """A job that can never succeed: rejected at submit, or failed once by a worker.
-
-    The message names the field, the value and what is allowed. Workers never retry it.
-    """
 
 
 class SubmitError(ProducerError):

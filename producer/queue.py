@@ -9,8 +9,8 @@ from functools import lru_cache
 
 from celery import Celery
 
-from producer.contract import WIRE_CONFIG
-from producer.settings import ConnectionSettings
+from lcm_fleet.contract import WIRE_CONFIG
+from lcm_fleet.settings import ConnectionSettings
 
 
 def make_client(settings: ConnectionSettings) -> Celery:

@@ -19,7 +19,7 @@ import sys
 
 from pydantic import ValidationError
 
-from producer.settings import ENV_PREFIX
+from lcm_fleet.settings import ENV_PREFIX
 from worker.errors import WorkerError
 
 logger = logging.getLogger("worker")
@@ -53,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from worker import broker_guard, runtime
-    from worker.celery_app import configure
-    from worker.model_source import open_model, verify_model
-    from worker.sizes import format_size, format_sizes
-    from worker.storage import ObjectStore
+    from worker import runtime
+    from worker.consumer import broker_guard
+    from worker.consumer.app import configure
+    from worker.model.source import open_model, verify_model
+    from worker.render.sizes import format_size, format_sizes
+    from worker.results.storage import ObjectStore
 
     try:
         model = open_model(settings)  # pulled if needed; manifest, versions, gate, shape
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for report in reports:
         metrics.observe_load(report)
-    from worker import reclaim
+    from worker.consumer import reclaim
 
     name = f"lcm-worker-{settings.unit}@{socket.gethostname()}"
     holdings = reclaim.Holdings(rt.redis(), name, settings.heartbeat_ttl_s)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         app.worker_main(
             [
                 "worker",
-                # Threads: two jobs in flight per render process (worker/renderer.py).
+                # Threads: two jobs in flight per render process (worker/render/process.py).
                 "--pool=threads",
                 f"--concurrency={rt.threads}",
                 f"--loglevel={settings.log_level}",

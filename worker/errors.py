@@ -1,4 +1,5 @@
-"""Exceptions of the worker. Invalid jobs raise the contract's ``producer.errors.InvalidJob``."""
+"""Exceptions of the worker. Invalid jobs raise the contract's ``lcm_fleet.errors.InvalidJob``;
+storage faults raise ``lcm_fleet.errors.StorageError`` and ``TransientStorageError``."""
 
 from __future__ import annotations
 
@@ -9,14 +10,6 @@ class WorkerError(Exception):
 
 class ModelLoadError(WorkerError):
     """The artifact cannot be served: bad manifest, mismatched files, or compile failure."""
-
-
-class StorageError(WorkerError):
-    """Object storage refused or failed a request."""
-
-
-class TransientStorageError(StorageError):
-    """A storage fault worth retrying (connection, timeout, 5xx, throttling)."""
 
 
 class StartupError(WorkerError):

@@ -12,17 +12,17 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from producer.contract import Job, JobResult
-from worker.limits import Deadlines
-from worker.render import check_inputs, render
-from worker.renderer import SizeClass
-from worker.results import ResultWriter
-from worker.sizes import PipelineSet
-from worker.storage import ObjectStore
+from lcm_fleet.contract import Job, JobResult
+from worker.render.images import check_inputs, render
+from worker.render.limits import Deadlines
+from worker.render.process import SizeClass
+from worker.render.sizes import PipelineSet
+from worker.results.storage import ObjectStore
+from worker.results.writer import ResultWriter
 
 
 class Slots(Protocol):
-    """Render slots: worker.renderer.RenderSlots (processes) or LocalSlots (in-process)."""
+    """Render slots: worker.render.process.RenderSlots (processes) or LocalSlots (in-process)."""
 
     classes: PipelineSet[SizeClass]
 

@@ -69,7 +69,7 @@ def count_outcome(outcome: str, size: str = SIZE_UNKNOWN) -> None:
 
 
 def observe_load(loaded: Any) -> None:
-    """Compile seconds and memory of each size class (a worker.memory.LoadedSizes)."""
+    """Compile seconds and memory of each size class (a worker.render.memory.LoadedSizes)."""
     for load in loaded.loads:
         size = f"{load.size[0]}x{load.size[1]}"
         COMPILE_SECONDS.labels(size=size).set(load.compile_s)

@@ -1,7 +1,7 @@
 """What a worker holds: its settings, the verified model, its render processes, the store.
 
 ``lcm-worker`` verifies the model, installs the runtime, starts the render processes
-(which compile the pipelines, worker/renderer.py) and only then lets Celery's threads
+(which compile the pipelines, worker/render/process.py) and only then lets Celery's threads
 consume jobs. The S3 client, the Redis client and the upload threads are shared by the
 job threads (boto3 clients and redis-py clients are thread-safe).
 """
@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.artifact import ServedModel
 from worker.errors import StartupError
-from worker.memory import check_estimate, estimate_gib
-from worker.renderer import LoadReport, RenderSlots, RenderSpec
+from worker.model.artifact import ServedModel
+from worker.render.memory import check_estimate, estimate_gib
+from worker.render.process import LoadReport, RenderSlots, RenderSpec
+from worker.render.sizes import Size, queues_for
+from worker.results.storage import ObjectStore
 from worker.settings import WorkerSettings
-from worker.sizes import Size, queues_for
-from worker.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 

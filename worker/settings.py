@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from producer.settings import ConnectionSettings
-from worker.sizes import parse_sizes
+from lcm_fleet.settings import ConnectionSettings
+from worker.render.sizes import parse_sizes
 
 
 class WorkerSettings(ConnectionSettings):
@@ -55,7 +55,7 @@ class WorkerSettings(ConnectionSettings):
     #: Redis re-delivers an unacknowledged job after this long; must exceed the hard limit.
     visibility_timeout_s: int = Field(default=3600, ge=60)
     #: A worker whose heartbeat is this old is taken for dead, and the jobs it held go back
-    #: to their queue at once instead of after the visibility timeout (worker/reclaim.py).
+    #: to their queue at once instead of after the visibility timeout (worker/consumer/reclaim.py).
     heartbeat_ttl_s: float = Field(default=30.0, ge=3, le=3600)
     #: Seconds a new render process may take to load, compile and warm up its pipelines.
     startup_timeout_s: float = Field(default=600.0, gt=0)

@@ -147,7 +147,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     pipe = ov_genai.Text2ImagePipeline(spec["model_dir"])
     if mode == "worker":
-        pipe.reshape(1, height, width, guidance)  # as worker.pipeline.GenaiPipeline does
+        pipe.reshape(1, height, width, guidance)  # as worker.render.pipeline.GenaiPipeline does
     pipe.compile("CPU", config=config)
     load_s = time.perf_counter() - t0
 

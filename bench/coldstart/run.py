@@ -4,7 +4,7 @@ Two measurements, each with an empty compile cache per sample ("cold") and with 
 directory that a first, unmeasured sample filled ("warm"):
 
 - ``pipeline``: a new process verifies the artifact, builds the worker's pipeline
-  (worker.pipeline.GenaiPipeline) and renders one image: the floor of what a worker can do.
+  (worker.render.pipeline.GenaiPipeline) and renders one image: the floor of what a worker can do.
 - ``worker``: the real ``lcm-worker`` process (Celery, Redis, the render process, uploads to
   the real S3 server, started here), with one job already waiting on its queue. Times, from
   the process start: the artifact's files verified, the pipelines compiled and warmed up,
@@ -43,8 +43,8 @@ PROMPT = "a lighthouse at dusk"
 CHILD = """
 import json, sys, time
 t_import = time.perf_counter()
-from worker.artifact import verify_artifact
-from worker.pipeline import GenaiPipeline
+from worker.model.artifact import verify_artifact
+from worker.render.pipeline import GenaiPipeline
 model = verify_artifact(sys.argv[1])
 pipe = GenaiPipeline(model, "CPU", sys.argv[2], "default")
 ready = time.perf_counter()

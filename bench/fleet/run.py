@@ -1,6 +1,6 @@
 """bench/fleet: what the queue and storage cost, in one run.
 
-Bare: one process builds the worker's own pipeline (worker.pipeline.GenaiPipeline, the
+Bare: one process builds the worker's own pipeline (worker.render.pipeline.GenaiPipeline, the
 same settings) and renders N jobs in a loop. Fleet: the same N jobs are submitted through
 Redis to a real `lcm-worker` process that renders them and stores PNGs in the real S3
 server (SeaweedFS, started here). Throughput is images per second; overhead =
@@ -145,8 +145,8 @@ class DelayProxy:
 
 BARE_SERVER = """
 import json, sys, time
-from worker.artifact import verify_artifact
-from worker.pipeline import GenaiPipeline
+from worker.model.artifact import verify_artifact
+from worker.render.pipeline import GenaiPipeline
 model = verify_artifact(sys.argv[1])
 pipe = GenaiPipeline(model, "CPU", sys.argv[2], "default")
 prompts = json.loads(sys.argv[3])

@@ -170,9 +170,9 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
     nothing. The manifest is written as ``quantize_artifact`` writes it, with no quality
     record, so ``verify_artifact`` serves it as a worker would.
     """
+    from lcm_fleet.artifact.manifest import read_manifest, write_manifest
     from model_build import build
     from model_build.calibration import CalibrationSpec
-    from model_build.manifest import read_manifest, write_manifest
     from model_build.prompts import load_prompts
 
     ir, out = Path(spec["ir"]), Path(spec["out"])
@@ -294,8 +294,8 @@ def task_render_genai(spec: dict[str, Any]) -> dict[str, Any]:
     worker's defaults except the compile cache, which is off so that load time is a cold
     compile for every path.
     """
-    from worker.artifact import verify_artifact
-    from worker.pipeline import GenaiPipeline
+    from worker.model.artifact import verify_artifact
+    from worker.render.pipeline import GenaiPipeline
 
     t0 = time.perf_counter()
     model = verify_artifact(Path(spec["artifact"]), spec["size"], spec["size"])

@@ -91,7 +91,7 @@ def _openvino() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    from model_build.manifest import tool_versions
+    from lcm_fleet.artifact.manifest import tool_versions
 
     return {"python": platform.python_version(), **tool_versions(PACKAGES)}
 

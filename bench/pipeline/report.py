@@ -61,7 +61,7 @@ def markdown(result: dict[str, Any]) -> str:
         "Text2ImagePipeline with no compile cache (a worker with `LCM_CACHE_DIR` set "
         "compiles once, then loads from the cache).",
         "- stages: diffusers' text encoder / UNet forward and VAE decode, timed by wrapping "
-        "them; genai's `get_performance_metrics()` as `worker/pipeline.py` reads it. "
+        "them; genai's `get_performance_metrics()` as `worker/render/pipeline.py` reads it. "
         "Total is the wall time of one render call. Each column is its own median over "
         "the timed renders (every render is in the JSON).",
     ]

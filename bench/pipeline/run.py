@@ -11,7 +11,7 @@ Paths, each in a subprocess of its own (so the peak RSS reported is that path's)
     (bf16 where the CPU has bf16 support);
 (c) ``ov_f32``: the same IR with ``INFERENCE_PRECISION_HINT=f32``;
 (d) ``ov_int8_worker``: the INT8-UNet artifact made by model_build's INT8 step, served
-    by ``worker.pipeline.GenaiPipeline`` as ``lcm-worker`` serves it (default precision);
+    by ``worker.render.pipeline.GenaiPipeline`` as ``lcm-worker`` serves it (default precision);
 (e)-(g) ``ov_int8_vae_int8w``, ``ov_int8_vae_int8``, ``ov_int8_vae_taesd``: the same INT8
     artifact with its VAE decoder made by ``--vae-decoder int8-weights|int8|taesd``
     (:mod:`bench.pipeline.vae`; TAESD with random weights), served the same way.

@@ -139,7 +139,7 @@ def task_vae_variant(spec: dict[str, Any]) -> dict[str, Any]:
     is written as model_build writes it, without a quality record (random weights: the
     gate's figures would mean nothing), so ``verify_artifact`` serves it as a worker would.
     """
-    from model_build.manifest import MANIFEST_NAME, read_manifest, write_manifest
+    from lcm_fleet.artifact.manifest import MANIFEST_NAME, read_manifest, write_manifest
     from model_build.vae_decoder import (
         PART,
         VaeDecoderOptions,

@@ -201,7 +201,7 @@ def producer_settings(service_env: dict[str, str], queue_name: str) -> Any:
 
 @pytest.fixture(scope="session")
 def s3(producer_settings: Any) -> Any:
-    from producer.s3 import s3_client
+    from lcm_fleet.storage import s3_client
 
     return s3_client(
         producer_settings,

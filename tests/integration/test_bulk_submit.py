@@ -12,8 +12,8 @@ import pytest
 import redis
 from PIL import Image
 
+from lcm_fleet.keys import image_key
 from producer.bulk import BulkSubmitError, read_jobs_file, submit_rows
-from producer.contract import image_key
 from tests.integration.conftest import run_cli
 from tests.integration.tcp_proxy import TcpProxy
 

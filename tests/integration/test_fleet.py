@@ -33,7 +33,13 @@ def test_fleet_pins_workers_and_restarts_a_killed_one(
     log = tmp_path / "fleet.log"
     with open(log, "wb") as out:
         fleet = subprocess.Popen(
-            [sys.executable, "-m", "worker.fleet", "--metrics-port", str(METRICS_PORT + 10)],
+            [
+                sys.executable,
+                "-m",
+                "worker.fleet.launcher",
+                "--metrics-port",
+                str(METRICS_PORT + 10),
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_build.manifest import read_manifest
-from producer.contract import Job
-from producer.errors import InvalidJob
+from lcm_fleet.artifact.manifest import read_manifest
+from lcm_fleet.contract import Job
+from lcm_fleet.errors import InvalidJob
 from tests.integration.conftest import run_cli
-from worker.artifact import verify_artifact
-from worker.pipeline import GenaiPipeline
-from worker.render import render
+from worker.model.artifact import verify_artifact
+from worker.render.images import render
+from worker.render.pipeline import GenaiPipeline
 
 # Builds an SD1.5 + LCM-LoRA INT8 artifact through the CLI (over a minute); CI runs the slow
 # tier after the default one.

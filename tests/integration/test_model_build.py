@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from model_build.manifest import read_manifest, verify_files
+from lcm_fleet.artifact.manifest import read_manifest, verify_files
 from tests.integration.conftest import run_cli
 
 

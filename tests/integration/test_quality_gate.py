@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from model_build.manifest import read_manifest
+from lcm_fleet.artifact.manifest import read_manifest
 from tests.integration.conftest import run_cli
 
 
@@ -45,8 +45,8 @@ def test_gate_failure_exits_3_and_records_it(model_dirs, tmp_path):
     quality = read_manifest(tmp_path / "c").data["quality"]
     assert quality["passed"] is False and quality["override"] is None
     # A worker refuses it.
-    from worker.artifact import verify_artifact
     from worker.errors import ModelLoadError
+    from worker.model.artifact import verify_artifact
 
     try:
         verify_artifact(tmp_path / "c")

@@ -14,6 +14,8 @@ import uuid
 
 import redis
 
+from lcm_fleet.keys import INCARNATIONS_KEY as REGISTRY_KEY
+from lcm_fleet.keys import alive_key, held_key
 from producer.api import submit
 from producer.settings import ProducerSettings
 from tests.integration.conftest import (
@@ -23,7 +25,7 @@ from tests.integration.conftest import (
     wait_for_log,
     worker_env,
 )
-from worker.reclaim import REGISTRY_KEY, Holdings, alive_key, held_key, reclaim_dead
+from worker.consumer.reclaim import Holdings, reclaim_dead
 
 
 def test_only_incarnations_whose_heartbeat_expired_are_given_back(service_env):

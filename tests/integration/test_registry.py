@@ -16,18 +16,17 @@ from typing import Any
 
 import pytest
 
-from model_build.manifest import write_manifest
+from lcm_fleet.artifact.manifest import write_manifest
+from lcm_fleet.backoff import Backoff
+from lcm_fleet.keys import alias_key, object_key
 from model_build.registry import (
     RegistryStorageError,
     UnknownModelError,
-    alias_key,
     list_versions,
-    object_key,
     publish,
     pull,
     resolve,
 )
-from producer.backoff import Backoff
 from tests.integration.conftest import ROOT, worker_env
 
 FAST = Backoff(base_s=0.01, cap_s=0.02, attempts=2)

@@ -13,12 +13,13 @@ import pytest
 import redis
 from PIL import Image
 
+from lcm_fleet.contract import TASK_RENDER
+from lcm_fleet.errors import InvalidJob
+from lcm_fleet.keys import DEAD_LETTER_KEY, image_key, result_key
 from producer.api import handle, submit
-from producer.contract import TASK_RENDER, image_key, result_key
 from producer.download import download
-from producer.errors import InvalidJob, JobFailed
+from producer.errors import JobFailed
 from producer.queue import make_client
-from worker.broker_guard import DEAD_LETTER_KEY
 
 
 def _get(s3, settings, key: str) -> bytes:

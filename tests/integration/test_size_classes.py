@@ -12,8 +12,8 @@ import uuid
 import pytest
 from PIL import Image
 
+from lcm_fleet.contract import TASK_RENDER
 from producer.api import handle, submit
-from producer.contract import TASK_RENDER
 from producer.errors import JobFailed
 from producer.queue import make_client
 from producer.settings import ProducerSettings

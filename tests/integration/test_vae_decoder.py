@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_build.manifest import read_manifest, verify_files
+from lcm_fleet.artifact.manifest import read_manifest, verify_files
 from tests.integration.conftest import ROOT
 
 SIZE = 128
@@ -146,8 +146,8 @@ def test_taesd_artifact_has_the_sd_decoders_interface(vae_builds):
 
 @pytest.mark.parametrize("kind", ["int8", "int8-weights", "taesd"])
 def test_worker_verifies_and_renders(vae_builds, kind):
-    from worker.artifact import verify_artifact
-    from worker.pipeline import GenaiPipeline
+    from worker.model.artifact import verify_artifact
+    from worker.render.pipeline import GenaiPipeline
 
     model = verify_artifact(vae_builds["dirs"][kind])
     assert model.vae_decoder == kind and (model.width, model.height) == (SIZE, SIZE)

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from worker.errors import RenderCancelled
-from worker.pipeline import StageTimes
-from worker.renderer import SizeClass
-from worker.sizes import PipelineSet
+from worker.render.pipeline import StageTimes
+from worker.render.process import SizeClass
+from worker.render.sizes import PipelineSet
 
 
 class FakePipeline:

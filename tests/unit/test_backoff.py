@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from producer.backoff import Backoff, call_with_backoff
+from lcm_fleet.backoff import Backoff, call_with_backoff
 
 
 def test_delay_is_capped_exponential_with_jitter():

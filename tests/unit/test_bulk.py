@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lcm_fleet.errors import InvalidJob
 from producer.bulk import batch_id_of, read_jobs_file
-from producer.errors import InvalidJob
 
 
 def _write(path: Path, text: str) -> Path:

@@ -1,16 +1,8 @@
 import pytest
 
-from producer.contract import (
-    SEED_MAX,
-    STEPS_DEFAULT,
-    Job,
-    image_key,
-    job_prefix,
-    normalise_prefix,
-    parse_job,
-    result_key,
-)
-from producer.errors import InvalidJob
+from lcm_fleet.contract import SEED_MAX, STEPS_DEFAULT, Job, parse_job
+from lcm_fleet.errors import InvalidJob
+from lcm_fleet.keys import image_key, job_prefix, normalise_prefix, result_key
 
 
 def test_defaults_are_recorded():
@@ -99,7 +91,7 @@ def test_width_and_height_come_together():
 
 
 def test_sized_jobs_go_to_their_size_class_queue():
-    from producer.contract import queue_for
+    from lcm_fleet.contract import queue_for
 
     assert queue_for(parse_job({"prompt": "x"}), "lcm.render") == "lcm.render"
     sized = parse_job({"prompt": "x", "width": 512, "height": 768})

@@ -1,6 +1,6 @@
 import pytest
 
-from worker.deliveries import JobAbandoned, count_delivery, forget_deliveries
+from worker.consumer.deliveries import JobAbandoned, count_delivery, forget_deliveries
 
 
 class DictRedis:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from producer.contract import QUEUE_RENDER
-from worker.sizes import parse_sizes
+from lcm_fleet.contract import QUEUE_RENDER
+from worker.render.sizes import parse_sizes
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 

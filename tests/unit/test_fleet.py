@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from producer.backoff import Backoff
-from worker.fleet import Fleet
-from worker.pipeline import compile_devices
-from worker.topology import Unit, numa_nodes, parse_cpulist, plan_units
+from lcm_fleet.backoff import Backoff
+from worker.fleet.launcher import Fleet
+from worker.fleet.topology import Unit, numa_nodes, parse_cpulist, plan_units
+from worker.render.pipeline import compile_devices
 
 
 def test_parse_cpulist():

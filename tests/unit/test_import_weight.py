@@ -18,12 +18,14 @@ def test_producer_is_light():
 
 
 def test_worker_loads_no_torch_diffusers_or_nncf():
-    loaded = _loaded_after("import worker.cli, worker.tasks, worker.pipeline, worker.celery_app")
+    loaded = _loaded_after(
+        "import worker.cli, worker.consumer.tasks, worker.render.pipeline, worker.consumer.app"
+    )
     assert not loaded & set(HEAVY)
     # ...and does not load OpenVINO at import time either: the pipeline is built per process.
     assert "openvino_genai" not in loaded
 
 
 def test_manifest_module_is_light():
-    loaded = _loaded_after("import model_build.manifest")
+    loaded = _loaded_after("import lcm_fleet.artifact.manifest")
     assert not loaded & {"openvino", "numpy", *HEAVY}

@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from producer.contract import Job
-from producer.errors import InvalidJob
+from lcm_fleet.contract import Job
+from lcm_fleet.errors import InvalidJob
 from tests.unit.fakes import FakePipeline, LocalSlots
 from tests.unit.test_result_writer import SlowS3, _store
 from worker.job import run_job
-from worker.limits import Deadlines
-from worker.sizes import PipelineSet
+from worker.render.limits import Deadlines
+from worker.render.sizes import PipelineSet
 
 
 class Recording(FakePipeline):

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from model_build.errors import ManifestError
-from model_build.manifest import MANIFEST_NAME, read_manifest, verify_files, write_manifest
-from worker.artifact import verify_artifact
+from lcm_fleet.artifact.manifest import MANIFEST_NAME, read_manifest, verify_files, write_manifest
+from lcm_fleet.errors import ManifestError
 from worker.errors import ModelLoadError
+from worker.model.artifact import verify_artifact
 
 
 @pytest.fixture

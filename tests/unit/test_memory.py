@@ -3,7 +3,7 @@
 import pytest
 
 from tests.unit.fakes import FakePipeline
-from worker.memory import (
+from worker.render.memory import (
     GIB,
     MemoryBudgetExceeded,
     estimate_gib,

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from worker.png import METADATA_KEY, encode_png, image_metadata, read_png_metadata
+from worker.results.png import METADATA_KEY, encode_png, image_metadata, read_png_metadata
 
 
 def _meta(**over):

@@ -3,18 +3,16 @@
 import pytest
 from pydantic import ValidationError
 
+from lcm_fleet.keys import alias_key, object_key, version_prefix
 from model_build.errors import BuildInputError
 from model_build.registry import (
     ModelRef,
     RegistryInputError,
-    alias_key,
     looks_like_ref,
-    object_key,
     parse_ref,
     validate_alias,
     validate_name,
     version_of,
-    version_prefix,
 )
 from worker.cli import settings_error
 from worker.settings import WorkerSettings

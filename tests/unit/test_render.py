@@ -1,9 +1,9 @@
 import pytest
 
-from producer.contract import Job
-from producer.errors import InvalidJob
+from lcm_fleet.contract import Job
+from lcm_fleet.errors import InvalidJob
 from tests.unit.fakes import FakePipeline
-from worker.render import render
+from worker.render.images import render
 
 
 def test_one_seeded_call_per_image():

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from model_build.manifest import Manifest
+from lcm_fleet.artifact.manifest import Manifest
 from tests.unit.fakes import FakePipeline, flaky_factory, hanging_factory, scripted_factory
-from worker.artifact import ServedModel
 from worker.errors import RendererLost, StartupError
-from worker.limits import Deadlines
-from worker.renderer import RenderSlots, RenderSpec
+from worker.model.artifact import ServedModel
+from worker.render.limits import Deadlines
+from worker.render.process import RenderSlots, RenderSpec
 
 SIZES = ((64, 64), (96, 64))
 

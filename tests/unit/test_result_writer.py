@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from producer.contract import Job
+from lcm_fleet.contract import Job
 from tests.unit.test_storage import FakeS3
-from worker.render import Rendered, RenderedImage
-from worker.results import ResultWriter
+from worker.render.images import Rendered, RenderedImage
+from worker.results.storage import ObjectStore
+from worker.results.writer import ResultWriter
 from worker.settings import WorkerSettings
-from worker.storage import ObjectStore
 
 
 class SlowS3(FakeS3):
@@ -67,7 +67,7 @@ def test_uploads_run_beside_rendering_and_finish_waits_for_them():
 def test_failed_upload_fails_the_job():
     from botocore.exceptions import ClientError
 
-    from worker.errors import StorageError
+    from lcm_fleet.errors import StorageError
 
     denied = ClientError(
         {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Put"

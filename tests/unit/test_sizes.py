@@ -3,13 +3,13 @@
 import pytest
 from pydantic import ValidationError
 
-from producer.contract import Job
-from producer.errors import InvalidJob
+from lcm_fleet.contract import Job
+from lcm_fleet.errors import InvalidJob
 from tests.unit.fakes import FakePipeline
 from worker.cli import settings_error
-from worker.render import render
+from worker.render.images import render
+from worker.render.sizes import PipelineSet, parse_sizes, queues_for
 from worker.settings import WorkerSettings
-from worker.sizes import PipelineSet, parse_sizes, queues_for
 
 REQUIRED = {
     "LCM_MODEL_DIR": "/models/a",

@@ -5,9 +5,9 @@ import hashlib
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from worker.errors import StorageError, TransientStorageError
+from lcm_fleet.errors import StorageError, TransientStorageError
+from worker.results.storage import ObjectStore, classify
 from worker.settings import WorkerSettings
-from worker.storage import ObjectStore, classify
 
 
 class FakeS3:

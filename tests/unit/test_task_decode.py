@@ -1,7 +1,7 @@
 import pytest
 
-from producer.errors import InvalidJob
-from worker.tasks import NEVER_RETRY, decode_payload
+from lcm_fleet.errors import InvalidJob
+from worker.consumer.tasks import NEVER_RETRY, decode_payload
 
 
 def test_decodes_one_job_object():

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from lcm_fleet.artifact.manifest import Manifest
 from model_build import cli
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildInputError
-from model_build.manifest import Manifest
 from model_build.vae_decoder import (
     VAE_DECODERS,
     VaeDecoderOptions,
@@ -129,8 +129,8 @@ def test_cli_refuses_bad_vae_options_with_exit_2(tmp_path, capsys, args, message
 
 
 def test_worker_refuses_an_unknown_vae_decoder(tmp_path):
-    from worker.artifact import check_vae_decoder
     from worker.errors import ModelLoadError
+    from worker.model.artifact import check_vae_decoder
 
     def manifest(**data):
         return Manifest(data={"files": {"a": {}}, **data}, sha256="0" * 64)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Generic, TypeVar
 
-from producer.contract import SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE, Job, size_queue
-from producer.errors import InvalidJob
+from lcm_fleet.contract import SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE, Job, size_queue
+from lcm_fleet.errors import InvalidJob
 
 Size = tuple[int, int]
 P = TypeVar("P")

@@ -1,6 +1,6 @@
 """A job's soft and hard time limits, enforced by the worker itself.
 
-The worker runs Celery's threads pool (see worker/renderer.py for why), which has no
+The worker runs Celery's threads pool (see worker/render/process.py for why), which has no
 time limits of its own. Each job gets two deadlines on the monotonic clock (system-wide
 on Linux, so the render process can compare against them too):
 

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.backoff import Backoff
-from worker.topology import Unit, numa_nodes, openvino_devices, plan_units
+from lcm_fleet.backoff import Backoff
+from worker.fleet.topology import Unit, numa_nodes, openvino_devices, plan_units
 
-logger = logging.getLogger("worker.fleet")
+logger = logging.getLogger("worker.fleet.launcher")
 
 EXIT_CONFIG = 2
 

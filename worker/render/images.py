@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.contract import Job
-from producer.errors import InvalidJob
-from worker.pipeline import CompiledShape, ImagePipeline
+from lcm_fleet.contract import Job
+from lcm_fleet.errors import InvalidJob
+from worker.render.pipeline import CompiledShape, ImagePipeline
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from model_build.errors import ManifestError
+from lcm_fleet.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "lcm-fleet.artifact"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lcm_fleet.keys import deliveries_key
 from worker.errors import WorkerError
 
 
@@ -15,12 +16,8 @@ class JobAbandoned(WorkerError):
     """The job was delivered more times than allowed without finishing."""
 
 
-def _key(task_id: str, retries: int) -> str:
-    return f"lcm-fleet:deliveries:{task_id}:{retries}"
-
-
 def count_delivery(redis: Any, task_id: str, retries: int, max_deliveries: int, ttl_s: int) -> int:
-    key = _key(task_id, retries)
+    key = deliveries_key(task_id, retries)
     count = int(redis.incr(key))
     redis.expire(key, ttl_s)
     if count > max_deliveries:
@@ -32,4 +29,4 @@ def count_delivery(redis: Any, task_id: str, retries: int, max_deliveries: int, 
 
 
 def forget_deliveries(redis: Any, task_id: str, retries: int) -> None:
-    redis.delete(_key(task_id, retries))
+    redis.delete(deliveries_key(task_id, retries))

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worker.errors import StartupError
-from worker.sizes import PipelineSet, Size, format_size, format_sizes
+from worker.render.sizes import PipelineSet, Size, format_size, format_sizes
 
 if TYPE_CHECKING:
-    from worker.pipeline import ImagePipeline
+    from worker.render.pipeline import ImagePipeline
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The render task: decode, render, store, decide on retry. The logic lives elsewhere.
 
-It runs on one of Celery's threads (worker/renderer.py says why), under the job's own
-soft and hard time limits (worker/limits.py).
+It runs on one of Celery's threads (worker/render/process.py says why), under the job's own
+soft and hard time limits (worker/render/limits.py).
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 
-from producer.backoff import Backoff
-from producer.contract import HEADER_SUBMITTED_AT, TASK_RENDER, Job, parse_job
-from producer.errors import InvalidJob
+from lcm_fleet.backoff import Backoff
+from lcm_fleet.contract import HEADER_SUBMITTED_AT, TASK_RENDER, Job, parse_job
+from lcm_fleet.errors import InvalidJob, TransientStorageError
 from worker import metrics, runtime
-from worker.celery_app import app
-from worker.deliveries import JobAbandoned, count_delivery, forget_deliveries
-from worker.errors import RendererLost, TransientStorageError
+from worker.consumer.app import app
+from worker.consumer.deliveries import JobAbandoned, count_delivery, forget_deliveries
+from worker.consumer.reclaim import HeldRequest
+from worker.errors import RendererLost
 from worker.job import run_job
-from worker.limits import Deadlines
-from worker.reclaim import HeldRequest
-from worker.sizes import format_size
+from worker.render.limits import Deadlines
+from worker.render.sizes import format_size
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def queue_wait_s(submitted_at: Any) -> float | None:
 
 
 # HeldRequest records each delivered message until it is acknowledged, so that if this
-# worker dies its jobs go back to the queue at once (worker/reclaim.py).
+# worker dies its jobs go back to the queue at once (worker/consumer/reclaim.py).
 @app.task(name=TASK_RENDER, bind=True, throws=NEVER_RETRY, Request=HeldRequest)
 def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     rt = runtime.current()

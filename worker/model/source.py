@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lcm_fleet.storage import s3_client
 from model_build.registry import RegistryError, RegistryInputError, looks_like_ref, pull
-from producer.s3 import s3_client
-from worker.artifact import ServedModel, open_artifact, verify_files_of
 from worker.errors import ModelLoadError
+from worker.model.artifact import ServedModel, open_artifact, verify_files_of
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)

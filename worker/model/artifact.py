@@ -10,8 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from model_build.errors import ManifestError
-from model_build.manifest import Manifest, read_manifest, verify_files
+from lcm_fleet.artifact.manifest import Manifest, read_manifest, verify_files
+from lcm_fleet.errors import ManifestError
 from model_build.vae_decoder import VAE_DECODERS
 from worker.errors import ModelLoadError
 

@@ -10,7 +10,7 @@ jobs in flight per render process) and keeps the pipelines in a separate render 
 - a job holds a render process (its *slot*) only while it renders; then the next job
   renders while this one's PNGs are encoded and uploaded; each task returns, and its
   message is acknowledged, after its own uploads are verified (``task_acks_late``);
-- time limits (worker/limits.py): the soft limit stops the UNet loop at the next step
+- time limits (worker/render/limits.py): the soft limit stops the UNet loop at the next step
   (genai's step callback); past the hard limit the render process is killed and started
   again, and the job fails with ``TimeLimitExceeded``, as with the prefork pool;
 - if the render process dies during a render (out of memory, killed), the job's message
@@ -36,12 +36,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from worker.artifact import ServedModel
 from worker.errors import ModelLoadError, RenderCancelled, RendererLost, StartupError, WorkerError
-from worker.limits import Deadlines
-from worker.memory import PipelineMemory, load_size_classes
-from worker.pipeline import ImagePipeline, StageTimes
-from worker.sizes import PipelineSet, Size, format_size
+from worker.model.artifact import ServedModel
+from worker.render.limits import Deadlines
+from worker.render.memory import PipelineMemory, load_size_classes
+from worker.render.pipeline import ImagePipeline, StageTimes
+from worker.render.sizes import PipelineSet, Size, format_size
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SizeClass:
 
 
 def genai_pipeline(spec: RenderSpec, size: Size) -> ImagePipeline:
-    from worker.pipeline import GenaiPipeline
+    from worker.render.pipeline import GenaiPipeline
 
     return GenaiPipeline(
         spec.model,

@@ -8,7 +8,6 @@ this module; it imports nothing heavy (no OpenVINO, torch or worker code).
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from producer.errors import InvalidJob
+from lcm_fleet.errors import InvalidJob
 
 #: Celery task name of a render job. Producers send by name; they never import the worker.
 TASK_RENDER = "lcm_fleet.render"
@@ -193,29 +192,3 @@ class JobResult(BaseModel):
     #: Seconds per stage: text_encoder, unet, vae, encode, upload, render, total.
     durations_s: dict[str, float]
     worker: str
-
-
-# Object-key layout in storage: deterministic per job, so a redelivered job
-# overwrites its own objects and never creates new ones.
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
-
-
-def normalise_prefix(prefix: str) -> str:
-    if not _PREFIX_RE.match(prefix):
-        raise ValueError(
-            f"storage prefix {prefix!r} may hold only letters, digits, '.', '_', '-' and '/'"
-        )
-    prefix = prefix.strip("/")
-    return f"{prefix}/" if prefix else ""
-
-
-def job_prefix(prefix: str, job_id: str) -> str:
-    return f"{normalise_prefix(prefix)}jobs/{job_id}/"
-
-
-def image_key(prefix: str, job_id: str, index: int) -> str:
-    return f"{job_prefix(prefix, job_id)}{index:03d}.png"
-
-
-def result_key(prefix: str, job_id: str) -> str:
-    return f"{job_prefix(prefix, job_id)}result.json"

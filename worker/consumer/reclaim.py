@@ -1,6 +1,6 @@
 """A dead worker's jobs go back to their queue when its heartbeat stops, not an hour later.
 
-Jobs are acknowledged late (worker/celery_app.py): kombu's Redis transport keeps each
+Jobs are acknowledged late (worker/consumer/app.py): kombu's Redis transport keeps each
 delivered message in its ``unacked`` hash until the worker acknowledges it, and when the
 worker dies it puts the message back only after the visibility timeout
 (LCM_VISIBILITY_TIMEOUT_S, an hour by default). So each worker process records, under an id
@@ -11,7 +11,7 @@ own ``restore_by_tag``: one Redis transaction per message that does nothing if t
 is no longer unacknowledged, so two workers giving back the same message put it back once.
 
 A job given back is delivered again and counted by the delivery counter
-(worker/deliveries.py): a job that keeps killing its workers still fails after
+(worker/consumer/deliveries.py): a job that keeps killing its workers still fails after
 LCM_MAX_DELIVERIES. A worker cut off from Redis for longer than the TTL is taken for dead:
 its running jobs are delivered again elsewhere, and their second run overwrites the same
 objects (at-least-once, as with the visibility timeout).
@@ -27,22 +27,10 @@ from typing import Any
 
 from celery.worker.request import Request
 
+from lcm_fleet.keys import INCARNATIONS_KEY, alive_key, held_key
 from worker import metrics
 
 logger = logging.getLogger(__name__)
-
-PREFIX = "lcm-fleet:incarnation"
-#: Hash: incarnation id -> worker name, of every worker process that may hold messages.
-REGISTRY_KEY = f"{PREFIX}s"
-
-
-def held_key(incarnation: str) -> str:
-    """Hash: delivery tag -> job id, of the messages that incarnation holds."""
-    return f"{PREFIX}:{incarnation}:held"
-
-
-def alive_key(incarnation: str) -> str:
-    return f"{PREFIX}:{incarnation}:alive"
 
 
 def _text(value: Any) -> str:
@@ -61,7 +49,7 @@ class Holdings:
     def beat(self) -> None:
         pipe = self.redis.pipeline()
         pipe.set(alive_key(self.incarnation), self.name, px=int(self.ttl_s * 1000))
-        pipe.hset(REGISTRY_KEY, self.incarnation, self.name)
+        pipe.hset(INCARNATIONS_KEY, self.incarnation, self.name)
         pipe.execute()
 
     def hold(self, tag: str, job_id: str) -> None:
@@ -74,7 +62,7 @@ class Holdings:
         """A clean stop: Celery has put back what it had not started; forget the rest."""
         pipe = self.redis.pipeline()
         pipe.delete(held_key(self.incarnation), alive_key(self.incarnation))
-        pipe.hdel(REGISTRY_KEY, self.incarnation)
+        pipe.hdel(INCARNATIONS_KEY, self.incarnation)
         pipe.execute()
 
 
@@ -86,7 +74,9 @@ def reclaim_dead(
     Returns ``{"<worker name> (<incarnation>)": [job ids]}`` of those that held any.
     """
     given_back: dict[str, list[str]] = {}
-    others = {_text(i): _text(n) for i, n in redis.hgetall(REGISTRY_KEY).items() if _text(i) != own}
+    others = {
+        _text(i): _text(n) for i, n in redis.hgetall(INCARNATIONS_KEY).items() if _text(i) != own
+    }
     # Every worker runs this on every beat: one round trip for all heartbeats.
     pipe = redis.pipeline()
     for incarnation in others:
@@ -99,7 +89,7 @@ def reclaim_dead(
             given_back[f"{others[incarnation]} ({incarnation})"] = sorted(held.values())
         pipe = redis.pipeline()
         pipe.delete(held_key(incarnation))
-        pipe.hdel(REGISTRY_KEY, incarnation)
+        pipe.hdel(INCARNATIONS_KEY, incarnation)
         pipe.execute()
     return given_back
 

@@ -7,9 +7,10 @@ import hashlib
 import logging
 from typing import Any
 
-from producer.backoff import Backoff, call_with_backoff
-from producer.s3 import error_code, is_transient, s3_client, s3_uri
-from worker.errors import StartupError, StorageError, TransientStorageError
+from lcm_fleet.backoff import Backoff, call_with_backoff
+from lcm_fleet.errors import StorageError, TransientStorageError
+from lcm_fleet.storage import error_code, is_transient, s3_client, s3_uri
+from worker.errors import StartupError
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The compiled openvino.genai pipeline, one per size class, each with a static shape.
 
-Nothing here runs at import time. The worker's render process (worker/renderer.py)
+Nothing here runs at import time. The worker's render process (worker/render/process.py)
 compiles its pipelines once when it starts, with the compile cache on.
 """
 
@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from worker.artifact import ServedModel
 from worker.errors import ModelLoadError, RenderCancelled
+from worker.model.artifact import ServedModel
 
 logger = logging.getLogger(__name__)
 

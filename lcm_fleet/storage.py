@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.settings import ConnectionSettings
+from lcm_fleet.settings import ConnectionSettings
 
 
 def s3_client(

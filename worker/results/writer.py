@@ -15,11 +15,12 @@ import time
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 
-from producer.contract import ImageRecord, Job, JobResult, image_key, result_key
-from worker.limits import Deadlines
-from worker.png import encode_png, image_metadata
-from worker.render import Rendered, RenderedImage
-from worker.storage import ObjectStore
+from lcm_fleet.contract import ImageRecord, Job, JobResult
+from lcm_fleet.keys import image_key, result_key
+from worker.render.images import Rendered, RenderedImage
+from worker.render.limits import Deadlines
+from worker.results.png import encode_png, image_metadata
+from worker.results.storage import ObjectStore
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from lcm_fleet.keys import DEAD_LETTER_KEY
+
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_KEY = "lcm-fleet:dead-letter"
 DEAD_LETTER_MAX = 10_000
 
 

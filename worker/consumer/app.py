@@ -6,7 +6,7 @@ import logging
 
 from celery import Celery
 
-from producer.contract import WIRE_CONFIG
+from lcm_fleet.contract import WIRE_CONFIG
 from worker.settings import WorkerSettings
 
 app = Celery("lcm_fleet_worker")
@@ -20,7 +20,7 @@ def configure(settings: WorkerSettings) -> Celery:
         task_default_queue=settings.queue,
         result_expires=settings.result_expires_s,
         # A job is acknowledged only when it finished (stored or failed for good). If its
-        # render process dies, the task requeues it (worker/renderer.py); if the whole
+        # render process dies, the task requeues it (worker/render/process.py); if the whole
         # worker dies, Redis delivers it again after the visibility timeout.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -30,7 +30,7 @@ def configure(settings: WorkerSettings) -> Celery:
         task_track_started=True,
         # No task_soft_time_limit/task_time_limit: the threads pool cannot enforce them;
         # the worker enforces LCM_TASK_SOFT_TIME_LIMIT_S/LCM_TASK_TIME_LIMIT_S itself
-        # (worker/limits.py).
+        # (worker/render/limits.py).
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
@@ -42,6 +42,6 @@ def configure(settings: WorkerSettings) -> Celery:
     # would repeat the whole result.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     # Register the task on this app (import for its side effect).
-    import worker.tasks  # noqa: F401
+    import worker.consumer.tasks  # noqa: F401
 
     return app

@@ -1,0 +1,1 @@
+"""Model artifacts: the typed manifest, decoder kinds and precisions, the registry's reads."""

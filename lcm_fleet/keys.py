@@ -1,0 +1,85 @@
+"""Every key lcm-fleet writes: Redis keys of the worker's bookkeeping, and S3 object keys.
+
+One module, so that a reader finds what lives where, and an operator what to back up,
+inspect or purge. Object keys are deterministic per job and per artifact version, so a
+redelivered job overwrites its own objects and never creates new ones.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ---------------------------------------------------------------- Redis
+
+#: Prefix of every Redis key lcm-fleet writes (beside Celery's and kombu's own).
+REDIS_PREFIX = "lcm-fleet"
+#: List of queue items the worker could not decode, newest first, with the reason.
+DEAD_LETTER_KEY = f"{REDIS_PREFIX}:dead-letter"
+#: Prefix of the per-worker-process keys of worker/consumer/reclaim.py.
+INCARNATION_PREFIX = f"{REDIS_PREFIX}:incarnation"
+#: Hash: incarnation id -> worker name, of every worker process that may hold messages.
+INCARNATIONS_KEY = f"{INCARNATION_PREFIX}s"
+
+
+def deliveries_key(task_id: str, retries: int) -> str:
+    """Counter of deliveries of one job at one retry (worker/consumer/deliveries.py)."""
+    return f"{REDIS_PREFIX}:deliveries:{task_id}:{retries}"
+
+
+def held_key(incarnation: str) -> str:
+    """Hash: delivery tag -> job id, of the messages that worker incarnation holds."""
+    return f"{INCARNATION_PREFIX}:{incarnation}:held"
+
+
+def alive_key(incarnation: str) -> str:
+    """The incarnation's heartbeat; it expires LCM_HEARTBEAT_TTL_S after the last beat."""
+    return f"{INCARNATION_PREFIX}:{incarnation}:alive"
+
+
+# ---------------------------------------------------------------- S3 objects
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
+#: The alias that ``lcm-build publish`` moves by default.
+DEFAULT_ALIAS = "latest"
+
+
+def normalise_prefix(prefix: str) -> str:
+    """``LCM_S3_PREFIX`` as a key prefix: ``""`` or ``"a/b/"``."""
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"storage prefix {prefix!r} may hold only letters, digits, '.', '_', '-' and '/'"
+        )
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def job_prefix(prefix: str, job_id: str) -> str:
+    return f"{normalise_prefix(prefix)}jobs/{job_id}/"
+
+
+def image_key(prefix: str, job_id: str, index: int) -> str:
+    return f"{job_prefix(prefix, job_id)}{index:03d}.png"
+
+
+def result_key(prefix: str, job_id: str) -> str:
+    return f"{job_prefix(prefix, job_id)}result.json"
+
+
+def models_root(prefix: str) -> str:
+    return f"{normalise_prefix(prefix)}models/"
+
+
+def name_prefix(prefix: str, name: str) -> str:
+    return f"{models_root(prefix)}{name}/"
+
+
+def version_prefix(prefix: str, name: str, version: str) -> str:
+    return f"{name_prefix(prefix, name)}{version}/"
+
+
+def object_key(prefix: str, name: str, version: str, rel: str) -> str:
+    return f"{version_prefix(prefix, name, version)}{rel}"
+
+
+def alias_key(prefix: str, name: str, alias: str = DEFAULT_ALIAS) -> str:
+    return f"{name_prefix(prefix, name)}{alias}.json"

@@ -1,0 +1,1 @@
+"""Rendering: the genai pipeline, the render process and its slots, sizes, memory, limits."""

@@ -1,0 +1,1 @@
+"""Result writing: PNG encoding with metadata, verified uploads, result.json."""
