@@ -123,7 +123,7 @@ def _job_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
     from producer.bulk import BulkSubmitError, read_jobs_file, submit_rows, wait_all
-    from producer.download import download_images, storage_client
+    from producer.download import download_images, result_store
 
     if args.from_line < 1:
         raise InvalidJob(f"--from-line got {args.from_line}; give a line number from 1")
@@ -179,9 +179,9 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
         file=sys.stderr,
     )
     if args.download:
-        client = storage_client(settings)
+        store = result_store(settings)
         for result in outcome.results.values():
-            for path in download_images(result, args.download, settings, client):
+            for path in download_images(result, args.download, settings, store):
                 print(f"saved {path}", file=sys.stderr)
     return 0 if outcome.ok else 1
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.consumer.app import configure
     from worker.model.source import open_model, verify_model
     from worker.render.sizes import format_size, format_sizes
-    from worker.results.storage import ObjectStore
+    from worker.results.storage import check_bucket, result_store
 
     try:
         model = open_model(settings)  # pulled if needed; manifest, versions, gate, shape
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             # checks storage and the broker; nothing is served before all of them are done.
             rt.launch_rendering(on_fatal)
         verify_model(settings, model)
-        ObjectStore(settings).check_bucket()
+        check_bucket(result_store(settings))
     except WorkerError as e:
         rt.abort()
         print(f"lcm-worker: {e}", file=sys.stderr)

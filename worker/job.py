@@ -13,11 +13,11 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from lcm_fleet.contract import Job, JobResult
+from lcm_fleet.storage import ObjectStore
 from worker.render.images import check_inputs, render
 from worker.render.limits import Deadlines
 from worker.render.process import SizeClass
 from worker.render.sizes import PipelineSet
-from worker.results.storage import ObjectStore
 from worker.results.writer import ResultWriter
 
 

@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from lcm_fleet.storage import ObjectStore
 from worker.errors import StartupError
 from worker.model.artifact import ServedModel
 from worker.render.memory import check_estimate, estimate_gib
 from worker.render.process import LoadReport, RenderSlots, RenderSpec
 from worker.render.sizes import Size, queues_for
-from worker.results.storage import ObjectStore
+from worker.results.storage import result_store
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Runtime:
     def store(self) -> ObjectStore:
         with self._lock:
             if self._store is None:
-                self._store = ObjectStore(self.settings)
+                self._store = result_store(self.settings)
             return self._store
 
     def uploads(self) -> ThreadPoolExecutor:

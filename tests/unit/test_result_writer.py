@@ -10,7 +10,7 @@ import pytest
 from lcm_fleet.contract import Job
 from tests.unit.test_storage import FakeS3
 from worker.render.images import Rendered, RenderedImage
-from worker.results.storage import ObjectStore
+from worker.results.storage import result_store
 from worker.results.writer import ResultWriter
 from worker.settings import WorkerSettings
 
@@ -29,7 +29,7 @@ class SlowS3(FakeS3):
 
 def _store(client):
     settings = WorkerSettings(model_dir="/m", s3_access_key_id="k", s3_secret_access_key="s")
-    return ObjectStore(settings, client=client)
+    return result_store(settings, client=client)
 
 
 def _image(i):

@@ -6,7 +6,8 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from lcm_fleet.errors import StorageError, TransientStorageError
-from worker.results.storage import ObjectStore, classify
+from lcm_fleet.storage import classify
+from worker.results.storage import result_store
 from worker.settings import WorkerSettings
 
 
@@ -46,7 +47,7 @@ def test_transient_errors_are_retried_then_stored():
     fake = FakeS3(
         [EndpointConnectionError(endpoint_url="http://x"), _client_error("SlowDown", 503)]
     )
-    store = ObjectStore(_settings(), client=fake)
+    store = result_store(_settings(), client=fake)
     store.put("k", b"data", "image/png")
     assert fake.objects == {"k": b"data"}
 
@@ -54,14 +55,14 @@ def test_transient_errors_are_retried_then_stored():
 def test_gives_up_after_bounded_attempts():
     fake = FakeS3([_client_error("InternalError", 500)] * 10)
     with pytest.raises(TransientStorageError):
-        ObjectStore(_settings(), client=fake).put("k", b"d", "image/png")
+        result_store(_settings(), client=fake).put("k", b"d", "image/png")
     assert len(fake.failures) == 7  # 3 attempts used
 
 
 def test_permanent_error_is_not_retried():
     fake = FakeS3([_client_error("AccessDenied", 403), _client_error("AccessDenied", 403)])
     with pytest.raises(StorageError) as info:
-        ObjectStore(_settings(), client=fake).put("k", b"d", "image/png")
+        result_store(_settings(), client=fake).put("k", b"d", "image/png")
     assert not isinstance(info.value, TransientStorageError)
     assert len(fake.failures) == 1
 
@@ -72,7 +73,7 @@ def test_etag_mismatch_is_transient():
             return {"ETag": '"0000"'}
 
     with pytest.raises(TransientStorageError, match="ETag"):
-        ObjectStore(_settings(), client=BadEtag()).put("k", b"d", "image/png")
+        result_store(_settings(), client=BadEtag()).put("k", b"d", "image/png")
 
 
 def test_classify():

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from lcm_fleet.contract import ImageRecord, Job, JobResult
 from lcm_fleet.keys import image_key, result_key
+from lcm_fleet.storage import ObjectStore
 from worker.render.images import Rendered, RenderedImage
 from worker.render.limits import Deadlines
 from worker.results.png import encode_png, image_metadata
-from worker.results.storage import ObjectStore
 
 
 @dataclass(frozen=True)
