@@ -41,6 +41,7 @@ from lcm_fleet.keys import (
     job_key,
     job_webhooks_key,
 )
+from lcm_fleet.settings import ConnectionSettings
 
 #: Owner of jobs submitted by the CLI and the Python API (no API key).
 LOCAL_OWNER = "local"
@@ -549,3 +550,11 @@ class RecordStore:
             return []
         ids = self.redis.lrange(batch_jobs_key(batch_id), offset, offset + limit - 1)
         return [_text(x) for x in ids]
+
+
+def open_records(settings: ConnectionSettings, socket_timeout_s: float = 10.0) -> RecordStore:
+    """The record store of ``settings`` (its own Redis client; redis-py is thread-safe)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.records_url, socket_timeout=socket_timeout_s)
+    return RecordStore(client, settings.record_ttl_s)

@@ -27,7 +27,7 @@ def _settings() -> ApiSettings:
 def _keys(settings: ApiSettings) -> KeyStore:
     import redis
 
-    url = getattr(settings, "records_url", settings.redis_url)
+    url = settings.records_url
     return KeyStore(redis.Redis.from_url(url, socket_timeout=10), settings)
 
 

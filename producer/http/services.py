@@ -54,7 +54,7 @@ class Services:
     def from_settings(cls, settings: ApiSettings, metrics: Metrics | None = None) -> Services:
         import redis
 
-        records_url = getattr(settings, "records_url", settings.redis_url)
+        records_url = settings.records_url
         records_redis = redis.Redis.from_url(records_url, socket_timeout=10)
         store = ObjectStore.from_settings(settings)
         presigner = store.client
@@ -71,7 +71,7 @@ class Services:
         return cls(
             settings=settings,
             redis=records_redis,
-            records=RecordStore(records_redis, getattr(settings, "record_ttl_s", 7 * 24 * 3600)),
+            records=RecordStore(records_redis, settings.record_ttl_s),
             store=store,
             presigner=presigner,
             keys=KeyStore(records_redis, settings),
