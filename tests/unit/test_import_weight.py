@@ -13,7 +13,10 @@ def _loaded_after(statement: str) -> set[str]:
 
 
 def test_producer_is_light():
-    loaded = _loaded_after("import producer, producer.cli, producer.api, producer.download")
+    loaded = _loaded_after(
+        "import producer, producer.cli, producer.api, producer.download, producer.http.app, "
+        "producer.http.cli"
+    )
     assert not loaded & {"worker", "model_build", "openvino", "openvino_genai", *HEAVY}
 
 
