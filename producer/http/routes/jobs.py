@@ -133,6 +133,18 @@ def cancel_job(job_id: JobId, services: ServicesDep, key: KeyDep) -> Any:
     return view
 
 
+# One event of the stream; ``data`` is JSON: {id, state, reason, cancel_requested} for
+# ``state``, {id, image, images, step, steps, at} for ``progress``.
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["state", "progress"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
 def _snapshot(record: JobRecord) -> dict[str, Any]:
     return {
         "id": record.job_id,
@@ -149,7 +161,7 @@ def _snapshot(record: JobRecord) -> dict[str, Any]:
         200: {
             "description": "Server-Sent Events: `state` on each state change, `progress` on "
             "each step; the stream ends when the job does",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
         },
     },
     response_class=EventSourceResponse,
