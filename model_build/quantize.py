@@ -19,11 +19,9 @@ UNET_INT8_RECIPE: dict[str, Any] = {
     "preset": "MIXED",
     "disable_bias_correction": True,
     # 7-bit weights in every layer: on CPUs without VNNI/AMX (AVX2, AVX-512 without VNNI)
-    # OpenVINO documents that 8-bit dot products can saturate an intermediate buffer. On an
-    # AVX2 host the reference model's INT8 UNet lost 3.1 adherence points and fell to
-    # 26.0 dB PSNR with NNCF's default (first layer only), and kept 0.0 points and 31.2 dB
-    # with this. An artifact is served on whatever CPUs a fleet has, so it is built to be
-    # right on all of them.
+    # OpenVINO documents that 8-bit dot products can saturate an intermediate buffer
+    # (measured: docs/model-build.md#overflow-fix). An artifact is served on whatever CPUs a
+    # fleet has, so it is built to be right on all of them.
     "overflow_fix": "ENABLE",
 }
 

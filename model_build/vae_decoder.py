@@ -59,12 +59,10 @@ WEIGHTS_RECIPE: dict[str, Any] = {
     "granularity": "per output channel",
 }
 #: NNCF post-training quantization of the SD decoder (``int8``), chosen by measurement
-#: (``python -m bench.pipeline.vae``, bench/results/vae-recipes-*.md): TRANSFORMER quantizes
-#: only the convolution/matmul inputs, keeping the residual adds in higher precision (~4 dB
-#: more PSNR than NNCF's default type on the full-size decoder, ~4% slower); MIXED is
+#: (measured: docs/model-build.md#the-int8-vae-decoder-recipe): TRANSFORMER quantizes only
+#: the convolution/matmul inputs, keeping the residual adds in higher precision; MIXED is
 #: asymmetric activations; MINMAX activation ranges, because NNCF's default estimator clips
-#: outliers, which on the trained reference decoder turned some images' colours (worst
-#: image 14 dB against the fp32 decoder, prompt adherence -7 points; with MINMAX 32 dB).
+#: outliers, which turned some of the trained reference decoder's images' colours.
 #: Bias correction changed nothing measurable and costs time. 7-bit weights in every layer
 #: (``overflow_fix``), as for the UNet (model_build/quantize.py): right on CPUs without VNNI.
 INT8_RECIPE: dict[str, Any] = {

@@ -38,9 +38,9 @@ class WorkerSettings(ConnectionSettings):
     #: growth while each loads and warms up; required when LCM_SIZES lists more than one size.
     memory_budget_gib: float | None = Field(default=None, gt=0)
     #: Render one 1-step image per size class at start, so that the memory budget counts the
-    #: first inference's memory. Unset: only when LCM_MEMORY_BUDGET_GIB is set. Measured
-    #: (bench/coldstart), the warm-up did not make the first job faster and delayed the first
-    #: image by its own duration, 4 s to 23 s at 512x512 on 2 cores.
+    #: first inference's memory. Unset: only when LCM_MEMORY_BUDGET_GIB is set: it did not make
+    #: the first job faster and it delays the first image (measured:
+    #: docs/performance.md#cold-start-benchcoldstart).
     warmup: bool | None = None
 
     #: Required: no defaults for secrets.

@@ -23,7 +23,7 @@ _BORDER = 0.04
 #: RGB distance from the background beyond which a pixel belongs to the shape.
 _MASK_DISTANCE = 60.0
 #: Below this IoU with every outline, the region is no shape of the domain (training renders
-#: score at least 0.94).
+#: score well above it; measured: docs/model-build.md#the-reference-model-model_buildreference).
 _MIN_SHAPE_IOU = 0.6
 ATTRIBUTES = ("shape", "colour", "background")
 

@@ -62,15 +62,16 @@ class Recipe:
     #: Tokens the text encoder sees (its ``max_position_embeddings`` and the tokenizer's
     #: ``model_max_length``, what diffusers and genai pad prompts to). The grammar's longest
     #: caption is 8 tokens with BOS and EOS; CLIP's 77 would make every attention over the
-    #: text, and the text encoder, about 5x dearer for padding (the teacher step 1.6x).
+    #: text dearer for padding
+    #: (measured: docs/model-build.md#the-reference-model-model_buildreference).
     text_max_length: int = 16
     unet_channels: tuple[int, int] = (32, 64)
     vae_channels: tuple[int, int, int, int] = (16, 32, 64, 64)
     #: The VAE stage runs on this many threads whatever ``--threads`` says, with torch's
     #: default (per-tensor) AdamW: its weights then do not depend on the machine's cores.
     #: These settings gave colour-faithful reconstructions; a 2-thread fused-AdamW run of
-    #: the same recipe missed shape colours by up to 36 RGB levels, and the INT8 UNet on its
-    #: latents lost 12 points of adherence.
+    #: the same recipe did not
+    #: (measured: docs/model-build.md#the-reference-model-model_buildreference).
     vae_threads: int = 1
     vae_steps: int = 2500
     vae_batch: int = 16

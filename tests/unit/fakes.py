@@ -1,19 +1,22 @@
-"""Stand-ins for the genai pipeline, importable by a spawned render process."""
+"""Fake genai pipelines and the render-process factories that build them.
+
+Not a test module and not a conftest: a render process is started with multiprocessing's
+spawn, which pickles ``RenderSpec.factory`` by its module path, so ``scripted_factory``,
+``hanging_factory`` and ``flaky_factory`` must be importable module-level functions. Tests
+take ``FakePipeline`` through the ``fake_pipeline`` fixture (tests/unit/conftest.py); only
+tests/unit/test_renderer.py imports the factories from here, to hand them to a RenderSpec.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
 from worker.errors import RenderCancelled
 from worker.render.pipeline import StageTimes
-from worker.render.process import SizeClass
-from worker.render.sizes import PipelineSet
 
 
 class FakePipeline:
@@ -69,59 +72,3 @@ def flaky_factory(spec, size):
     if os.environ.get("LCM_TEST_FACTORY_FAIL"):
         raise RuntimeError("cannot compile: the device went away")
     return scripted_factory(spec, size)
-
-
-class LocalSlots:
-    """In-process pipelines behind one lock, with RenderSlots' interface (for run_job tests)."""
-
-    def __init__(self, pipelines):
-        self.pipelines = pipelines
-        self.classes = PipelineSet(
-            {
-                s: SizeClass(p.width, p.height, p.guidance_scale, p.cfg)
-                for s in pipelines.sizes
-                for p in [pipelines.get(s)]
-            },
-            pipelines.default,
-        )
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def session(self, deadlines):
-        t0 = time.monotonic()
-        left = deadlines.soft_left()
-        if not self._lock.acquire(timeout=-1 if left == float("inf") else max(0.0, left)):
-            raise deadlines.soft_exceeded("waiting for the pipeline")
-        try:
-            yield LocalSession(self, deadlines, time.monotonic() - t0)
-        finally:
-            self._lock.release()
-
-
-class LocalSession:
-    def __init__(self, slots, deadlines, waited_s):
-        self.slots, self.deadlines, self.waited_s = slots, deadlines, waited_s
-
-    def pipeline(self, size):
-        pipeline = self.slots.pipelines.get((size.width, size.height))
-        deadlines = self.deadlines
-
-        class Limited:
-            width, height = pipeline.width, pipeline.height
-            guidance_scale, cfg = pipeline.guidance_scale, pipeline.cfg
-
-            def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
-                deadlines.check_soft("before rendering an image")
-                soft = deadlines.soft if deadline is None else min(deadline, deadlines.soft)
-                try:
-                    return pipeline.generate(
-                        prompt,
-                        seed,
-                        steps,
-                        guidance_scale,
-                        deadline=None if soft == float("inf") else soft,
-                    )
-                except RenderCancelled as e:
-                    raise deadlines.soft_exceeded(f"while rendering ({e})") from e
-
-        return Limited()

@@ -9,28 +9,31 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from lcm_fleet.contract import Job
 from lcm_fleet.errors import InvalidJob
-from tests.unit.fakes import FakePipeline, LocalSlots
-from tests.unit.test_result_writer import SlowS3, _store
 from worker.job import run_job
 from worker.render.limits import Deadlines
 from worker.render.sizes import PipelineSet
 
 
-class Recording(FakePipeline):
-    def __init__(self, log, **kw):
-        super().__init__(**kw)
-        self.log = log
+@pytest.fixture
+def slots_for(fake_pipeline, local_slots):
+    """``slots_for(log, step_s)``: one 32x32 pipeline that logs when each render starts and ends."""
 
-    def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
-        self.log.append(("render-start", prompt, time.monotonic()))
-        out = super().generate(prompt, seed, steps, guidance_scale, deadline)
-        self.log.append(("render-end", prompt, time.monotonic()))
-        return out
+    class Recording(fake_pipeline):
+        def __init__(self, log, **kw):
+            super().__init__(**kw)
+            self.log = log
 
+        def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
+            self.log.append(("render-start", prompt, time.monotonic()))
+            out = super().generate(prompt, seed, steps, guidance_scale, deadline)
+            self.log.append(("render-end", prompt, time.monotonic()))
+            return out
 
-def _slots(log, step_s=0.05):
-    pipe = Recording(log, width=32, height=32, step_s=step_s)
-    return LocalSlots(PipelineSet({(32, 32): pipe}, (32, 32)))
+    def slots(log, step_s=0.05):
+        pipe = Recording(log, width=32, height=32, step_s=step_s)
+        return local_slots(PipelineSet({(32, 32): pipe}, (32, 32)))
+
+    return slots
 
 
 def _run(job, slots, store, deadlines, pool):
@@ -46,9 +49,9 @@ def _run(job, slots, store, deadlines, pool):
     )
 
 
-def test_next_job_renders_while_the_previous_one_uploads():
-    log, client = [], SlowS3(0.3)
-    store, slots = _store(client), _slots(log)
+def test_next_job_renders_while_the_previous_one_uploads(slots_for, slow_s3, result_store_for):
+    log, client = [], slow_s3(0.3)
+    store, slots = result_store_for(client), slots_for(log)
     jobs = [Job(prompt=f"job{i}", seed=i, num_images=2, steps=4) for i in range(2)]
     finished, stored_at_return = {}, {}
 
@@ -79,9 +82,9 @@ def test_next_job_renders_while_the_previous_one_uploads():
     assert max(r.durations_s["slot_wait"] for r in results) > 0.2  # one waited for the other
 
 
-def test_soft_limit_while_waiting_for_uploads():
-    log, client = [], SlowS3(1.0)
-    slots, store = _slots(log, 0.0), _store(client)
+def test_soft_limit_while_waiting_for_uploads(slots_for, slow_s3, result_store_for):
+    log, client = [], slow_s3(1.0)
+    slots, store = slots_for(log, 0.0), result_store_for(client)
     with (
         ThreadPoolExecutor(1) as pool,
         pytest.raises(SoftTimeLimitExceeded, match=r"waiting for 1 image upload\(s\)"),
@@ -90,9 +93,9 @@ def test_soft_limit_while_waiting_for_uploads():
     assert not any("result.json" in k for k in client.objects)
 
 
-def test_soft_limit_while_waiting_for_the_pipeline():
+def test_soft_limit_while_waiting_for_the_pipeline(slots_for, slow_s3, result_store_for):
     log = []
-    slots = _slots(log)
+    slots = slots_for(log)
     held, release = threading.Event(), threading.Event()
 
     def hold():
@@ -105,29 +108,37 @@ def test_soft_limit_while_waiting_for_the_pipeline():
     held.wait(5)
     try:
         with pytest.raises(SoftTimeLimitExceeded, match="waiting for the pipeline"):
-            _run(Job(prompt="x", seed=1), slots, _store(SlowS3(0)), Deadlines.start(0.2, 5), None)
+            _run(
+                Job(prompt="x", seed=1),
+                slots,
+                result_store_for(slow_s3(0)),
+                Deadlines.start(0.2, 5),
+                None,
+            )
     finally:
         release.set()
         holder.join()
     assert log == []
 
 
-def test_soft_limit_during_a_render_stops_it():
+def test_soft_limit_during_a_render_stops_it(slots_for, slow_s3, result_store_for):
     log = []
     with pytest.raises(SoftTimeLimitExceeded, match="while rendering"):
         _run(
             Job(prompt="x", seed=1, num_images=3, steps=8),
-            _slots(log, step_s=0.1),
-            _store(SlowS3(0)),
+            slots_for(log, step_s=0.1),
+            result_store_for(slow_s3(0)),
             Deadlines.start(0.5, 5),
             None,
         )
     assert len([e for e in log if e[0] == "render-start"]) == 1
 
 
-def test_invalid_size_is_refused_before_waiting_for_the_pipeline():
+def test_invalid_size_is_refused_before_waiting_for_the_pipeline(
+    slots_for, slow_s3, result_store_for
+):
     log = []
     with pytest.raises(InvalidJob, match="serves 32x32"):
         job = Job(prompt="x", width=64, height=64)
-        _run(job, _slots(log), _store(SlowS3(0)), Deadlines.none(), None)
+        _run(job, slots_for(log), result_store_for(slow_s3(0)), Deadlines.none(), None)
     assert log == []

@@ -2,7 +2,6 @@
 
 import pytest
 
-from tests.unit.fakes import FakePipeline
 from worker.render.memory import (
     GIB,
     MemoryBudgetExceeded,
@@ -16,8 +15,9 @@ from worker.render.memory import (
 class FakeMemory:
     """RSS that grows by a given amount per compiled size."""
 
-    def __init__(self, growth_gib):
+    def __init__(self, growth_gib, pipeline_class):
         self.growth_gib, self.rss, self.compiled = growth_gib, 1 * GIB, []
+        self.pipeline_class = pipeline_class
 
     def read(self):
         return self.rss
@@ -27,7 +27,7 @@ class FakeMemory:
         self.rss += int(self.growth_gib[size] * GIB * 0.8)
         memory = self
 
-        class Warming(FakePipeline):
+        class Warming(self.pipeline_class):
             def generate(self, prompt, seed, steps, guidance_scale):
                 memory.rss += int(memory.growth_gib[size] * GIB * 0.2)  # the first inference
                 return super().generate(prompt, seed, steps, guidance_scale)
@@ -35,11 +35,17 @@ class FakeMemory:
         return Warming(*size)
 
 
+@pytest.fixture
+def memory_for(fake_pipeline):
+    """``memory_for(growth_gib)``: a FakeMemory whose loader builds fake pipelines."""
+    return lambda growth_gib: FakeMemory(growth_gib, fake_pipeline)
+
+
 SIZES = [(512, 512), (768, 512)]
 
 
-def test_loads_every_size_within_the_budget():
-    mem = FakeMemory({(512, 512): 2.5, (768, 512): 3.0})
+def test_loads_every_size_within_the_budget(memory_for):
+    mem = memory_for({(512, 512): 2.5, (768, 512): 3.0})
     loaded = load_size_classes(SIZES, mem.loader, estimate_gib=1.0, budget_gib=6.0, rss=mem.read)
     assert mem.compiled == SIZES
     assert [round(m.rss_growth_gib, 2) for m in loaded.loads] == [2.5, 3.0]
@@ -50,8 +56,8 @@ def test_loads_every_size_within_the_budget():
     assert loaded.pipelines.get((768, 512)).width == 768
 
 
-def test_measured_total_above_the_budget_is_refused():
-    mem = FakeMemory({(512, 512): 2.5, (768, 512): 3.0})
+def test_measured_total_above_the_budget_is_refused(memory_for):
+    mem = memory_for({(512, 512): 2.5, (768, 512): 3.0})
     with pytest.raises(MemoryBudgetExceeded) as info:
         load_size_classes(SIZES, mem.loader, estimate_gib=1.0, budget_gib=5.0, rss=mem.read)
     message = str(info.value)
@@ -62,28 +68,28 @@ def test_measured_total_above_the_budget_is_refused():
     assert "serve fewer sizes" in message
 
 
-def test_refused_before_compiling_the_rest_when_the_lower_bound_cannot_fit():
-    mem = FakeMemory({(512, 512): 3.5, (768, 512): 3.0})
+def test_refused_before_compiling_the_rest_when_the_lower_bound_cannot_fit(memory_for):
+    mem = memory_for({(512, 512): 3.5, (768, 512): 3.0})
     with pytest.raises(MemoryBudgetExceeded, match=r"the 1 still to compile take at least 2\.00"):
         load_size_classes(SIZES, mem.loader, estimate_gib=2.0, budget_gib=5.0, rss=mem.read)
     assert mem.compiled == [(512, 512)]
 
 
-def test_estimate_refuses_before_any_compile():
-    mem = FakeMemory({(512, 512): 1.0, (768, 512): 1.0})
+def test_estimate_refuses_before_any_compile(memory_for):
+    mem = memory_for({(512, 512): 1.0, (768, 512): 1.0})
     with pytest.raises(MemoryBudgetExceeded, match=r"estimated before compiling at 2\.00 GiB"):
         load_size_classes(SIZES, mem.loader, estimate_gib=2.0, budget_gib=3.0, rss=mem.read)
     assert mem.compiled == []
 
 
-def test_no_budget_loads_everything():
-    mem = FakeMemory({(512, 512): 9.0, (768, 512): 9.0})
+def test_no_budget_loads_everything(memory_for):
+    mem = memory_for({(512, 512): 9.0, (768, 512): 9.0})
     loaded = load_size_classes(SIZES, mem.loader, estimate_gib=1.0, budget_gib=None, rss=mem.read)
     assert loaded.total_gib == pytest.approx(18.0, abs=0.01) and loaded.budget_gib is None
 
 
-def test_without_warmup_only_the_load_counts():
-    mem = FakeMemory({(512, 512): 2.5, (768, 512): 3.0})
+def test_without_warmup_only_the_load_counts(memory_for):
+    mem = memory_for({(512, 512): 2.5, (768, 512): 3.0})
     loaded = load_size_classes(
         SIZES, mem.loader, estimate_gib=1.0, budget_gib=5.0, warmup=False, rss=mem.read
     )

@@ -8,7 +8,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from lcm_fleet.artifact.manifest import Manifest
-from tests.unit.fakes import FakePipeline, flaky_factory, hanging_factory, scripted_factory
+from tests.unit.fakes import flaky_factory, hanging_factory, scripted_factory
 from worker.errors import RendererLost, StartupError
 from worker.model.artifact import ServedModel
 from worker.render.limits import Deadlines
@@ -42,7 +42,7 @@ def slots():
     slots.stop()
 
 
-def test_each_size_renders_in_the_render_process(slots):
+def test_each_size_renders_in_the_render_process(slots, fake_pipeline):
     slots, (report,) = slots
     assert [m.size for m in report.loads] == list(SIZES)
     assert all(m.rss_growth_gib > 0.005 for m in report.loads)  # 8 MiB each, measured there
@@ -52,7 +52,7 @@ def test_each_size_renders_in_the_render_process(slots):
         for size in SIZES:
             pipe = session.pipeline(slots.classes.get(size))
             pixels, times = pipe.generate("a cat", 5, 4, 8.0)
-            expected, _ = FakePipeline(*size).generate("a cat", 5, 4, 8.0)
+            expected, _ = fake_pipeline(*size).generate("a cat", 5, 4, 8.0)
             assert pixels.shape == (size[1], size[0], 3) and np.array_equal(pixels, expected)
             assert times.unet_s > 0
 

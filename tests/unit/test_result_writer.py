@@ -1,6 +1,5 @@
 """ResultWriter against a fake S3 client (fast tier): overlap, verification order, failures."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -8,40 +7,25 @@ import numpy as np
 import pytest
 
 from lcm_fleet.contract import Job
-from tests.unit.test_storage import FakeS3
 from worker.render.images import Rendered, RenderedImage
-from worker.results.storage import result_store
 from worker.results.writer import ResultWriter
-from worker.settings import WorkerSettings
-
-
-class SlowS3(FakeS3):
-    def __init__(self, delay_s):
-        super().__init__()
-        self.delay_s = delay_s
-        self.threads = set()
-
-    def put_object(self, **kw):
-        self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay_s)
-        return super().put_object(**kw)
-
-
-def _store(client):
-    settings = WorkerSettings(model_dir="/m", s3_access_key_id="k", s3_secret_access_key="s")
-    return result_store(settings, client=client)
 
 
 def _image(i):
     return RenderedImage(index=i, seed=10 + i, pixels=np.full((16, 16, 3), i * 40, dtype=np.uint8))
 
 
-def test_uploads_run_beside_rendering_and_finish_waits_for_them():
-    client = SlowS3(0.2)
+def test_uploads_run_beside_rendering_and_finish_waits_for_them(slow_s3, result_store_for):
+    client = slow_s3(0.2)
     job = Job(prompt="x", seed=10, num_images=3)
     with ThreadPoolExecutor(1, thread_name_prefix="lcm-upload") as pool:
         writer = ResultWriter(
-            _store(client), job, prefix="", model_manifest_sha256="m", worker="w", executor=pool
+            result_store_for(client),
+            job,
+            prefix="",
+            model_manifest_sha256="m",
+            worker="w",
+            executor=pool,
         )
         t0 = time.perf_counter()
         for i in range(3):
@@ -64,7 +48,7 @@ def test_uploads_run_beside_rendering_and_finish_waits_for_them():
     assert result.durations_s["store_wait"] > 0.3 and result.durations_s["upload"] >= 0.6
 
 
-def test_failed_upload_fails_the_job():
+def test_failed_upload_fails_the_job(fake_s3, result_store_for):
     from botocore.exceptions import ClientError
 
     from lcm_fleet.errors import StorageError
@@ -72,9 +56,11 @@ def test_failed_upload_fails_the_job():
     denied = ClientError(
         {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Put"
     )
-    client = FakeS3([denied])
+    client = fake_s3([denied])
     job = Job(prompt="x", seed=1)
-    writer = ResultWriter(_store(client), job, prefix="", model_manifest_sha256="m", worker="w")
+    writer = ResultWriter(
+        result_store_for(client), job, prefix="", model_manifest_sha256="m", worker="w"
+    )
     with pytest.raises(StorageError):
         writer.add(_image(0), 8.0)
     assert "result.json" not in " ".join(client.objects)

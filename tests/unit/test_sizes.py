@@ -5,7 +5,6 @@ from pydantic import ValidationError
 
 from lcm_fleet.contract import Job
 from lcm_fleet.errors import InvalidJob
-from tests.unit.fakes import FakePipeline
 from worker.cli import settings_error
 from worker.render.images import render
 from worker.render.sizes import PipelineSet, parse_sizes, queues_for
@@ -94,8 +93,8 @@ def test_queues_cover_every_size():
     ]
 
 
-def test_jobs_are_routed_to_the_pipeline_of_their_size():
-    small, wide = FakePipeline(64, 64), FakePipeline(128, 64)
+def test_jobs_are_routed_to_the_pipeline_of_their_size(fake_pipeline):
+    small, wide = fake_pipeline(64, 64), fake_pipeline(128, 64)
     pipes = PipelineSet({(64, 64): small, (128, 64): wide}, default=(128, 64))
     assert pipes.sizes == [(128, 64), (64, 64)]
     unsized = Job(prompt="x", seed=1)
@@ -109,8 +108,8 @@ def test_jobs_are_routed_to_the_pipeline_of_their_size():
     assert len(small.calls) == 1 and len(wide.calls) == 1
 
 
-def test_unserved_size_is_invalid_with_the_served_sizes():
-    pipes = PipelineSet({(64, 64): FakePipeline(64, 64)}, default=(64, 64))
+def test_unserved_size_is_invalid_with_the_served_sizes(fake_pipeline):
+    pipes = PipelineSet({(64, 64): fake_pipeline(64, 64)}, default=(64, 64))
     job = Job(prompt="x", width=256, height=256)
     assert pipes.size_of(job) == (256, 256)
     with pytest.raises(InvalidJob, match=r"got 256x256; this worker's model serves 64x64"):

@@ -1,7 +1,5 @@
 """ObjectStore against a fake client (fast tier); the integration tier uses the real S3 server."""
 
-import hashlib
-
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
@@ -9,19 +7,6 @@ from lcm_fleet.errors import StorageError, TransientStorageError
 from lcm_fleet.storage import classify
 from worker.results.storage import result_store
 from worker.settings import WorkerSettings
-
-
-class FakeS3:
-    def __init__(self, failures=()):
-        self.failures = list(failures)
-        self.objects = {}
-        self.meta = type("M", (), {"endpoint_url": "http://fake"})()
-
-    def put_object(self, Bucket, Key, Body, ContentType, ContentMD5):
-        if self.failures:
-            raise self.failures.pop(0)
-        self.objects[Key] = Body
-        return {"ETag": f'"{hashlib.md5(Body).hexdigest()}"'}
 
 
 def _settings(**over):
@@ -43,8 +28,8 @@ def _client_error(code, status):
     )
 
 
-def test_transient_errors_are_retried_then_stored():
-    fake = FakeS3(
+def test_transient_errors_are_retried_then_stored(fake_s3):
+    fake = fake_s3(
         [EndpointConnectionError(endpoint_url="http://x"), _client_error("SlowDown", 503)]
     )
     store = result_store(_settings(), client=fake)
@@ -52,23 +37,23 @@ def test_transient_errors_are_retried_then_stored():
     assert fake.objects == {"k": b"data"}
 
 
-def test_gives_up_after_bounded_attempts():
-    fake = FakeS3([_client_error("InternalError", 500)] * 10)
+def test_gives_up_after_bounded_attempts(fake_s3):
+    fake = fake_s3([_client_error("InternalError", 500)] * 10)
     with pytest.raises(TransientStorageError):
         result_store(_settings(), client=fake).put("k", b"d", "image/png")
     assert len(fake.failures) == 7  # 3 attempts used
 
 
-def test_permanent_error_is_not_retried():
-    fake = FakeS3([_client_error("AccessDenied", 403), _client_error("AccessDenied", 403)])
+def test_permanent_error_is_not_retried(fake_s3):
+    fake = fake_s3([_client_error("AccessDenied", 403), _client_error("AccessDenied", 403)])
     with pytest.raises(StorageError) as info:
         result_store(_settings(), client=fake).put("k", b"d", "image/png")
     assert not isinstance(info.value, TransientStorageError)
     assert len(fake.failures) == 1
 
 
-def test_etag_mismatch_is_transient():
-    class BadEtag(FakeS3):
+def test_etag_mismatch_is_transient(fake_s3):
+    class BadEtag(fake_s3):
         def put_object(self, **kw):
             return {"ETag": '"0000"'}
 

@@ -30,9 +30,8 @@ GIB = 1024**3
 #: The sub-models Text2ImagePipeline compiles for text-to-image (not the VAE encoder).
 LOADED_PARTS = ("text_encoder", "unet", "vae_decoder")
 #: On CPU, a pipeline's RSS growth is at least this share of its weights on disk: the
-#: compiled weights stay resident (measured: about 2x the weights for the full-size INT8
-#: artifact, see README "Several size classes per worker"). On a GPU they live in device
-#: memory, so the estimate applies to CPU workers only.
+#: compiled weights stay resident (measured: docs/performance.md#memory-per-size-class). On
+#: a GPU they live in device memory, so the estimate applies to CPU workers only.
 WEIGHTS_LOWER_BOUND = 0.9
 
 
