@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -256,3 +257,73 @@ def test_health_ready_metrics_openapi(api: ApiProcess, key: str) -> None:
             "/metrics",
         } <= paths
     assert key not in api.log_text() and "Bearer" not in api.log_text()
+
+
+def test_a_finished_job_shows_presigned_urls_and_streams_its_png(
+    api: ApiProcess, key: str, service_env: dict[str, str]
+) -> None:
+    # The worker's two writes, done here: its record moves to succeeded with a result, and
+    # the PNG is in S3 (the records' and the object store's own code, as a worker uses them).
+    import redis
+
+    from lcm_fleet.contract import ImageRecord, Job, JobResult
+    from lcm_fleet.keys import image_key
+    from lcm_fleet.records import RecordStore
+    from lcm_fleet.settings import ConnectionSettings
+    from lcm_fleet.storage import ObjectStore
+
+    png = b"\x89PNG\r\n\x1a\n" + uuid.uuid4().bytes * 100
+    with client(api, key) as c:
+        job_id = c.post("/v1/jobs", json={"prompt": "done soon", "seed": 3}).json()["id"]
+        settings = ConnectionSettings(
+            **{
+                k.removeprefix("LCM_").lower(): v
+                for k, v in service_env.items()
+                if k.startswith("LCM_")
+            }
+        )
+        store = ObjectStore.from_settings(settings)
+        store.put(image_key("", job_id, 0), png, content_type="image/png")
+        records = RecordStore(redis.Redis.from_url(service_env["LCM_REDIS_URL"]), 600)
+        job = Job(prompt="done soon", seed=3, job_id=job_id)
+        records.start(job, "test-worker")
+        records.succeed(
+            job_id,
+            JobResult(
+                job_id=job_id,
+                prompt=job.prompt,
+                steps=4,
+                guidance_scale=8.0,
+                width=64,
+                height=64,
+                images=[
+                    ImageRecord(
+                        index=0,
+                        seed=3,
+                        key=image_key("", job_id, 0),
+                        uri="s3://x",
+                        sha256=hashlib.sha256(png).hexdigest(),
+                        bytes=len(png),
+                    )
+                ],
+                model_manifest_sha256="m",
+                durations_s={"total": 0.1},
+                worker="test-worker",
+            ),
+        )
+        view = c.get(f"/v1/jobs/{job_id}").json()
+        assert view["state"] == "succeeded" and view["finished_at"] >= view["started_at"]
+        image = view["result"]["images"][0]
+        assert "X-Amz-Signature" in image["url"] and "X-Amz-Expires=3600" in image["url"]
+        assert httpx.get(image["url"], timeout=30).content == png
+        streamed = c.get(image["image_url"])
+        assert streamed.status_code == 200 and streamed.content == png
+        assert streamed.headers["content-type"] == "image/png"
+        missing = c.get(f"/v1/jobs/{job_id}/images/1")
+        assert missing.status_code == 404 and error_of(missing)["allowed"] == "0 to 0"
+        queued = c.post("/v1/jobs", json={"prompt": "x"}).json()["id"]
+        assert c.get(f"/v1/jobs/{queued}/images/0").status_code == 409
+        # A finished job cannot be cancelled: 409 naming its state, nothing changed.
+        refused = c.delete(f"/v1/jobs/{job_id}")
+        assert refused.status_code == 409 and "succeeded" in error_of(refused)["message"]
+        assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
