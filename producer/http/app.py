@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lcm_fleet.errors import InvalidJob
@@ -26,6 +28,16 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # The path only: headers (the API key) and bodies never go to the log.
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return errors.ApiError(500, "internal error; the service logged it").response()
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("Redis unreachable on %s %s: %s", request.method, request.url.path, exc)
+    return errors.ApiError(
+        503,
+        "Redis is unreachable; retry later",
+        code="redis_unavailable",
+        headers={"Retry-After": "5"},
+    ).response()
 
 
 def create_app(settings: ApiSettings | None = None, services: Services | None = None) -> FastAPI:
@@ -52,6 +64,8 @@ def create_app(settings: ApiSettings | None = None, services: Services | None = 
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(InvalidJob, errors.invalid_job_handler)
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
     app.add_exception_handler(Exception, _unexpected)
     for module in (jobs, batches, images, health):
         app.include_router(module.router)

@@ -327,3 +327,21 @@ def test_a_finished_job_shows_presigned_urls_and_streams_its_png(
         refused = c.delete(f"/v1/jobs/{job_id}")
         assert refused.status_code == 409 and "succeeded" in error_of(refused)["message"]
         assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+
+
+def test_redis_down_is_503_not_500(service_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.integration.conftest import free_port
+
+    env = api_env(
+        service_env, "lcm.test.api.down", LCM_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    down = start_api(env, tmp_path / "api.log")
+    try:
+        with client(down, "lcm_0123456789abcdef_" + "x" * 43) as c:
+            answer = c.get("/v1/jobs/x")
+            assert answer.status_code == 503 and error_of(answer)["code"] == "redis_unavailable"
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
+            assert c.get("/healthz").status_code == 200
+    finally:
+        stop_api(down)
