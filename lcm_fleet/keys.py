@@ -107,3 +107,29 @@ def object_key(prefix: str, name: str, version: str, rel: str) -> str:
 
 def alias_key(prefix: str, name: str, alias: str = DEFAULT_ALIAS) -> str:
     return f"{name_prefix(prefix, name)}{alias}.json"
+
+
+# ---------------------------------------------------------------- HTTP API (producer/http)
+
+#: Prefix of the HTTP API's keys: API key records, idempotency keys, in-flight counts.
+API_PREFIX = f"{REDIS_PREFIX}:api"
+#: Set of every API key id ever created (revoked ones stay, marked).
+API_KEYS_KEY = f"{API_PREFIX}:keys"
+#: Prefix of the rate limiter's moving windows (the ``limits`` library adds its own).
+RATE_LIMIT_PREFIX = f"{API_PREFIX}:rate"
+#: Prefix of per-owner counts of queued + running jobs, kept by lcm_fleet/records.py.
+IN_FLIGHT_PREFIX = f"{REDIS_PREFIX}:in-flight:"
+
+
+def api_key_key(key_id: str) -> str:
+    """Hash of one API key: name, HMAC digest (never the key), scope, limits, times."""
+    return f"{API_PREFIX}:key:{key_id}"
+
+
+def idempotency_key(owner: str, digest: str) -> str:
+    """What one owner's Idempotency-Key (by its sha256) answered: body digest and job id."""
+    return f"{API_PREFIX}:idempotency:{owner}:{digest}"
+
+
+def in_flight_key(owner: str) -> str:
+    return f"{IN_FLIGHT_PREFIX}{owner}"

@@ -33,7 +33,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from lcm_fleet.contract import Job, JobResult, JobState
-from lcm_fleet.keys import batch_jobs_key, batch_key, job_key, job_webhooks_key
+from lcm_fleet.keys import (
+    IN_FLIGHT_PREFIX,
+    batch_jobs_key,
+    batch_key,
+    in_flight_key,
+    job_key,
+    job_webhooks_key,
+)
 from lcm_fleet.settings import ConnectionSettings
 
 #: Owner of jobs submitted by the CLI and the Python API (no API key).
@@ -152,11 +159,23 @@ class Transition:
 
 
 # Lua shared by the scripts: move the job at KEYS[1] from `cur` to `to`, count it in its
-# batch, and mark the batch finished when its last job is. ARGV[1]: now, ARGV[2]: ttl,
+# batch and in its owner's jobs in flight (queued + running: the HTTP API's per-key limit),
+# and mark the batch finished when its last job is. ARGV[1]: now, ARGV[2]: ttl,
 # ARGV[3]: the batch key prefix.
-_MOVE = """
+_MOVE = (
+    f"local IN_FLIGHT_PREFIX = '{IN_FLIGHT_PREFIX}'\n"
+    + """
+local live = {queued=1, running=1}
+local function in_flight(owner, delta)
+  if not owner or owner == '' then return end
+  local key = IN_FLIGHT_PREFIX .. owner
+  if redis.call('INCRBY', key, delta) <= 0 then redis.call('DEL', key)
+  else redis.call('EXPIRE', key, ARGV[2]) end
+end
 local function move(cur, to)
   redis.call('HSET', KEYS[1], 'state', to, 'updated_at', ARGV[1])
+  if live[cur] and not live[to] then in_flight(redis.call('HGET', KEYS[1], 'owner'), -1) end
+  if live[to] and not live[cur] then in_flight(redis.call('HGET', KEYS[1], 'owner'), 1) end
   if to == 'running' then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
   if to == 'succeeded' or to == 'failed' or to == 'canceled' then
     redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
@@ -180,6 +199,7 @@ local function move(cur, to)
   return 0
 end
 """
+)
 
 # ARGV[4]: the new state, ARGV[5]: allowed states before it (space-separated),
 # ARGV[6...]: field, value pairs to set with it.
@@ -226,6 +246,7 @@ _CREATE = (
     + """
 local old = redis.call('HGET', KEYS[1], 'state')
 local old_batch = redis.call('HGET', KEYS[1], 'batch_id')
+if old and live[old] then in_flight(redis.call('HGET', KEYS[1], 'owner'), -1) end
 if old and old_batch and old_batch ~= '' then
   local okey = ARGV[3] .. old_batch
   if redis.call('EXISTS', okey) == 1 then
@@ -238,6 +259,7 @@ end
 redis.call('DEL', KEYS[1])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+in_flight(redis.call('HGET', KEYS[1], 'owner'), 1)
 if ARGV[4] ~= '' then
   local bkey = ARGV[3] .. ARGV[4]
   redis.call('HINCRBY', bkey, 'queued', 1)
@@ -497,6 +519,12 @@ class RecordStore:
             partial_keys=tuple(json.loads(raw.get("partial_keys") or "[]")),
             webhook_url=raw.get("webhook_url") or None,
         )
+
+    def in_flight(self, owner: str) -> int:
+        """Queued + running jobs of ``owner`` (kept by every transition; records that expire
+        unfinished leave their count until the counter itself expires, ``ttl_s`` after the
+        owner's last change)."""
+        return max(0, int(self.redis.get(in_flight_key(owner)) or 0))
 
     def webhook_attempts(self, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(_text(x)) for x in self.redis.lrange(job_webhooks_key(job_id), 0, -1)]

@@ -208,3 +208,86 @@ def s3(producer_settings: Any) -> Any:
         producer_settings.s3_access_key_id.get_secret_value(),
         producer_settings.s3_secret_access_key.get_secret_value(),
     )
+
+
+# ---------------------------------------------------------------- the HTTP API (lcm-api)
+
+API_PEPPER = "test-pepper-not-a-secret"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ApiProcess:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str]
+    url: str
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def create_key(self, name: str, *options: str) -> str:
+        """A new API key, made by the real `lcm-api keys create`."""
+        out = run_cli(
+            "producer.http.cli", "keys", "create", name, "--quiet", *options, env=self.env
+        )
+        return out.stdout.strip()
+
+
+def api_env(service_env: dict[str, str], queue: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LCM_")}
+    env.update(service_env)
+    env.update(
+        LCM_QUEUE=queue,
+        LCM_API_KEY_PEPPER=API_PEPPER,
+        LCM_WEBHOOK_ALLOW_PRIVATE_URLS="false",
+        LCM_PUBLISH_ATTEMPTS="2",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def start_api(env: dict[str, str], log: Path, port: int | None = None) -> ApiProcess:
+    import urllib.request
+
+    port = port or free_port()
+    env = {**env, "LCM_API_HOST": "127.0.0.1", "LCM_API_PORT": str(port)}
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "producer.http.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    api = ApiProcess(proc=proc, log=log, env=env, url=f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"lcm-api exited ({proc.returncode}):\n{api.log_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{api.url}/healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return api
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"lcm-api did not answer /healthz in 60 s:\n{api.log_text()[-3000:]}")
+
+
+def stop_api(api: ApiProcess) -> None:
+    if api.proc.poll() is None:
+        api.proc.send_signal(signal.SIGTERM)
+        try:
+            api.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            api.proc.kill()
+            api.proc.wait()

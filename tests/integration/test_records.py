@@ -220,3 +220,57 @@ def test_a_resubmitted_job_is_counted_once(records: RecordStore, redis_client: A
     assert rec is not None and rec.total == 1 and rec.counts.queued == 1
     assert rec.counts.failed == 0 and not rec.finished
     assert int(redis_client.hget(batch_key(batch), "done")) == 0
+
+
+def test_in_flight_counts_queued_and_running_jobs_per_owner(records: RecordStore) -> None:
+    owner = f"key-{uuid.uuid4().hex[:8]}"
+    jobs = [_job() for _ in range(4)]
+    for job in jobs:
+        records.create_job(job, owner)
+    records.create_job(_job(), "someone-else")
+    assert records.in_flight(owner) == 4
+    assert records.start(jobs[0], "w") is StartOutcome.RUN
+    assert records.in_flight(owner) == 4  # running is still in flight
+    assert records.succeed(jobs[0].job_id, _result(jobs[0])).done
+    assert records.cancel_job(jobs[1].job_id, owner) is CancelOutcome.CANCELED
+    records.start(jobs[2], "w")
+    assert records.fail(jobs[2].job_id, "boom").done
+    assert records.in_flight(owner) == 1
+    # Refused transitions and a second cancel change nothing.
+    assert not records.fail(jobs[0].job_id, "late").done
+    assert records.cancel_job(jobs[1].job_id, owner) is CancelOutcome.FINISHED
+    assert records.in_flight(owner) == 1
+    # A requeued job stays in flight; a finished job submitted again is in flight again.
+    records.start(jobs[3], "w")
+    assert records.requeue(jobs[3].job_id, "retry").done
+    assert records.in_flight(owner) == 1
+    records.create_job(jobs[0], owner)
+    assert records.in_flight(owner) == 2
+    # An in-flight job submitted again is counted once; one taken by another owner moves.
+    records.create_job(jobs[3], owner)
+    assert records.in_flight(owner) == 2
+    records.create_job(jobs[3], "someone-else")
+    assert records.in_flight(owner) == 1 and records.in_flight("someone-else") >= 2
+    assert records.cancel_job(jobs[0].job_id) is CancelOutcome.CANCELED
+    assert records.in_flight(owner) == 0
+
+
+def test_in_flight_counts_stay_exact_under_concurrent_workers(records: RecordStore) -> None:
+    owner = f"key-{uuid.uuid4().hex[:8]}"
+    jobs = [_job() for _ in range(60)]
+    for job in jobs:
+        records.create_job(job, owner)
+
+    def work(part: list[Job]) -> None:
+        for job in part:
+            records.start(job, "w")
+            records.succeed(job.job_id, _result(job))
+
+    threads = [threading.Thread(target=work, args=(jobs[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for job in jobs[:20]:
+        records.cancel_job(job.job_id, owner)
+    for thread in threads:
+        thread.join()
+    assert records.in_flight(owner) == 0
