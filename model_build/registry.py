@@ -379,13 +379,9 @@ def _local_artifact(folder: Path) -> tuple[Manifest, list[_Upload]]:
         verify_files(folder, manifest)
     except ManifestError as e:
         raise RegistryInputError(f"refusing to publish {folder}: {e}") from e
-    quality = manifest.data.get("quality") or {}
-    if quality.get("passed") is False and not quality.get("override"):
-        raise RegistryInputError(
-            f"refusing to publish {folder}: it failed the quality gate "
-            f"({'; '.join(quality.get('failures') or [])}); rebuild it, or build it with "
-            "--accept-below-gate REASON to accept it on record"
-        )
+    refusal = manifest.gate_refusal("publish", folder)
+    if refusal is not None:
+        raise RegistryInputError(refusal)
     uploads = []
     for rel, entry in sorted(manifest.files.items()):
         if not _safe_rel(rel):
@@ -394,7 +390,7 @@ def _local_artifact(folder: Path) -> tuple[Manifest, list[_Upload]]:
                 "which is not a relative path inside the artifact; rebuild it"
             )
         path = folder / rel
-        uploads.append(_Upload(rel, path, int(entry["bytes"]), str(entry["sha256"]), _stat(path)))
+        uploads.append(_Upload(rel, path, entry.bytes, entry.sha256, _stat(path)))
     manifest_path = folder / MANIFEST_NAME
     uploads.append(
         _Upload(
@@ -699,32 +695,30 @@ def list_versions(
             raw, response = got
             sha = sha256_bytes(raw)
             try:
-                manifest = json.loads(raw)
-            except ValueError:
-                manifest = {}
-            if not isinstance(manifest, dict):
-                manifest = {}
-            files: dict[str, Any] = manifest.get("files") or {}
-            if not isinstance(files, dict):
-                files = {}
-            quality = manifest.get("quality")
-            speed = manifest.get("speed")
+                manifest: Manifest | None = Manifest.from_bytes(raw, store.uri(key))
+            except ManifestError as e:
+                logger.warning("%s@%s: %s", model, version, e)
+                manifest = None
+            files = manifest.files if manifest is not None else {}
+            shape = manifest.shape if manifest is not None else None
+            quality = manifest.quality if manifest is not None else None
+            speed = manifest.speed if manifest is not None else None
             model_rows.append(
                 {
                     "name": model,
                     "version": version,
                     "manifest_sha256": sha,
                     "published_at": _version_time(response),
-                    "precision": manifest.get("precision"),
-                    "shape": manifest.get("shape") or {},
+                    "precision": manifest.precision if manifest is not None else None,
+                    "shape": shape.as_dict() if shape is not None else {},
                     "latest": DEFAULT_ALIAS in by_version.get(version, []),
                     "aliases": by_version.get(version, []),
                     "files": len(files) + 1,
-                    "bytes": len(raw) + sum(int(e.get("bytes", 0)) for e in files.values()),
+                    "bytes": len(raw) + sum(e.bytes for e in files.values()),
                     "intact": version_of(sha) == version,
                     "uri": store.uri(version_prefix(prefix, model, version)),
-                    "quality": quality if isinstance(quality, dict) else None,
-                    "speed": speed if isinstance(speed, dict) else None,
+                    "quality": quality.as_dict() if quality is not None else None,
+                    "speed": speed.as_dict() if speed is not None else None,
                 }
             )
         model_rows.sort(key=lambda r: (r["published_at"], r["version"]))
@@ -841,9 +835,9 @@ def _download_version(store: _Store, prefix: str, name: str, version: str, dest:
             )
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        size, sha256 = int(entry["bytes"]), str(entry["sha256"])
-        _download_file(store, object_key(prefix, name, version, rel), target, size, sha256, rel)
-        total += size
+        obj = object_key(prefix, name, version, rel)
+        _download_file(store, obj, target, entry.bytes, entry.sha256, rel)
+        total += entry.bytes
     return total
 
 
