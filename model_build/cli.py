@@ -22,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
+from lcm_fleet.artifact.kinds import BuildPrecision, names
 from lcm_fleet.errors import LcmError
-from model_build.build import PRECISIONS, EvalOptions, QualityGateFailed
+from model_build.build import EvalOptions, QualityGateFailed
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildError, BuildInputError
 from model_build.vae_decoder import VAE_DECODERS, VaeDecoderOptions
@@ -51,7 +52,7 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=names(BuildPrecision),
         default="int8",
         help="int8: NNCF INT8 UNet (default); hybrid: optimum-intel hybrid; "
         "fp16 / fp32: no quantization",

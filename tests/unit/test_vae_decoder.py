@@ -42,6 +42,14 @@ TAESD = {
 }
 
 
+def test_kinds_and_precisions_come_from_the_kernel_enums():
+    from lcm_fleet.artifact.kinds import BuildPrecision, VaeDecoderKind, names
+    from model_build.build import PRECISIONS
+
+    assert names(VaeDecoderKind) == VAE_DECODERS
+    assert names(BuildPrecision) == PRECISIONS  # build.py's own tuple, until it uses the enum
+
+
 def test_default_is_the_sd_decoder():
     options = VaeDecoderOptions()
     options.check()
