@@ -232,6 +232,11 @@ class Manifest(ArtifactInfo):
         return self._sha256
 
     @property
+    def files_bytes(self) -> int:
+        """The size of every file but the manifest."""
+        return sum(entry.bytes for entry in self.files.values())
+
+    @property
     def data(self) -> dict[str, Any]:
         """The manifest as the dict in the file. For code not yet on the typed fields
         (model_build/build.py); read the attributes instead."""
