@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import (
@@ -30,6 +31,17 @@ TASK_RENDER = "lcm_fleet.render"
 QUEUE_RENDER = "lcm.render"
 #: Message header with the submit time (Unix seconds), for the queue-wait measurement.
 HEADER_SUBMITTED_AT = "lcm_submitted_at"
+
+
+class JobState(str, Enum):
+    """Where a job is (lcm_fleet/records.py keeps it)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
 
 #: Celery settings that producers and workers must share.
 WIRE_CONFIG: dict[str, Any] = {

@@ -21,6 +21,30 @@ INCARNATION_PREFIX = f"{REDIS_PREFIX}:incarnation"
 INCARNATIONS_KEY = f"{INCARNATION_PREFIX}s"
 
 
+#: Prefix of job records (lcm_fleet/records.py): ``lcm-fleet:job:<id>``, a hash.
+JOB_PREFIX = f"{REDIS_PREFIX}:job:"
+#: Prefix of batch records: ``lcm-fleet:batch:<id>``, a hash, and ``...:jobs``, its job ids.
+BATCH_PREFIX = f"{REDIS_PREFIX}:batch:"
+
+
+def job_key(job_id: str) -> str:
+    return f"{JOB_PREFIX}{job_id}"
+
+
+def job_webhooks_key(job_id: str) -> str:
+    """List of the job's webhook delivery attempts, oldest first."""
+    return f"{JOB_PREFIX}{job_id}:webhooks"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{BATCH_PREFIX}{batch_id}"
+
+
+def batch_jobs_key(batch_id: str) -> str:
+    """List of the batch's job ids in submission order."""
+    return f"{BATCH_PREFIX}{batch_id}:jobs"
+
+
 def deliveries_key(task_id: str, retries: int) -> str:
     """Counter of deliveries of one job at one retry (worker/consumer/deliveries.py)."""
     return f"{REDIS_PREFIX}:deliveries:{task_id}:{retries}"

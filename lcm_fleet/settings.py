@@ -26,6 +26,11 @@ class ConnectionSettings(BaseSettings):
     queue: str = QUEUE_RENDER
     #: Seconds a finished job's result stays readable in Redis.
     result_expires_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: Seconds a job or batch record (lcm_fleet/records.py) stays readable after its last
+    #: change.
+    record_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: Redis of the job and batch records; None: the broker's (LCM_REDIS_URL).
+    records_redis_url: str | None = None
 
     #: S3 endpoint; None means AWS's own endpoints.
     s3_endpoint_url: str | None = None
@@ -38,6 +43,10 @@ class ConnectionSettings(BaseSettings):
     #: S3 credentials; None uses boto3's default chain. The worker requires both.
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
+
+    @property
+    def records_url(self) -> str:
+        return self.records_redis_url or self.redis_url
 
     @field_validator("s3_prefix")
     @classmethod

@@ -6,10 +6,11 @@ contract in :mod:`lcm_fleet.contract` is the one module the worker shares with i
 
 from lcm_fleet.contract import Job, JobResult
 from producer.api import JobHandle, submit
-from producer.errors import JobFailed, JobTimeout, ProducerError, SubmitError
+from producer.errors import JobCanceled, JobFailed, JobTimeout, ProducerError, SubmitError
 
 __all__ = [
     "Job",
+    "JobCanceled",
     "JobFailed",
     "JobHandle",
     "JobResult",

@@ -1,7 +1,12 @@
-"""Python API: ``submit(...) -> JobHandle`` and ``JobHandle.wait(timeout_s)``."""
+"""Python API: ``submit(...) -> JobHandle``; the handle's record, progress, cancel and wait.
+
+Every submitted job gets a record (lcm_fleet/records.py) before it is published, so its
+state, progress and result read the same here, in the CLI and in the HTTP API.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -18,12 +23,21 @@ from lcm_fleet.contract import (
     TASK_RENDER,
     Job,
     JobResult,
+    JobState,
     parse_job,
     queue_for,
 )
 from lcm_fleet.errors import InvalidJob
-from producer.errors import JobFailed, JobTimeout, SubmitError
-from producer.queue import cached_client
+from lcm_fleet.records import (
+    ANY_OWNER,
+    LOCAL_OWNER,
+    CancelOutcome,
+    JobRecord,
+    Progress,
+    RecordStore,
+)
+from producer.errors import JobCanceled, JobFailed, JobTimeout, SubmitError
+from producer.queue import cached_client, cached_records
 from producer.settings import ProducerSettings
 
 logger = logging.getLogger(__name__)
@@ -32,12 +46,37 @@ _TRANSIENT = (OperationalError, RedisConnectionError, RedisTimeoutError, Connect
 
 
 class JobHandle:
-    """A submitted job: its id, its state, and its result once the worker is done."""
+    """A submitted job: its id, its record (state, progress), and its result once done."""
 
-    def __init__(self, job: Job | None, job_id: str, client: Celery) -> None:
+    def __init__(
+        self,
+        job: Job | None,
+        job_id: str,
+        client: Celery,
+        records: RecordStore | None = None,
+        owner: str = ANY_OWNER,
+    ) -> None:
         self.job = job
         self.job_id = job_id
         self._client = client
+        self._records = records
+        self._owner = owner
+
+    def record(self) -> JobRecord | None:
+        """The job's record; None for an unknown id (or one submitted without records)."""
+        if self._records is None:
+            return None
+        return self._records.get_job(self.job_id, self._owner)
+
+    def progress(self) -> Progress | None:
+        record = self.record()
+        return None if record is None else record.progress
+
+    def cancel(self) -> CancelOutcome:
+        """Cancel: a queued job never renders; a running one stops at its next step."""
+        if self._records is None:
+            return CancelOutcome.NOT_FOUND
+        return self._records.cancel_job(self.job_id, self._owner)
 
     @property
     def _async(self) -> AsyncResult:
@@ -49,10 +88,21 @@ class JobHandle:
         return str(self._async.state)
 
     def wait(self, timeout_s: float = 300.0, poll_s: float = 0.25) -> JobResult:
-        """Block until the job finishes; return its result or raise JobFailed / JobTimeout."""
+        """Block until the job finishes; return its result or raise JobFailed / JobTimeout.
+
+        A cancelled job raises :class:`JobCanceled` (a JobFailed).
+        """
         result = self._async
         deadline = time.monotonic() + timeout_s
         while True:
+            record = self.record()
+            if record is not None and record.finished:
+                if record.result is not None:
+                    return record.result
+                if record.state is JobState.CANCELED:
+                    raise JobCanceled(self.job_id, record.reason or "canceled")
+                if record.state is JobState.FAILED and record.reason:
+                    raise JobFailed(self.job_id, record.reason)
             state = result.state
             if state == "SUCCESS":
                 return JobResult.model_validate(result.result)
@@ -78,15 +128,26 @@ class JobHandle:
 def handle(job_id: str, settings: ProducerSettings | None = None) -> JobHandle:
     """A handle for a job submitted earlier, by its id."""
     settings = settings or ProducerSettings()
-    return JobHandle(None, job_id, cached_client(settings))
+    return JobHandle(None, job_id, cached_client(settings), cached_records(settings))
 
 
 def submit_job(
-    job: Job, settings: ProducerSettings | None = None, queue: str | None = None
+    job: Job,
+    settings: ProducerSettings | None = None,
+    queue: str | None = None,
+    *,
+    owner: str = LOCAL_OWNER,
+    batch_id: str | None = None,
+    webhook_url: str | None = None,
 ) -> JobHandle:
-    """Publish an already validated job."""
+    """Record an already validated job as queued, then publish it.
+
+    ``owner``: an API key id, or ``local`` for the CLI and this API; ``batch_id``: the
+    batch record it counts in (created with ``RecordStore.create_batch``).
+    """
     settings = settings or ProducerSettings()
     client = cached_client(settings)
+    records = cached_records(settings)
     backoff = Backoff(
         base_s=settings.publish_backoff_base_s,
         cap_s=max(settings.publish_backoff_cap_s, settings.publish_backoff_base_s),
@@ -96,6 +157,7 @@ def submit_job(
     target = queue or queue_for(job, settings.queue)
 
     def publish() -> None:
+        records.create_job(job, owner, batch_id=batch_id, webhook_url=webhook_url)
         # A job id used before (a resubmitted job or bulk file) still has its old result in
         # the backend; drop it so that waiting on this submission sees this run's result.
         AsyncResult(job.job_id, app=client).forget()
@@ -113,6 +175,8 @@ def submit_job(
             publish, transient=_TRANSIENT, backoff=backoff, what=f"publish job {job.job_id}"
         )
     except _TRANSIENT as e:
+        with contextlib.suppress(Exception):  # the broker's Redis may hold the records too
+            records.fail(job.job_id, f"not queued: the broker was unreachable ({e})")
         raise SubmitError(
             f"could not reach the broker at {settings.redis_url} "
             f"after {backoff.attempts} attempts: {e}; "
@@ -125,7 +189,7 @@ def submit_job(
         job.num_images,
         job.seed,
     )
-    return JobHandle(job, job.job_id, client)
+    return JobHandle(job, job.job_id, client, records, owner)
 
 
 def submit(

@@ -28,8 +28,10 @@ from typing import Any
 
 from lcm_fleet.contract import Job, JobResult, parse_job
 from lcm_fleet.errors import InvalidJob
+from lcm_fleet.records import LOCAL_OWNER
 from producer.api import JobHandle, submit_job
 from producer.errors import JobFailed, JobTimeout, SubmitError
+from producer.queue import cached_records
 from producer.settings import ProducerSettings
 
 logger = logging.getLogger(__name__)
@@ -212,8 +214,17 @@ def submit_rows(
     *,
     queue: str | None = None,
     on_submitted: Callable[[BulkRow, JobHandle], None] | None = None,
+    batch_id: str | None = None,
+    new_batch: bool = True,
+    owner: str = LOCAL_OWNER,
+    webhook_url: str | None = None,
+    source: str | None = None,
 ) -> list[JobHandle]:
     """Enqueue the rows in order; each publish has the producer's bounded backoff.
+
+    With ``batch_id`` the jobs count in that batch record: a new one (``new_batch``, or
+    when none exists), or the existing one when resuming; it is sealed once every row
+    is queued.
 
     If the broker stays unreachable, :class:`BulkSubmitError` says how many were queued
     and the line to resume from.
@@ -221,9 +232,18 @@ def submit_rows(
     settings = settings or ProducerSettings()
     handles: list[JobHandle] = []
     started = time.perf_counter()
+    records = cached_records(settings) if batch_id is not None else None
+    if (
+        records is not None
+        and batch_id is not None
+        and (new_batch or records.get_batch(batch_id) is None)
+    ):
+        records.create_batch(batch_id, owner, webhook_url=webhook_url, source=source)
     for row in rows:
         try:
-            handle = submit_job(row.job, settings=settings, queue=queue)
+            handle = submit_job(
+                row.job, settings=settings, queue=queue, owner=owner, batch_id=batch_id
+            )
         except SubmitError as e:
             raise BulkSubmitError(
                 f"{len(handles)} of {len(rows)} job(s) were queued before the broker failed "
@@ -235,6 +255,8 @@ def submit_rows(
         handles.append(handle)
         if on_submitted is not None:
             on_submitted(row, handle)
+    if records is not None and batch_id is not None:
+        records.seal_batch(batch_id)
     logger.info("submitted %d job(s) in %.2fs", len(handles), time.perf_counter() - started)
     return handles
 
@@ -249,7 +271,7 @@ def submit_file(
 ) -> list[JobHandle]:
     """Check the whole file, then enqueue every row; the Python API of ``lcm submit-file``."""
     bulk = read_jobs_file(path, defaults=defaults, batch_id=batch_id)
-    return submit_rows(bulk.rows, settings, queue=queue)
+    return submit_rows(bulk.rows, settings, queue=queue, batch_id=bulk.batch_id, source=str(path))
 
 
 @dataclass(frozen=True)

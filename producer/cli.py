@@ -5,8 +5,9 @@
     lcm submit-file prompts.jsonl|prompts.csv [--steps N ... (defaults for every row)]
                [--skip-invalid] [--from-line N] [--ids-out FILE] [--wait] [--download DIR]
     lcm wait JOB_ID [--timeout-s S]
-    lcm status JOB_ID
+    lcm status JOB_ID [--json]       lcm watch JOB_ID       lcm cancel JOB_ID
     lcm download JOB_ID DIR
+    lcm batch status|watch|cancel BATCH_ID      lcm batch download BATCH_ID DIR
 
 Connection settings come from LCM_* environment variables (LCM_REDIS_URL, LCM_S3_*).
 Exit codes: 0 done, 2 invalid input (nothing submitted), 1 a job failed, timed out, or the
@@ -91,8 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("status", help="print a job's state")
+    p = sub.add_parser("status", help="print a job's state and progress")
     p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    p = sub.add_parser("watch", help="show a job's progress until it ends")
+    p.add_argument("job_id")
+    p.add_argument("--timeout-s", type=float, default=600.0)
+
+    p = sub.add_parser("cancel", help="cancel a job (a running one stops at its next step)")
+    p.add_argument("job_id")
+
+    p = sub.add_parser("batch", help="a batch's counts, progress, cancel or images")
+    p.add_argument("action", choices=("status", "watch", "cancel", "download"))
+    p.add_argument("batch_id")
+    p.add_argument("out", type=Path, nargs="?", help="download: the folder for the PNGs")
+    p.add_argument("--timeout-s", type=float, default=3600.0, help="watch: give up after")
+    p.add_argument("--json", action="store_true", help="status: print the record as JSON")
 
     p = sub.add_parser("download", help="download a finished job's PNGs")
     p.add_argument("job_id")
@@ -147,7 +163,15 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
             ids_out.flush()
 
     try:
-        handles = submit_rows(rows, settings, queue=args.queue, on_submitted=record)
+        handles = submit_rows(
+            rows,
+            settings,
+            queue=args.queue,
+            on_submitted=record,
+            batch_id=bulk.batch_id,
+            new_batch=args.from_line == 1,
+            source=str(args.file),
+        )
     except BulkSubmitError as e:
         print(f"lcm: {e}", file=sys.stderr)
         return 1
@@ -213,9 +237,10 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "wait":
         _print_result(handle(args.job_id, settings).wait(timeout_s=args.timeout_s), args.json)
         return 0
-    if args.command == "status":
-        print(handle(args.job_id, settings).state)
-        return 0
+    if args.command in ("status", "watch", "cancel", "batch"):
+        from producer import watch
+
+        return watch.run(args, settings)
     if args.command == "download":
         for path in download(args.job_id, args.out, settings):
             print(path)

@@ -20,5 +20,9 @@ class JobFailed(ProducerError):
         self.reason = reason
 
 
+class JobCanceled(JobFailed):
+    """The job was cancelled before it finished."""
+
+
 class JobTimeout(ProducerError):
     """No result arrived within the wait timeout (the job may still be queued or running)."""

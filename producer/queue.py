@@ -10,6 +10,7 @@ from functools import lru_cache
 from celery import Celery
 
 from lcm_fleet.contract import WIRE_CONFIG
+from lcm_fleet.records import RecordStore, open_records
 from lcm_fleet.settings import ConnectionSettings
 
 
@@ -31,3 +32,8 @@ def make_client(settings: ConnectionSettings) -> Celery:
 @lru_cache(maxsize=8)
 def cached_client(settings: ConnectionSettings) -> Celery:
     return make_client(settings)
+
+
+@lru_cache(maxsize=8)
+def cached_records(settings: ConnectionSettings) -> RecordStore:
+    return open_records(settings)

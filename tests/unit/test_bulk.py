@@ -107,7 +107,7 @@ def test_a_broker_failure_part_way_names_what_was_queued_and_where_to_resume(tmp
     rows = read_jobs_file(f, batch_id="b").rows
     sent: list[str] = []
 
-    def fake_submit_job(job, settings=None, queue=None):
+    def fake_submit_job(job, settings=None, queue=None, **record):
         if len(sent) == 2:
             raise SubmitError("could not reach the broker")
         sent.append(job.job_id)
@@ -127,11 +127,22 @@ def test_submit_file_checks_the_whole_file_then_queues_every_row(tmp_path, monke
 
     sent: list[tuple[str, int]] = []
 
-    def fake_submit_job(job, settings=None, queue=None):
+    def fake_submit_job(job, settings=None, queue=None, **record):
         sent.append((job.job_id, job.steps))
         return type("H", (), {"job_id": job.job_id})()
 
+    class NoRecords:  # the batch record is tested on the real Redis (test_bulk_submit.py)
+        def get_batch(self, batch_id):
+            return None
+
+        def create_batch(self, *args, **kwargs):
+            pass
+
+        def seal_batch(self, batch_id):
+            pass
+
     monkeypatch.setattr(bulk_module, "submit_job", fake_submit_job)
+    monkeypatch.setattr(bulk_module, "cached_records", lambda settings: NoRecords())
     bad = _write(tmp_path / "bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "steps": 0}\n')
     with pytest.raises(InvalidJob, match="line 2"):
         submit_file(bad, settings=object())  # type: ignore[arg-type]

@@ -1,0 +1,532 @@
+"""Job and batch records in Redis: the one place a job's state, progress and result live.
+
+The CLI, the Python API and the HTTP API read them the same way; the worker writes them
+as the job moves. A job's record is created when it is submitted (owner: an API key id,
+or ``local`` for the CLI and the Python API), so an unknown id is "not found", never
+"queued". Every change is one Lua script, so a state change and the counts of its batch
+move together, and two workers (or a worker and a cancel) cannot both win a transition:
+
+    queued -> running -> succeeded | failed | canceled
+    queued -> canceled | failed          (cancelled, or refused before it rendered)
+    running -> queued                    (given back: retry, dead render process)
+
+A cancel of a queued job makes it ``canceled`` at once, and the worker, which starts a job
+only through :meth:`RecordStore.start`, never renders it. A cancel of a running job sets
+``cancel_requested``; the render stops at its next denoising step and the job ends
+``canceled`` (if it finishes first, it stays ``succeeded``). A finished job cannot be
+cancelled: :class:`CancelOutcome` says so.
+
+Records expire ``ttl_s`` after their last change (``LCM_RECORD_TTL_S``). The scripts need
+one Redis (or a primary with replicas), not Redis Cluster: a job's script updates its
+batch, whose key it reads from the job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lcm_fleet.contract import Job, JobResult, JobState
+from lcm_fleet.keys import batch_jobs_key, batch_key, job_key, job_webhooks_key
+from lcm_fleet.settings import ConnectionSettings
+
+#: Owner of jobs submitted by the CLI and the Python API (no API key).
+LOCAL_OWNER = "local"
+#: Owner of a job that reached a worker without a record (sent straight to the queue).
+UNKNOWN_OWNER = "unknown"
+#: What ``owner=`` matches to see every record (the HTTP API's admin scope).
+ANY_OWNER = "*"
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
+_STATE_COUNTS = tuple(s.value for s in JobState)
+
+
+class Progress(BaseModel):
+    """Where a running job is: image ``image`` of ``images`` (1-based), step of steps."""
+
+    model_config = ConfigDict(frozen=True)
+
+    image: int = Field(ge=0)
+    images: int = Field(ge=1)
+    step: int = Field(ge=0)
+    steps: int = Field(ge=1)
+    #: Unix seconds of the step.
+    at: float
+
+
+class JobRecord(BaseModel):
+    """A job as the record holds it; timestamps are Unix seconds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    owner: str
+    batch_id: str | None = None
+    state: JobState
+    job: Job | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float
+    #: Why it failed or was cancelled.
+    reason: str | None = None
+    worker: str | None = None
+    progress: Progress | None = None
+    cancel_requested: bool = False
+    #: The worker's result once it succeeded.
+    result: JobResult | None = None
+    #: Keys of images stored before the job ended without a result (canceled, failed).
+    partial_keys: tuple[str, ...] = ()
+    webhook_url: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class BatchCounts(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    canceled: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.canceled
+
+
+class BatchRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    owner: str
+    created_at: float
+    finished_at: float | None = None
+    #: Jobs recorded in the batch so far.
+    total: int
+    #: True once every job of the batch was submitted; only then can it finish.
+    sealed: bool
+    counts: BatchCounts
+    webhook_url: str | None = None
+    source: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+class StartOutcome(str, Enum):
+    """What :meth:`RecordStore.start` decided for a delivered job."""
+
+    RUN = "run"
+    #: Cancelled (or otherwise finished) before it started: do not render it.
+    SKIP = "skip"
+
+
+class CancelOutcome(str, Enum):
+    CANCELED = "canceled"
+    #: Running: it stops at its next denoising step.
+    REQUESTED = "requested"
+    #: Already succeeded, failed or cancelled: nothing changed.
+    FINISHED = "finished"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The result of a state change: whether it happened, and the state before it."""
+
+    done: bool
+    before: JobState | None
+    #: The change finished the job's batch.
+    batch_finished: bool = False
+
+
+# Lua shared by the scripts: move the job at KEYS[1] from `cur` to `to`, count it in its
+# batch, and mark the batch finished when its last job is. ARGV[1]: now, ARGV[2]: ttl,
+# ARGV[3]: the batch key prefix.
+_MOVE = """
+local function move(cur, to)
+  redis.call('HSET', KEYS[1], 'state', to, 'updated_at', ARGV[1])
+  if to == 'running' then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+  if to == 'succeeded' or to == 'failed' or to == 'canceled' then
+    redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  local batch = redis.call('HGET', KEYS[1], 'batch_id')
+  if not batch or batch == '' then return 0 end
+  local bkey = ARGV[3] .. batch
+  if redis.call('EXISTS', bkey) == 0 then return 0 end
+  redis.call('HINCRBY', bkey, cur, -1)
+  redis.call('HINCRBY', bkey, to, 1)
+  redis.call('EXPIRE', bkey, ARGV[2])
+  local final = {succeeded=1, failed=1, canceled=1}
+  if final[to] and not final[cur] then
+    local done = redis.call('HINCRBY', bkey, 'done', 1)
+    local total = tonumber(redis.call('HGET', bkey, 'total') or '0')
+    if redis.call('HGET', bkey, 'sealed') == '1' and done >= total then
+      if redis.call('HSETNX', bkey, 'finished_at', ARGV[1]) == 1 then return 1 end
+    end
+  end
+  return 0
+end
+"""
+
+# ARGV[4]: the new state, ARGV[5]: allowed states before it (space-separated),
+# ARGV[6...]: field, value pairs to set with it.
+_TRANSITION = (
+    _MOVE
+    + """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', ''} end
+local allowed = false
+for s in string.gmatch(ARGV[5], '%S+') do if s == cur then allowed = true end end
+if not allowed then return {'refused', cur} end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local finished = move(cur, ARGV[4])
+return {'ok', cur, tostring(finished)}
+"""
+)
+
+# ARGV[4]: owner or '*'.
+_CANCEL = (
+    _MOVE
+    + """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'not_found', ''} end
+if ARGV[4] ~= '*' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[4] then
+  return {'not_found', ''}
+end
+if cur == 'queued' then
+  redis.call('HSET', KEYS[1], 'reason', 'canceled before it started')
+  move(cur, 'canceled')
+  return {'canceled', cur}
+end
+if cur == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'updated_at', ARGV[1])
+  return {'requested', cur}
+end
+return {'finished', cur}
+"""
+)
+
+# KEYS[1]: job, ARGV[4]: batch id or '', ARGV[5...]: field, value pairs. A job recorded
+# again (a resubmitted id) leaves its old state's count in its old batch.
+_CREATE = (
+    _MOVE
+    + """
+local old = redis.call('HGET', KEYS[1], 'state')
+local old_batch = redis.call('HGET', KEYS[1], 'batch_id')
+if old and old_batch and old_batch ~= '' then
+  local okey = ARGV[3] .. old_batch
+  if redis.call('EXISTS', okey) == 1 then
+    redis.call('HINCRBY', okey, old, -1)
+    redis.call('HINCRBY', okey, 'total', -1)
+    local final = {succeeded=1, failed=1, canceled=1}
+    if final[old] then redis.call('HINCRBY', okey, 'done', -1) end
+  end
+end
+redis.call('DEL', KEYS[1])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[4] ~= '' then
+  local bkey = ARGV[3] .. ARGV[4]
+  redis.call('HINCRBY', bkey, 'queued', 1)
+  redis.call('HINCRBY', bkey, 'total', 1)
+  redis.call('EXPIRE', bkey, ARGV[2])
+end
+return 1
+"""
+)
+
+# KEYS[1]: job; ARGV[4..]: image, images, step, steps. Only while running.
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[4], 'updated_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1]: batch; ARGV[1]: now, ARGV[2]: ttl. Seal: no more jobs come; finish if all done.
+_SEAL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'sealed', '1')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if done >= total then
+  if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[1]) == 1 then return 1 end
+end
+return 0
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+class RecordStore:
+    """Job and batch records in one Redis (a redis-py client)."""
+
+    def __init__(self, redis: Any, ttl_s: int) -> None:
+        self.redis = redis
+        self.ttl_s = int(ttl_s)
+        self._transition = redis.register_script(_TRANSITION)
+        self._cancel = redis.register_script(_CANCEL)
+        self._create = redis.register_script(_CREATE)
+        self._progress = redis.register_script(_PROGRESS)
+        self._seal = redis.register_script(_SEAL)
+
+    def _argv(self, now: float | None) -> list[Any]:
+        return [repr(time.time() if now is None else now), self.ttl_s, batch_key("")]
+
+    # ---------------------------------------------------------------- writes by producers
+
+    def create_batch(
+        self,
+        batch_id: str,
+        owner: str,
+        *,
+        webhook_url: str | None = None,
+        source: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """A new batch with no jobs yet (a batch id used before starts afresh)."""
+        at = time.time() if now is None else now
+        fields = {"batch_id": batch_id, "owner": owner, "created_at": repr(at), "sealed": "0"}
+        fields.update({state: "0" for state in _STATE_COUNTS})
+        fields.update({"total": "0", "done": "0"})
+        if webhook_url:
+            fields["webhook_url"] = webhook_url
+        if source:
+            fields["source"] = source
+        pipe = self.redis.pipeline()
+        pipe.delete(batch_key(batch_id), batch_jobs_key(batch_id))
+        pipe.hset(batch_key(batch_id), mapping=fields)
+        pipe.expire(batch_key(batch_id), self.ttl_s)
+        pipe.execute()
+
+    def create_job(
+        self,
+        job: Job,
+        owner: str,
+        *,
+        batch_id: str | None = None,
+        webhook_url: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record a job as queued (before it is published). A reused id starts afresh."""
+        at = repr(time.time() if now is None else now)
+        fields: dict[str, str] = {
+            "job_id": job.job_id,
+            "owner": owner,
+            "state": JobState.QUEUED.value,
+            "job": job.model_dump_json(),
+            "created_at": at,
+            "updated_at": at,
+        }
+        if batch_id:
+            fields["batch_id"] = batch_id
+        if webhook_url:
+            fields["webhook_url"] = webhook_url
+        flat = [x for pair in fields.items() for x in pair]
+        keys = [job_key(job.job_id)]
+        if batch_id:
+            pipe = self.redis.pipeline()
+            self._create(keys, [*self._argv(now), batch_id, *flat], client=pipe)
+            pipe.rpush(batch_jobs_key(batch_id), job.job_id)
+            pipe.expire(batch_jobs_key(batch_id), self.ttl_s)
+            pipe.execute()
+        else:
+            self._create(keys, [*self._argv(now), "", *flat])
+
+    def seal_batch(self, batch_id: str, now: float | None = None) -> bool:
+        """Every job of the batch is recorded; True if that finished it (all already done)."""
+        return int(self._seal([batch_key(batch_id)], self._argv(now)[:2])) == 1
+
+    def cancel_job(self, job_id: str, owner: str = ANY_OWNER) -> CancelOutcome:
+        """Cancel a job of ``owner`` (``*``: anyone's); see the module docstring."""
+        out = self._cancel([job_key(job_id)], [*self._argv(None), owner])
+        return CancelOutcome(_text(out[0]))
+
+    def cancel_batch(self, batch_id: str, owner: str = ANY_OWNER) -> dict[CancelOutcome, int]:
+        """Cancel every job of the batch not yet finished; counts by outcome."""
+        counts = dict.fromkeys(CancelOutcome, 0)
+        if self.get_batch(batch_id, owner) is None:
+            counts[CancelOutcome.NOT_FOUND] = 1
+            return counts
+        start, page = 0, 1000
+        while True:
+            ids = self.batch_job_ids(batch_id, start, page)
+            if not ids:
+                return counts
+            pipe = self.redis.pipeline()
+            for job_id in ids:
+                self._cancel([job_key(job_id)], [*self._argv(None), ANY_OWNER], client=pipe)
+            for out in pipe.execute():
+                counts[CancelOutcome(_text(out[0]))] += 1
+            start += page
+
+    # ---------------------------------------------------------------- writes by workers
+
+    def _move(
+        self,
+        job_id: str,
+        to: JobState,
+        allowed: Iterable[JobState],
+        fields: dict[str, str] | None = None,
+        now: float | None = None,
+    ) -> Transition:
+        flat = [x for pair in (fields or {}).items() for x in pair]
+        out = self._transition(
+            [job_key(job_id)],
+            [*self._argv(now), to.value, " ".join(s.value for s in allowed), *flat],
+        )
+        status, before = _text(out[0]), _text(out[1])
+        return Transition(
+            done=status == "ok",
+            before=JobState(before) if before else None,
+            batch_finished=status == "ok" and _text(out[2]) == "1",
+        )
+
+    def start(self, job: Job, worker: str, now: float | None = None) -> StartOutcome:
+        """A worker is about to render ``job``: RUN, or SKIP when it was cancelled.
+
+        A job without a record (sent straight to the queue) gets one, owned by
+        ``unknown``. A redelivered running job runs again.
+        """
+        move = self._move(
+            job.job_id,
+            JobState.RUNNING,
+            (JobState.QUEUED, JobState.RUNNING),
+            {"worker": worker, "cancel_requested": "0"},
+            now,
+        )
+        if move.done:
+            return StartOutcome.RUN
+        if move.before is None:
+            self.create_job(job, UNKNOWN_OWNER, now=now)
+            return self.start(job, worker, now)
+        return StartOutcome.SKIP
+
+    def progress(
+        self, job_id: str, image: int, images: int, step: int, steps: int, now: float | None = None
+    ) -> bool:
+        at = time.time() if now is None else now
+        value = json.dumps(
+            {"image": image, "images": images, "step": step, "steps": steps, "at": at}
+        )
+        return int(self._progress([job_key(job_id)], [*self._argv(now)[:2], "", value])) == 1
+
+    def requeue(self, job_id: str, reason: str, now: float | None = None) -> Transition:
+        """A running job goes back to its queue (retry, dead render process)."""
+        return self._move(
+            job_id, JobState.QUEUED, (JobState.RUNNING,), {"reason": reason, "progress": ""}, now
+        )
+
+    def succeed(self, job_id: str, result: JobResult, now: float | None = None) -> Transition:
+        return self._move(
+            job_id,
+            JobState.SUCCEEDED,
+            (JobState.RUNNING,),
+            {"result": result.model_dump_json(), "reason": ""},
+            now,
+        )
+
+    def fail(
+        self,
+        job_id: str,
+        reason: str,
+        *,
+        canceled: bool = False,
+        partial_keys: Sequence[str] = (),
+        now: float | None = None,
+    ) -> Transition:
+        """The job ended without a result: failed, or canceled at a step."""
+        fields = {"reason": reason, "partial_keys": json.dumps(list(partial_keys))}
+        to = JobState.CANCELED if canceled else JobState.FAILED
+        return self._move(job_id, to, (JobState.QUEUED, JobState.RUNNING), fields, now)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return _text(self.redis.hget(job_key(job_id), "cancel_requested") or "") == "1"
+
+    def record_webhook(self, job_id: str, attempt: dict[str, Any]) -> None:
+        key = job_webhooks_key(job_id)
+        pipe = self.redis.pipeline()
+        pipe.rpush(key, json.dumps(attempt, sort_keys=True))
+        pipe.ltrim(key, -100, -1)
+        pipe.expire(key, self.ttl_s)
+        pipe.execute()
+
+    # ---------------------------------------------------------------- reads
+
+    def get_job(self, job_id: str, owner: str = ANY_OWNER) -> JobRecord | None:
+        """The record, or None when it does not exist or belongs to another owner."""
+        raw = {_text(k): _text(v) for k, v in self.redis.hgetall(job_key(job_id)).items()}
+        if not raw or (owner != ANY_OWNER and raw.get("owner") != owner):
+            return None
+        progress = raw.get("progress")
+        return JobRecord(
+            job_id=raw["job_id"],
+            owner=raw["owner"],
+            batch_id=raw.get("batch_id") or None,
+            state=JobState(raw["state"]),
+            job=Job.model_validate_json(raw["job"]) if raw.get("job") else None,
+            created_at=float(raw["created_at"]),
+            started_at=_float(raw.get("started_at")),
+            finished_at=_float(raw.get("finished_at")),
+            updated_at=float(raw.get("updated_at") or raw["created_at"]),
+            reason=raw.get("reason") or None,
+            worker=raw.get("worker") or None,
+            progress=Progress.model_validate_json(progress) if progress else None,
+            cancel_requested=raw.get("cancel_requested") == "1",
+            result=JobResult.model_validate_json(raw["result"]) if raw.get("result") else None,
+            partial_keys=tuple(json.loads(raw.get("partial_keys") or "[]")),
+            webhook_url=raw.get("webhook_url") or None,
+        )
+
+    def webhook_attempts(self, job_id: str) -> list[dict[str, Any]]:
+        return [json.loads(_text(x)) for x in self.redis.lrange(job_webhooks_key(job_id), 0, -1)]
+
+    def get_batch(self, batch_id: str, owner: str = ANY_OWNER) -> BatchRecord | None:
+        raw = {_text(k): _text(v) for k, v in self.redis.hgetall(batch_key(batch_id)).items()}
+        if not raw or (owner != ANY_OWNER and raw.get("owner") != owner):
+            return None
+        return BatchRecord(
+            batch_id=raw["batch_id"],
+            owner=raw["owner"],
+            created_at=float(raw["created_at"]),
+            finished_at=_float(raw.get("finished_at")),
+            total=int(raw.get("total", 0)),
+            sealed=raw.get("sealed") == "1",
+            counts=BatchCounts(**{s: max(0, int(raw.get(s, 0))) for s in _STATE_COUNTS}),
+            webhook_url=raw.get("webhook_url") or None,
+            source=raw.get("source") or None,
+        )
+
+    def batch_job_ids(self, batch_id: str, offset: int = 0, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
+        ids = self.redis.lrange(batch_jobs_key(batch_id), offset, offset + limit - 1)
+        return [_text(x) for x in ids]
+
+
+def open_records(settings: ConnectionSettings, socket_timeout_s: float = 10.0) -> RecordStore:
+    """The record store of ``settings`` (its own Redis client; redis-py is thread-safe)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.records_url, socket_timeout=socket_timeout_s)
+    return RecordStore(client, settings.record_ttl_s)

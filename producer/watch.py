@@ -1,0 +1,213 @@
+"""``lcm status|watch|cancel JOB_ID`` and ``lcm batch status|watch|cancel|download BATCH_ID``.
+
+All of them read the job and batch records (lcm_fleet/records.py), the same records the
+HTTP API reads. The CLI talks to Redis directly, so it sees every owner's jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lcm_fleet.contract import JobState
+from lcm_fleet.records import BatchRecord, CancelOutcome, JobRecord, RecordStore
+from producer.queue import cached_records
+from producer.settings import ProducerSettings
+
+#: How often ``watch`` reads the record.
+POLL_S = 0.2
+
+
+def _expired_hint(what: str, ident: str, settings: ProducerSettings) -> str:
+    return (
+        f"lcm: no {what} {ident}: the id is unknown, or its record expired "
+        f"(LCM_RECORD_TTL_S={settings.record_ttl_s}s after its last change)"
+    )
+
+
+def describe_job(record: JobRecord) -> str:
+    """One line: the state, where a running job is, why a job failed."""
+    line = f"{record.job_id}: {record.state.value}"
+    progress = record.progress
+    if record.state is JobState.RUNNING and progress is not None:
+        line += (
+            f" (image {progress.image} of {progress.images}, "
+            f"step {progress.step} of {progress.steps})"
+        )
+    if record.cancel_requested and not record.finished:
+        line += ", cancel requested"
+    if record.reason and record.state in (JobState.FAILED, JobState.CANCELED):
+        line += f": {record.reason}"
+    if record.result is not None:
+        line += f" ({len(record.result.images)} image(s))"
+    return line
+
+
+def describe_batch(record: BatchRecord) -> str:
+    c = record.counts
+    state = "finished" if record.finished else ("submitting" if not record.sealed else "running")
+    line = (
+        f"batch {record.batch_id}: {state}, {record.total} job(s): {c.queued} queued, "
+        f"{c.running} running, {c.succeeded} succeeded, {c.failed} failed, "
+        f"{c.canceled} canceled"
+    )
+    if record.finished_at is not None:
+        line += f"; took {record.finished_at - record.created_at:.1f}s"
+    return line
+
+
+def _steps_done(record: JobRecord) -> tuple[int, int]:
+    """(denoising steps done, steps in all) of one job."""
+    job = record.job
+    images, steps = (job.num_images, job.steps) if job is not None else (1, 1)
+    total = images * steps
+    if record.state is JobState.SUCCEEDED:
+        return total, total
+    progress = record.progress
+    if progress is None or record.state is not JobState.RUNNING:
+        return 0, total
+    return (progress.image - 1) * progress.steps + progress.step, total
+
+
+def watch_job(records: RecordStore, job_id: str, timeout_s: float) -> JobRecord | None:
+    """A progress bar over the job's denoising steps until it ends; the last record."""
+    from tqdm import tqdm
+
+    record = records.get_job(job_id)
+    if record is None:
+        return None
+    done, total = _steps_done(record)
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=total, desc=job_id[:16], unit="step", file=sys.stderr) as bar:
+        while True:
+            done, total = _steps_done(record)
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(record.state.value)
+            bar.refresh()
+            if record.finished or time.monotonic() >= deadline:
+                return record
+            time.sleep(POLL_S)
+            record = records.get_job(job_id) or record
+
+
+def watch_batch(records: RecordStore, batch_id: str, timeout_s: float) -> BatchRecord | None:
+    """A progress bar over the batch's jobs (rate and ETA) until it finishes."""
+    from tqdm import tqdm
+
+    record = records.get_batch(batch_id)
+    if record is None:
+        return None
+    deadline = time.monotonic() + timeout_s
+    with tqdm(
+        total=record.total, desc=f"batch {batch_id[:16]}", unit="job", file=sys.stderr
+    ) as bar:
+        while True:
+            c = record.counts
+            bar.total = record.total
+            bar.update(c.finished - bar.n)
+            bar.set_postfix_str(f"{c.running} running, {c.failed} failed, {c.canceled} canceled")
+            if record.finished or time.monotonic() >= deadline:
+                return record
+            time.sleep(POLL_S)
+            record = records.get_batch(batch_id) or record
+
+
+def _cancel_line(outcome: CancelOutcome, what: str, record: JobRecord | None) -> tuple[str, int]:
+    if outcome is CancelOutcome.CANCELED:
+        return f"{what}: canceled (it had not started)", 0
+    if outcome is CancelOutcome.REQUESTED:
+        return f"{what}: running; it stops at its next denoising step", 0
+    state = record.state.value if record is not None else "finished"
+    return f"lcm: {what} already {state}: nothing to cancel", 1
+
+
+def _record_json(record: Any) -> str:
+    return json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def run(args: argparse.Namespace, settings: ProducerSettings) -> int:
+    records = cached_records(settings)
+    if args.command == "batch":
+        return _run_batch(args, records, settings)
+    job_id = args.job_id
+    if args.command == "cancel":
+        outcome = records.cancel_job(job_id)
+        if outcome is CancelOutcome.NOT_FOUND:
+            print(_expired_hint("job", job_id, settings), file=sys.stderr)
+            return 1
+        line, code = _cancel_line(outcome, f"job {job_id}", records.get_job(job_id))
+        print(line, file=sys.stderr if code else sys.stdout)
+        return code
+    if args.command == "watch":
+        record = watch_job(records, job_id, args.timeout_s)
+    else:
+        record = records.get_job(job_id)
+    if record is None:
+        print(_expired_hint("job", job_id, settings), file=sys.stderr)
+        return 1
+    print(_record_json(record) if getattr(args, "json", False) else describe_job(record))
+    if args.command == "watch":
+        return 0 if record.state is JobState.SUCCEEDED else 1
+    return 0
+
+
+def _run_batch(args: argparse.Namespace, records: RecordStore, settings: ProducerSettings) -> int:
+    batch_id = args.batch_id
+    if args.action == "cancel":
+        counts = records.cancel_batch(batch_id)
+        if counts[CancelOutcome.NOT_FOUND] and records.get_batch(batch_id) is None:
+            print(_expired_hint("batch", batch_id, settings), file=sys.stderr)
+            return 1
+        print(
+            f"batch {batch_id}: {counts[CancelOutcome.CANCELED]} queued job(s) canceled, "
+            f"{counts[CancelOutcome.REQUESTED]} running job(s) stop at their next step, "
+            f"{counts[CancelOutcome.FINISHED]} already finished"
+        )
+        return 0
+    if args.action == "watch":
+        record = watch_batch(records, batch_id, args.timeout_s)
+    else:
+        record = records.get_batch(batch_id)
+    if record is None:
+        print(_expired_hint("batch", batch_id, settings), file=sys.stderr)
+        return 1
+    if args.action == "download":
+        return _download_batch(records, record, args.out, settings)
+    print(_record_json(record) if args.json else describe_batch(record))
+    if args.action == "watch":
+        return 0 if record.finished and record.counts.finished == record.counts.succeeded else 1
+    return 0
+
+
+def _download_batch(
+    records: RecordStore, batch: BatchRecord, out: Path | None, settings: ProducerSettings
+) -> int:
+    from producer.download import download_images, result_store
+
+    if out is None:
+        print(
+            "lcm: batch download needs a folder: lcm batch download BATCH_ID DIR", file=sys.stderr
+        )
+        return 2
+    store = result_store(settings)
+    saved = missing = 0
+    offset = 0
+    while ids := records.batch_job_ids(batch.batch_id, offset, 500):
+        offset += len(ids)
+        for job_id in ids:
+            record = records.get_job(job_id)
+            if record is None or record.result is None:
+                missing += 1
+                continue
+            saved += len(download_images(record.result, out, settings, store))
+    print(
+        f"batch {batch.batch_id}: {saved} image(s) saved in {out}"
+        + (f"; {missing} job(s) have no images (not succeeded)" if missing else ""),
+        file=sys.stderr,
+    )
+    return 0 if not missing else 1
