@@ -1,4 +1,4 @@
-"""The kernel's exceptions: the contract's rejection, artifact and storage errors.
+"""The kernel's exceptions: the contract's rejection, artifact, storage and registry errors.
 
 Each package has its own small tree on top (producer/errors.py, worker/errors.py,
 model_build/errors.py); these are the ones that cross between roles.
@@ -28,3 +28,19 @@ class StorageError(LcmError):
 
 class TransientStorageError(StorageError):
     """A storage fault worth retrying: connection, timeout, 5xx, throttling, checksum mismatch."""
+
+
+class RegistryError(LcmError):
+    """Base of the model registry's errors (lcm_fleet.artifact.registry)."""
+
+
+class RegistryInputError(RegistryError, ValueError):
+    """A model name, reference or artifact that cannot be used; the message says how to fix it."""
+
+
+class UnknownModelError(RegistryInputError):
+    """No such model name, version or alias in the store."""
+
+
+class IntegrityError(RegistryError):
+    """Published objects do not match their manifest or their version."""

@@ -22,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from lcm_fleet.errors import LcmError
-from model_build.build import PRECISIONS, EvalOptions, QualityGateFailed
+from lcm_fleet.artifact.kinds import BuildPrecision, names
+from lcm_fleet.errors import LcmError, RegistryInputError
+from model_build.build import EvalOptions, QualityGateFailed
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildError, BuildInputError
 from model_build.vae_decoder import VAE_DECODERS, VaeDecoderOptions
@@ -51,7 +52,7 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=names(BuildPrecision),
         default="int8",
         help="int8: NNCF INT8 UNet (default); hybrid: optimum-intel hybrid; "
         "fp16 / fp32: no quantization",
@@ -408,7 +409,8 @@ def _run_reference(args: argparse.Namespace) -> int:
 
 
 # --- model registry in S3: publish, list ------------------------------------------------
-# S3 settings come from LCM_* (producer.settings.ProducerSettings); see model_build/registry.py.
+# S3 settings come from LCM_* (producer.settings.ProducerSettings); see lcm_fleet/artifact/
+# registry.py (names, layout, pull) and model_build/registry.py (publish, list).
 
 
 def _registry_parsers(sub) -> None:
@@ -426,10 +428,10 @@ def _registry_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
-def _registry_store():
+def _registry():
     from pydantic import ValidationError
 
-    from lcm_fleet.storage import s3_client
+    from lcm_fleet.artifact.registry import Registry
     from producer.settings import ProducerSettings
 
     try:
@@ -441,12 +443,7 @@ def _registry_store():
             "set LCM_S3_ACCESS_KEY_ID and LCM_S3_SECRET_ACCESS_KEY (and LCM_S3_ENDPOINT_URL, "
             "LCM_S3_BUCKET, LCM_S3_PREFIX for your store) to publish or list models"
         )
-    client = s3_client(
-        settings,
-        settings.s3_access_key_id.get_secret_value(),
-        settings.s3_secret_access_key.get_secret_value(),
-    )
-    return client, settings.s3_bucket, settings.s3_prefix
+    return Registry.from_settings(settings)
 
 
 #: (manifest key, label) of the quality figures `lcm-build list` shows, in this order.
@@ -494,16 +491,16 @@ def _figures(section: dict | None, kind: str) -> str:
 def _run_registry(args: argparse.Namespace) -> int:
     import json
 
-    from model_build import registry
+    from lcm_fleet.artifact.registry import validate_alias, validate_name
+    from model_build.registry import list_versions, publish
 
     if args.command == "publish":
-        registry.validate_name(args.name)
+        validate_name(args.name)
         alias = None if args.no_alias else args.alias
         if alias is not None:
-            registry.validate_alias(alias)
-        client, bucket, prefix = _registry_store()
-        result = registry.publish(
-            args.artifact, args.name, client, bucket, prefix, not args.no_progress, alias
+            validate_alias(alias)
+        result = publish(
+            _registry(), args.artifact, args.name, alias=alias, progress=not args.no_progress
         )
         print(f"published {result.ref}")
         print(f"  version   {result.version}")
@@ -512,22 +509,19 @@ def _run_registry(args: argparse.Namespace) -> int:
             f"  files     {result.files} ({result.bytes} bytes): {result.uploaded} uploaded, "
             f"{result.skipped} already there"
         )
-        if result.alias_key:
-            print(
-                f"  alias     {args.name}@{alias} -> {result.version} "
-                f"({registry.s3_uri(bucket, result.alias_key)})"
-            )
+        if result.alias_uri:
+            print(f"  alias     {args.name}@{alias} -> {result.version} ({result.alias_uri})")
         return 0
 
     if args.name is not None:
-        registry.validate_name(args.name)
-    client, bucket, prefix = _registry_store()
-    rows = registry.list_versions(args.name, client, bucket, prefix)
+        validate_name(args.name)
+    registry = _registry()
+    rows = list_versions(registry, args.name)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     if not rows:
-        print(f"no models published under s3://{bucket}/{registry.models_root(prefix)}")
+        print(f"no models published under {registry.uri()}")
         return 0
     table = [("NAME", "VERSION", "LATEST", "PRECISION", "SHAPE", "PUBLISHED", "QUALITY", "SPEED")]
     for r in rows:
@@ -562,15 +556,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return run(args)
-    except BuildInputError as e:
-        print(f"lcm-build: error: {e}", file=sys.stderr)
-        return 2
-    except QualityGateFailed as e:
-        print(f"lcm-build: quality gate: {e}", file=sys.stderr)
-        return 3
     except (BuildError, LcmError) as e:
-        print(f"lcm-build: failed: {e}", file=sys.stderr)
-        return 1
+        code = exit_code(e)
+        label = {2: "error", 3: "quality gate"}.get(code, "failed")
+        print(f"lcm-build: {label}: {e}", file=sys.stderr)
+        return code
+
+
+def exit_code(error: BaseException) -> int:
+    """2 for input the message says how to fix (the build's and the registry's), 3 for a
+    candidate below the quality gate, 1 for any other failure."""
+    if isinstance(error, (BuildInputError, RegistryInputError)):
+        return 2
+    if isinstance(error, QualityGateFailed):
+        return 3
+    return 1
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ already takes the denoised latents as they are (``scaling_factor`` 1.0, shift 0;
 pipelines call ``vae.decode(latents / 1.0)``) and returns [-1, 1], so only its config's
 values and the I/O names and ranks have to match.
 
-The module is imported by the worker (``VAE_DECODERS``): standard library only at the
-top, heavy imports inside the functions.
+The kinds are :class:`lcm_fleet.artifact.kinds.VaeDecoderKind`; this module keeps the
+standard library only at the top, heavy imports inside the functions.
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.artifact.kinds import VaeDecoderKind, names
 from model_build.errors import BuildError, BuildInputError, QuantizeError
 
 logger = logging.getLogger(__name__)
 
-VAE_DECODERS = ("sd", "int8-weights", "int8", "taesd")
+#: The kinds' names, for messages and ``--vae-decoder`` choices.
+VAE_DECODERS = names(VaeDecoderKind)
 PART = "vae_decoder"
 XML = "openvino_model.xml"
 BIN = "openvino_model.bin"

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from lcm_fleet.artifact.registry import parse_ref
+from lcm_fleet.errors import RegistryInputError
 from lcm_fleet.settings import ConnectionSettings
 from worker.render.sizes import parse_sizes
 
@@ -115,17 +117,18 @@ class WorkerSettings(ConnectionSettings):
                 "set exactly one of LCM_MODEL (NAME@VERSION or NAME@latest from S3, or an "
                 f"artifact folder) and LCM_MODEL_DIR (an artifact folder); {got}"
             )
-        if self.model is not None and "@" in self.model:
-            from model_build.registry import RegistryInputError, parse_ref
-
-            if not Path(self.model).expanduser().is_dir():
-                try:
-                    parse_ref(self.model)
-                except RegistryInputError as e:
-                    raise ValueError(
-                        f"LCM_MODEL={self.model!r} is neither an artifact folder nor a "
-                        f"published model: {e}"
-                    ) from e
+        if (
+            self.model is not None
+            and "@" in self.model
+            and not Path(self.model).expanduser().is_dir()
+        ):
+            try:
+                parse_ref(self.model)
+            except RegistryInputError as e:
+                raise ValueError(
+                    f"LCM_MODEL={self.model!r} is neither an artifact folder nor a "
+                    f"published model: {e}"
+                ) from e
         return self
 
     @model_validator(mode="after")

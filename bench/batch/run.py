@@ -43,6 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.artifact.manifest import read_manifest
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARTIFACT = (
     ROOT / "var/bench/models/lcm-dreamshaper-v7-random-seed0.int8-512px-4steps-16samples"
@@ -326,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.pipeline.machine import describe
 
     artifact = args.artifact.resolve()
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    guidance = float((manifest.get("shape") or {}).get("guidance_scale") or 8.0)
+    shape = read_manifest(artifact).shape
+    guidance = float((shape.guidance_scale if shape else None) or 8.0)
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     batches = [int(b) for b in args.batches.split(",")]

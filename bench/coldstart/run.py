@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.services import local_services
+from lcm_fleet.artifact.manifest import Shape, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a lighthouse at dusk"
@@ -228,14 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     artifact = args.artifact.resolve()
-    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest = read_manifest(artifact)
+    shape = manifest.shape or Shape()
     report: dict[str, Any] = {
         "benchmark": "coldstart",
         "date": datetime.now().isoformat(timespec="seconds"),
         "artifact": str(artifact),
-        "shape": manifest.get("shape"),
-        "precision": manifest.get("precision"),
-        "vae_decoder": (manifest.get("vae_decoder") or {}).get("kind", "sd"),
+        "shape": manifest.shape.as_dict() if manifest.shape else None,
+        "precision": manifest.precision,
+        "vae_decoder": manifest.vae_decoder_kind,
         "runs": args.runs,
     }
     with tempfile.TemporaryDirectory(prefix="lcm-coldstart-") as tmp:
@@ -244,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode in ("worker", "both"):
             report["worker"] = measure_worker(artifact, args.runs, Path(tmp), args.s3_port)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    shape = manifest.get("shape") or {}
-    name = f"coldstart-{shape.get('width')}x{shape.get('height')}-{datetime.now():%Y%m%d-%H%M}"
+    name = f"coldstart-{shape.width}x{shape.height}-{datetime.now():%Y%m%d-%H%M}"
     (args.results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     brief = {
         k: ({kk: vv for kk, vv in v.items() if kk != "samples"} if isinstance(v, dict) else v)

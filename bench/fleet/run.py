@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.services import local_services
+from lcm_fleet.artifact.manifest import Shape, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a lighthouse at dusk", "a bowl of ramen", "a red fox in snow", "a city at night"]
@@ -376,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             # Extra CPU per image the queue, storage and worker cost (1 - bare/fleet CPU).
             "cpu": round(1 - bare_sum["cpu_s_per_image"] / fleet_sum["cpu_s_per_image"], 4),
         }
-    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest = read_manifest(artifact)
+    shape = manifest.shape or Shape()
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -388,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu, "cores": os.cpu_count()},
         "artifact": str(artifact),
-        "shape": manifest.get("shape"),
-        "precision": manifest.get("precision"),
+        "shape": manifest.shape.as_dict() if manifest.shape else None,
+        "precision": manifest.precision,
         "jobs_per_round": args.jobs,
         "s3_latency_ms": args.s3_latency_ms,
         "rounds": args.rounds,
@@ -397,9 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         "overhead": overhead,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    shape = manifest.get("shape") or {}
     latency = f"-s3lat{args.s3_latency_ms:g}ms" if args.s3_latency_ms else ""
-    name = f"fleet-{shape.get('width')}x{shape.get('height')}{latency}-{datetime.now():%Y%m%d-%H%M}"
+    name = f"fleet-{shape.width}x{shape.height}{latency}-{datetime.now():%Y%m%d-%H%M}"
     (args.results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("machine", "shape", "overhead")}, indent=2))
     print(f"written: {args.results_dir / name}.json")

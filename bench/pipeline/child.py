@@ -205,7 +205,7 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
     write_manifest(
         out,
         {
-            "source": {**parent.data.get("source", {}), "fp32_manifest_sha256": parent.sha256},
+            "source": parent.derived_source(),
             "precision": "int8-unet",
             **info,
             "quality": None,

@@ -159,19 +159,17 @@ def task_vae_variant(spec: dict[str, Any]) -> dict[str, Any]:
     made = make_vae_decoder(ir, out, options, latents, calibration)
     seconds = time.perf_counter() - t0
     parent = read_manifest(int8)
-    data = {k: v for k, v in parent.data.items() if k not in ("files", "versions", "format")}
-    data.pop("format_version", None)
-    quantization = data.get("quantization") or {}
-    if "unchanged_parts" in quantization:
-        quantization["unchanged_parts"] = [
-            p for p in quantization["unchanged_parts"] if p != "vae_decoder"
+    data = parent.info().as_dict()
+    if parent.quantization is not None and parent.quantization.unchanged_parts is not None:
+        data["quantization"]["unchanged_parts"] = [
+            p for p in parent.quantization.unchanged_parts if p != "vae_decoder"
         ]
     write_manifest(
         out,
         {
             **data,
-            "source": {**parent.data.get("source", {}), "int8_manifest_sha256": parent.sha256},
-            "precision": precision_label(str(parent.data.get("precision")), options.kind),
+            "source": parent.derived_source("int8_manifest_sha256"),
+            "precision": precision_label(str(parent.precision), options.kind),
             "vae_decoder": made.record,
             "quality": None,
             "bench": "benchmark artifact: random weights, quality gate not run",

@@ -103,12 +103,16 @@ def render_genai(
     import openvino_genai as ov_genai
 
     if size is None:
-        manifest = json.loads((Path(artifact) / "manifest.json").read_text(encoding="utf-8"))
-        shape = manifest["shape"]
+        from lcm_fleet.artifact.manifest import read_manifest
+
+        shape = read_manifest(artifact).shape
+        if shape is None or not shape.width or not shape.height:
+            raise BuildInputError(f"{artifact}/manifest.json has no shape: pass a size")
+        width, height = shape.width, shape.height
     else:
-        shape = {"width": size, "height": size}
+        width = height = size
     pipe = ov_genai.Text2ImagePipeline(str(artifact))
-    pipe.reshape(1, shape["height"], shape["width"], settings.guidance_scale)
+    pipe.reshape(1, height, width, settings.guidance_scale)
     config = {} if settings.precision == "default" else {"INFERENCE_PRECISION_HINT": "f32"}
     pipe.compile("CPU", config=config)
     out = []
@@ -116,8 +120,8 @@ def render_genai(
         for seed in settings.seeds:
             result = pipe.generate(
                 scene.caption,
-                width=shape["width"],
-                height=shape["height"],
+                width=width,
+                height=height,
                 num_inference_steps=settings.steps,
                 guidance_scale=settings.guidance_scale,
                 generator=ov_genai.CppStdGenerator(seed),

@@ -17,16 +17,12 @@ from typing import Any
 import pytest
 
 from lcm_fleet.artifact.manifest import write_manifest
+from lcm_fleet.artifact.registry import Registry, UnknownModelError
 from lcm_fleet.backoff import Backoff
+from lcm_fleet.errors import StorageError
 from lcm_fleet.keys import alias_key, object_key
-from model_build.registry import (
-    RegistryStorageError,
-    UnknownModelError,
-    list_versions,
-    publish,
-    pull,
-    resolve,
-)
+from lcm_fleet.storage import ObjectStore
+from model_build.registry import list_versions, publish
 from tests.integration.conftest import ROOT, worker_env
 
 FAST = Backoff(base_s=0.01, cap_s=0.02, attempts=2)
@@ -45,13 +41,20 @@ def bucket(service_env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(model_dirs: dict[str, Path], s3: Any, bucket: str, prefix: str) -> Any:
+def registry(s3: Any, bucket: str, prefix: str) -> Registry:
+    return Registry(ObjectStore(s3, bucket), prefix)
+
+
+def _registry(client: Any, bucket: str, prefix: str, backoff: Backoff | None = None) -> Registry:
+    return Registry(ObjectStore(client, bucket, backoff), prefix)
+
+
+@pytest.fixture(scope="module")
+def published(model_dirs: dict[str, Path], registry: Registry) -> Any:
     return publish(
+        registry,
         model_dirs["int8"],
         "tiny",
-        s3,
-        bucket,
-        prefix,
         progress=False,
         large_file_bytes=SMALL_THRESHOLD,
     )
@@ -157,8 +160,8 @@ def test_publish_uploads_every_file_then_the_alias(published, model_dirs, s3, bu
     assert published.uri == f"s3://{bucket}/{prefix}models/tiny/{published.version}/"
 
 
-def test_list_shows_it_as_latest(published, model_dirs, s3, bucket, prefix):
-    rows = list_versions("tiny", s3, bucket, prefix)
+def test_list_shows_it_as_latest(published, model_dirs, registry):
+    rows = list_versions(registry, "tiny")
     assert [r["version"] for r in rows] == [published.version]
     row = rows[0]
     assert row["latest"] and row["aliases"] == ["latest"] and row["intact"]
@@ -167,20 +170,18 @@ def test_list_shows_it_as_latest(published, model_dirs, s3, bucket, prefix):
     assert row["published_at"] == published.published_at
     manifest = json.loads((model_dirs["int8"] / "manifest.json").read_text())
     assert row["quality"] == manifest.get("quality") and row["speed"] == manifest.get("speed")
-    assert "tiny" in {r["name"] for r in list_versions(None, s3, bucket, prefix)}
+    assert "tiny" in {r["name"] for r in list_versions(registry)}
 
 
-def test_republish_is_idempotent(published, model_dirs, s3, bucket, prefix):
+def test_republish_is_idempotent(published, model_dirs, registry, s3, bucket, prefix):
     before = {
         rel: _head(s3, bucket, object_key(prefix, "tiny", published.version, rel))
         for rel in ("manifest.json", "unet/openvino_model.bin")
     }
     again = publish(
+        registry,
         model_dirs["int8"],
         "tiny",
-        s3,
-        bucket,
-        prefix,
         progress=False,
         large_file_bytes=SMALL_THRESHOLD,
     )
@@ -232,80 +233,73 @@ def test_worker_refuses_unknown_model(published, service_env, tmp_path, prefix):
     assert "LCM_MODEL='Tiny@latest'" in out.stderr and "a-z, 0-9" in out.stderr
 
 
-def test_unknown_name_version_and_alias(published, s3, bucket, prefix, tmp_path):
+def test_unknown_name_version_and_alias(published, registry, tmp_path):
     with pytest.raises(UnknownModelError, match=r"unknown model name 'nosuch'.*tiny"):
-        resolve("nosuch@latest", s3, bucket, prefix)
+        registry.resolve("nosuch@latest")
     with pytest.raises(UnknownModelError, match=r"unknown version '0123456789abcdef'"):
-        resolve("tiny@0123456789abcdef", s3, bucket, prefix)
+        registry.resolve("tiny@0123456789abcdef")
     with pytest.raises(UnknownModelError, match=r"no alias 'stable'.*versions: "):
-        resolve("tiny@stable", s3, bucket, prefix)
+        registry.resolve("tiny@stable")
     with pytest.raises(UnknownModelError, match="unknown model name 'nosuch'"):
-        list_versions("nosuch", s3, bucket, prefix)
+        list_versions(registry, "nosuch")
     with pytest.raises(UnknownModelError):
-        pull("nosuch@latest", tmp_path / "cache", s3, bucket, prefix)
-    assert resolve("tiny@latest", s3, bucket, prefix) == ("tiny", published.version)
-    assert resolve(f"tiny@{published.version}", s3, bucket, prefix) == ("tiny", published.version)
+        registry.pull("nosuch@latest", tmp_path / "cache")
+    assert registry.resolve("tiny@latest") == ("tiny", published.version)
+    assert registry.resolve(f"tiny@{published.version}") == ("tiny", published.version)
 
 
-def test_interrupted_publish_never_moves_the_alias(s3, bucket, prefix, tmp_path):
+def test_interrupted_publish_never_moves_the_alias(registry, s3, bucket, prefix, tmp_path):
     # A name with no published version: the alias must not appear.
     fresh = _fake_artifact(tmp_path / "fresh", b"\x01" * 3000)
-    failing = _Wrapper(s3, fail_key_suffix="/manifest.json")
-    with pytest.raises(RegistryStorageError, match="simulated outage"):
-        publish(fresh, "halfway", failing, bucket, prefix, progress=False, backoff=FAST)
+    failing = _registry(_Wrapper(s3, fail_key_suffix="/manifest.json"), bucket, prefix, FAST)
+    with pytest.raises(StorageError, match="simulated outage"):
+        publish(failing, fresh, "halfway", progress=False)
     assert _alias(s3, bucket, prefix, "halfway") is None
     with pytest.raises(UnknownModelError, match="no alias 'latest'"):
-        resolve("halfway@latest", s3, bucket, prefix)
-    assert list_versions("halfway", s3, bucket, prefix) == []  # data without manifest: hidden
+        registry.resolve("halfway@latest")
+    assert list_versions(registry, "halfway") == []  # data without manifest: hidden
 
     # A name with a published version: the alias keeps pointing at it.
-    v1 = publish(fresh, "halfway", s3, bucket, prefix, progress=False)
+    v1 = publish(registry, fresh, "halfway", progress=False)
     assert v1.uploaded == 1 and v1.skipped == v1.files - 1  # only the manifest was missing
     alias_before = _alias(s3, bucket, prefix, "halfway")
     second = _fake_artifact(tmp_path / "second", b"\x02" * 3000)
-    with pytest.raises(RegistryStorageError, match="simulated outage"):
-        publish(second, "halfway", failing, bucket, prefix, progress=False, backoff=FAST)
+    with pytest.raises(StorageError, match="simulated outage"):
+        publish(failing, second, "halfway", progress=False)
     assert _alias(s3, bucket, prefix, "halfway") == alias_before
-    assert [r["version"] for r in list_versions("halfway", s3, bucket, prefix)] == [v1.version]
-    assert resolve("halfway@latest", s3, bucket, prefix) == ("halfway", v1.version)
+    assert [r["version"] for r in list_versions(registry, "halfway")] == [v1.version]
+    assert registry.resolve("halfway@latest") == ("halfway", v1.version)
 
 
-def test_list_shows_quality_and_speed_and_latest_moves(s3, bucket, prefix, tmp_path):
+def test_list_shows_quality_and_speed_and_latest_moves(registry, tmp_path):
     quality = {"psnr_db": 41.5, "ssim": 0.97, "mean_abs_diff": 0.8, "passed": True}
     speed = {"it_per_s": 3.2, "device": "CPU"}
-    v1 = publish(
-        _fake_artifact(tmp_path / "a", b"a" * 100), "scored", s3, bucket, prefix, progress=False
-    )
+    v1 = publish(registry, _fake_artifact(tmp_path / "a", b"a" * 100), "scored", progress=False)
     v2 = publish(
+        registry,
         _fake_artifact(tmp_path / "b", b"b" * 100, quality=quality, speed=speed),
         "scored",
-        s3,
-        bucket,
-        prefix,
         progress=False,
     )
-    rows = {r["version"]: r for r in list_versions("scored", s3, bucket, prefix)}
+    rows = {r["version"]: r for r in list_versions(registry, "scored")}
     assert set(rows) == {v1.version, v2.version}
     assert not rows[v1.version]["latest"] and rows[v1.version]["quality"] is None
     assert rows[v2.version]["latest"]
     assert rows[v2.version]["quality"] == quality and rows[v2.version]["speed"] == speed
 
 
-def test_concurrent_pulls_download_once(s3, bucket, prefix, tmp_path):
+def test_concurrent_pulls_download_once(registry, s3, bucket, prefix, tmp_path):
     result = publish(
+        registry,
         _fake_artifact(tmp_path / "art", os.urandom(200_000)),
         "shared",
-        s3,
-        bucket,
-        prefix,
         progress=False,
     )
     counting = _Wrapper(s3)
     cache = tmp_path / "cache"
+    pulling = _registry(counting, bucket, prefix)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        paths = list(
-            pool.map(lambda _: pull("shared@latest", cache, counting, bucket, prefix), range(4))
-        )
+        paths = list(pool.map(lambda _: pulling.pull("shared@latest", cache), range(4)))
     assert set(paths) == {cache / "shared" / result.version}
     assert counting.downloads == result.files - 1  # every data file once; manifest by GET
     assert sorted(p.name for p in (cache / "shared").iterdir()) == [
@@ -313,23 +307,21 @@ def test_concurrent_pulls_download_once(s3, bucket, prefix, tmp_path):
         result.version,
     ]
     # A pinned version already in the cache needs no store at all.
-    assert pull(f"shared@{result.version}", cache, None, bucket, prefix) == paths[0]
+    assert _registry(None, bucket, prefix).pull(f"shared@{result.version}", cache) == paths[0]
 
 
-def test_pull_refuses_a_tampered_object(s3, bucket, prefix, tmp_path):
+def test_pull_refuses_a_tampered_object(registry, s3, bucket, prefix, tmp_path):
     result = publish(
+        registry,
         _fake_artifact(tmp_path / "art", b"\x07" * 5000),
         "tampered",
-        s3,
-        bucket,
-        prefix,
         progress=False,
     )
     key = object_key(prefix, "tampered", result.version, "unet/openvino_model.bin")
     s3.put_object(Bucket=bucket, Key=key, Body=b"\x08" * 5000)
     cache = tmp_path / "cache"
-    with pytest.raises(RegistryStorageError, match=r"unet/openvino_model.bin: downloaded"):
-        pull("tampered@latest", cache, s3, bucket, prefix, backoff=FAST)
+    with pytest.raises(StorageError, match=r"unet/openvino_model.bin: downloaded"):
+        _registry(s3, bucket, prefix, FAST).pull("tampered@latest", cache)
     assert [p.name for p in (cache / "tampered").iterdir()] == [f".{result.version}.lock"]
 
 

@@ -3,9 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from lcm_fleet.keys import alias_key, object_key, version_prefix
-from model_build.errors import BuildInputError
-from model_build.registry import (
+from lcm_fleet.artifact.registry import (
     ModelRef,
     RegistryInputError,
     looks_like_ref,
@@ -14,6 +12,8 @@ from model_build.registry import (
     validate_name,
     version_of,
 )
+from lcm_fleet.keys import alias_key, object_key, version_prefix
+from model_build.cli import exit_code
 from worker.cli import settings_error
 from worker.settings import WorkerSettings
 
@@ -33,7 +33,7 @@ def test_invalid_names_say_what_and_how(name):
         validate_name(name)
     message = str(info.value)
     assert f"name={name!r}" in message and "a-z, 0-9" in message and "e.g." in message
-    assert isinstance(info.value, BuildInputError)  # lcm-build exits 2
+    assert exit_code(info.value) == 2  # lcm-build exits 2
 
 
 def test_refs():
@@ -121,3 +121,18 @@ def test_worker_refuses_a_malformed_ref_at_settings(env):
     message = settings_error(info.value)
     assert "LCM_MODEL='Tiny@latest' is neither an artifact folder nor a published model" in message
     assert "a-z, 0-9" in message
+
+
+def test_the_worker_pulls_through_the_kernel_registry_alone():
+    """The worker image has no model_build (deploy/docker/Dockerfile): nothing may load it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lcm_fleet.artifact.registry, worker.model.source, worker.settings; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {name.split(".")[0] for name in out.stdout.split()}
+    assert "model_build" not in loaded
+    assert not loaded & {"boto3", "botocore", "openvino", "torch"}  # a client is made on pull

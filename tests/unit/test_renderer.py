@@ -18,7 +18,9 @@ SIZES = ((64, 64), (96, 64))
 
 
 def _spec(**over):
-    model = ServedModel(path=Path("/nonexistent"), manifest=Manifest({}, "m"), width=64, height=64)
+    model = ServedModel(
+        path=Path("/nonexistent"), manifest=Manifest.model_construct(), width=64, height=64
+    )
     base = dict(model=model, sizes=SIZES, factory=scripted_factory, log_level="WARNING")
     base.update(over)
     return RenderSpec(**base)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lcm_fleet.artifact.manifest import Manifest
+from lcm_fleet.artifact.manifest import FORMAT, Manifest
 from model_build import cli
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildInputError
@@ -40,6 +40,14 @@ TAESD = {
     "latent_channels": 4,
     "out_channels": 3,
 }
+
+
+def test_kinds_and_precisions_come_from_the_kernel_enums():
+    from lcm_fleet.artifact.kinds import BuildPrecision, VaeDecoderKind, names
+    from model_build.build import PRECISIONS
+
+    assert names(VaeDecoderKind) == VAE_DECODERS
+    assert names(BuildPrecision) == PRECISIONS  # build.py's own tuple, until it uses the enum
 
 
 def test_default_is_the_sd_decoder():
@@ -133,7 +141,10 @@ def test_worker_refuses_an_unknown_vae_decoder(tmp_path):
     from worker.model.artifact import check_vae_decoder
 
     def manifest(**data):
-        return Manifest(data={"files": {"a": {}}, **data}, sha256="0" * 64)
+        files = {"a": {"sha256": "0" * 64, "bytes": 0}}
+        return Manifest.model_validate(
+            {"format": FORMAT, "format_version": 1, "files": files, **data}
+        )
 
     assert check_vae_decoder(manifest(), tmp_path) == "sd"  # artifacts before the option
     assert check_vae_decoder(manifest(vae_decoder={"kind": "taesd"}), tmp_path) == "taesd"

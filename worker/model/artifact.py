@@ -10,9 +10,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lcm_fleet.artifact.manifest import Manifest, read_manifest, verify_files
+from lcm_fleet.artifact.kinds import VaeDecoderKind, names
+from lcm_fleet.artifact.manifest import Manifest, Shape, read_manifest, verify_files
 from lcm_fleet.errors import ManifestError
-from model_build.vae_decoder import VAE_DECODERS
 from worker.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ class ServedModel:
     #: True for a UNet without a guidance embedding (SD1.5 + LCM-LoRA): classifier-free
     #: guidance doubles its batch when guidance_scale > 1, so the compiled regime counts.
     cfg: bool = False
-    #: How the VAE decoder was made (``lcm-build --vae-decoder``): sd, int8-weights, int8, taesd.
-    vae_decoder: str = "sd"
+    #: How the VAE decoder was made (``lcm-build --vae-decoder``).
+    vae_decoder: VaeDecoderKind = VaeDecoderKind.SD
 
 
 def _unet_config(path: Path) -> dict[str, Any]:
@@ -71,30 +71,26 @@ def check_versions(manifest: Manifest) -> None:
 
 def check_quality(manifest: Manifest, path: Path) -> None:
     """Refuse a candidate that failed model_build's quality gate without an operator override."""
-    quality = manifest.data.get("quality") or {}
-    if quality.get("passed") is False and not quality.get("override"):
-        raise ModelLoadError(
-            f"refusing to serve {path}: it failed the quality gate at build time "
-            f"({'; '.join(quality.get('failures') or [])}); rebuild it, or build it with "
-            "--accept-below-gate REASON to accept it on record"
-        )
+    refusal = manifest.gate_refusal("serve", path)
+    if refusal is not None:
+        raise ModelLoadError(refusal)
 
 
-def check_vae_decoder(manifest: Manifest, path: Path) -> str:
+def check_vae_decoder(manifest: Manifest, path: Path) -> VaeDecoderKind:
     """The artifact's VAE decoder kind; refuse one this worker does not know.
 
     Every kind loads through genai's Text2ImagePipeline unchanged (model_build makes a TAESD
     decoder with the SD decoder's I/O); artifacts without the record have the SD decoder.
     """
-    record = manifest.data.get("vae_decoder") or {"kind": "sd"}
-    kind = record.get("kind") if isinstance(record, dict) else None
-    if kind not in VAE_DECODERS:
+    kind = manifest.vae_decoder.known_kind if manifest.vae_decoder else VaeDecoderKind.SD
+    if kind is None:
         raise ModelLoadError(
-            f"refusing to serve {path}: manifest.json has vae_decoder kind {kind!r}, this worker "
-            f"serves {', '.join(VAE_DECODERS)}; upgrade the worker (lcm-fleet[worker]) or "
+            f"refusing to serve {path}: manifest.json has vae_decoder kind "
+            f"{manifest.vae_decoder_kind!r}, this worker serves "
+            f"{', '.join(names(VaeDecoderKind))}; upgrade the worker (lcm-fleet[worker]) or "
             "rebuild the artifact with this lcm-fleet"
         )
-    return str(kind)
+    return kind
 
 
 def open_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
@@ -117,24 +113,20 @@ def open_artifact(path: Path, width: int | None = None, height: int | None = Non
     check_versions(manifest)
     check_quality(manifest, path)
     vae_decoder = check_vae_decoder(manifest, path)
-    shape = manifest.shape
-    w = width or shape.get("width")
-    h = height or shape.get("height")
+    shape = manifest.shape or Shape()
+    w = width or shape.width
+    h = height or shape.height
     if not w or not h:
         raise ModelLoadError(
             f"{path}/manifest.json has no shape; "
             "set LCM_WIDTH and LCM_HEIGHT or rebuild the artifact"
         )
-    if (w, h) != (shape.get("width"), shape.get("height")):
+    if (w, h) != (shape.width, shape.height):
         logger.warning(
-            "serving %dx%d; the artifact was calibrated at %sx%s",
-            w,
-            h,
-            shape.get("width"),
-            shape.get("height"),
+            "serving %dx%d; the artifact was calibrated at %sx%s", w, h, shape.width, shape.height
         )
     cfg = not _unet_config(path).get("time_cond_proj_dim")
-    guidance = float(shape.get("guidance_scale") or (1.0 if cfg else 8.0))
+    guidance = float(shape.guidance_scale or (1.0 if cfg else 8.0))
     return ServedModel(
         path=path,
         manifest=manifest,

@@ -2,7 +2,7 @@
 
 ``LCM_MODEL_DIR=FOLDER`` or ``LCM_MODEL=FOLDER`` serve that folder. ``LCM_MODEL=NAME@VERSION``
 or ``NAME@latest`` pulls the version published with ``lcm-build publish`` into
-``LCM_MODEL_CACHE_DIR/<name>/<version>/`` once (model_build.registry.pull). Either way the
+``LCM_MODEL_CACHE_DIR/<name>/<version>/`` once (lcm_fleet.artifact.registry). Either way the
 folder is verified (every file's size and sha256, the format and OpenVINO versions) before
 the worker serves it; a damaged cached copy is refused with the folder to delete.
 """
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lcm_fleet.storage import s3_client
-from model_build.registry import RegistryError, RegistryInputError, looks_like_ref, pull
+from lcm_fleet.artifact.registry import Registry, looks_like_ref
+from lcm_fleet.errors import RegistryError, RegistryInputError, StorageError
 from worker.errors import ModelLoadError
 from worker.model.artifact import ServedModel, open_artifact, verify_files_of
 from worker.settings import WorkerSettings
@@ -46,18 +46,13 @@ def local_model_dir(settings: WorkerSettings) -> Path:
                 "built with `lcm-build build`"
             )
         return path
-    where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}models/"
-    client = s3_client(
-        settings,
-        settings.s3_access_key_id.get_secret_value(),
-        settings.s3_secret_access_key.get_secret_value(),
-    )
+    registry = Registry.from_settings(settings)
     try:
-        path = pull(value, settings.model_cache_dir, client, settings.s3_bucket, settings.s3_prefix)
+        path = registry.pull(value, settings.model_cache_dir)
     except RegistryInputError as e:
         raise ModelLoadError(f"LCM_MODEL={value!r}: {e}") from e
-    except RegistryError as e:
-        raise ModelLoadError(f"cannot pull LCM_MODEL={value!r} from {where}: {e}") from e
+    except (RegistryError, StorageError) as e:
+        raise ModelLoadError(f"cannot pull LCM_MODEL={value!r} from {registry.uri()}: {e}") from e
     logger.info("LCM_MODEL=%s is %s", value, path)
     return path
 

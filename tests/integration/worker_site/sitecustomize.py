@@ -1,13 +1,14 @@
 """Put on PYTHONPATH of the test worker: importing a build-only package fails there.
 
 This proves the worker serves without torch, diffusers, transformers, optimum or NNCF,
-even though the test environment has them installed.
+even though the test environment has them installed, and without model_build, which the
+worker image does not copy (deploy/docker/Dockerfile).
 """
 
 import importlib.abc
 import sys
 
-BLOCKED = {"torch", "diffusers", "transformers", "optimum", "nncf", "torchvision"}
+BLOCKED = {"torch", "diffusers", "transformers", "optimum", "nncf", "torchvision", "model_build"}
 
 
 class _BuildOnlyBlocker(importlib.abc.MetaPathFinder):
