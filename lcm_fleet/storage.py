@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lcm_fleet.backoff import Backoff, call_with_backoff
-from lcm_fleet.errors import StorageError, TransientStorageError
+from lcm_fleet.errors import LcmError, StorageError, TransientStorageError
 from lcm_fleet.settings import ConnectionSettings
 
 T = TypeVar("T")
@@ -162,13 +162,14 @@ class ObjectStore:
         """Call ``fn`` with bounded, jittered retries of transient faults; errors classified.
 
         Not found and permanent errors propagate at once; the last transient one after
-        ``backoff.attempts`` calls.
+        ``backoff.attempts`` calls. lcm-fleet's own errors (e.g. a caller's check that a file
+        changed) pass through unchanged.
         """
 
         def once() -> T:
             try:
                 return fn()
-            except StorageError:
+            except LcmError:
                 raise
             except Exception as e:
                 raise classify(e, what) from e

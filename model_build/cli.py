@@ -409,7 +409,7 @@ def _run_reference(args: argparse.Namespace) -> int:
 
 
 # --- model registry in S3: publish, list ------------------------------------------------
-# S3 settings come from LCM_* (producer.settings.ProducerSettings); see lcm_fleet/artifact/
+# S3 settings come from LCM_* (lcm_fleet.settings.ConnectionSettings); see lcm_fleet/artifact/
 # registry.py (names, layout, pull) and model_build/registry.py (publish, list).
 
 
@@ -432,10 +432,10 @@ def _registry():
     from pydantic import ValidationError
 
     from lcm_fleet.artifact.registry import Registry
-    from producer.settings import ProducerSettings
+    from lcm_fleet.settings import ConnectionSettings
 
     try:
-        settings = ProducerSettings()
+        settings = ConnectionSettings()
     except ValidationError as e:
         raise BuildInputError(f"invalid LCM_* S3 settings: {e}") from e
     if settings.s3_access_key_id is None or settings.s3_secret_access_key is None:

@@ -32,7 +32,7 @@ from lcm_fleet.artifact.registry import (
     validate_name,
     version_of,
 )
-from lcm_fleet.errors import ManifestError, RegistryInputError, StorageError
+from lcm_fleet.errors import ManifestError, RegistryInputError
 from lcm_fleet.keys import version_prefix
 from lcm_fleet.storage import META_SHA256, s3_uri
 
@@ -279,32 +279,18 @@ def _upload(
         store.put(key, data, content_type, {META_SHA256: item.sha256, **item.metadata})
         progress(item.size)
         return True
-    # The store retries the transfer and wraps what the check raises as a storage error:
-    # a file that changed under us is the operator's to fix (exit 2), so it comes out as is.
-    changed: list[RegistryInputError] = []
-
-    def unchanged() -> None:
-        try:
-            item.check_unchanged()
-        except RegistryInputError as e:
-            changed.append(e)
-            raise
-
-    try:
-        store.upload_file(
-            item.path,
-            key,
-            size=item.size,
-            sha256=item.sha256,
-            metadata=item.metadata,
-            multipart_bytes=large_file_bytes,
-            before=unchanged,
-            callback=progress,
-        )
-    except StorageError:
-        if changed:
-            raise changed[-1] from None
-        raise
+    # A file that changed under us is the operator's to fix (exit 2): the store lets the
+    # check's RegistryInputError through unchanged, without retrying.
+    store.upload_file(
+        item.path,
+        key,
+        size=item.size,
+        sha256=item.sha256,
+        metadata=item.metadata,
+        multipart_bytes=large_file_bytes,
+        before=item.check_unchanged,
+        callback=progress,
+    )
     return True
 
 
