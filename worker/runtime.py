@@ -19,7 +19,8 @@ from typing import Any
 from worker.errors import StartupError
 from worker.model.artifact import ServedModel
 from worker.render.memory import check_estimate, estimate_gib
-from worker.render.process import LoadReport, RenderSlots, RenderSpec
+from worker.render.messages import LoadReport
+from worker.render.process import RenderSlots, RenderSpec
 from worker.render.sizes import Size, queues_for
 from worker.results.storage import ObjectStore
 from worker.settings import WorkerSettings
