@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import (
@@ -22,6 +23,22 @@ from pydantic import (
 )
 
 from lcm_fleet.errors import InvalidJob
+
+
+class JobState(str, Enum):
+    """Where a job is in its life. A worker's result is always ``succeeded``; the other
+    states are what a job record may say before it (queued, running) or instead (failed,
+    canceled)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 #: Celery task name of a render job. Producers send by name; they never import the worker.
 TASK_RENDER = "lcm_fleet.render"
@@ -181,7 +198,8 @@ class JobResult(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     job_id: str
-    status: Literal["succeeded"] = "succeeded"
+    #: Always succeeded: a job that fails has no result, its task fails instead.
+    status: Literal[JobState.SUCCEEDED] = JobState.SUCCEEDED
     prompt: str
     steps: int
     guidance_scale: float
