@@ -12,6 +12,7 @@ from lcm_fleet.errors import InvalidJob
 from tests.unit.fakes import FakePipeline, LocalSlots
 from tests.unit.test_result_writer import SlowS3, _store
 from worker.job import run_job
+from worker.render.images import check_job
 from worker.render.limits import Deadlines
 from worker.render.sizes import PipelineSet
 
@@ -35,7 +36,7 @@ def _slots(log, step_s=0.05):
 
 def _run(job, slots, store, deadlines, pool):
     return run_job(
-        job,
+        check_job(job, slots.classes),
         slots=slots,
         store=store,
         prefix="",
@@ -43,7 +44,7 @@ def _run(job, slots, store, deadlines, pool):
         worker="w",
         deadlines=deadlines,
         executor=pool,
-    )
+    ).result
 
 
 def test_next_job_renders_while_the_previous_one_uploads():

@@ -9,6 +9,7 @@ import pytest
 
 from lcm_fleet.contract import Job
 from tests.unit.test_storage import FakeS3
+from worker.durations import JobDurations
 from worker.render.images import Rendered, RenderedImage
 from worker.results.storage import ObjectStore
 from worker.results.writer import ResultWriter
@@ -53,9 +54,9 @@ def test_uploads_run_beside_rendering_and_finish_waits_for_them():
             height=16,
             guidance_scale=8.0,
             images=[_image(i) for i in range(3)],
-            durations_s={"render": 0.1},
+            durations=JobDurations(render=0.1),
         )
-        result = writer.finish(rendered)
+        result = writer.finish(rendered).result
     assert any(name.startswith("lcm-upload") for name in client.threads)
     assert sorted(client.objects) == [f"jobs/{job.job_id}/{i:03d}.png" for i in range(3)] + [
         f"jobs/{job.job_id}/result.json"
