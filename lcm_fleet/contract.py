@@ -24,6 +24,22 @@ from pydantic import (
 
 from lcm_fleet.errors import InvalidJob
 
+
+class JobState(str, Enum):
+    """Where a job is in its life. A worker's result is always ``succeeded``; the other
+    states are what a job record may say before it (queued, running) or instead (failed,
+    canceled)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 #: Celery task name of a render job. Producers send by name; they never import the worker.
 TASK_RENDER = "lcm_fleet.render"
 #: Default queue of render jobs. Jobs that name a size go to that size's queue,
@@ -31,16 +47,6 @@ TASK_RENDER = "lcm_fleet.render"
 QUEUE_RENDER = "lcm.render"
 #: Message header with the submit time (Unix seconds), for the queue-wait measurement.
 HEADER_SUBMITTED_AT = "lcm_submitted_at"
-
-
-class JobState(str, Enum):
-    """Where a job is (lcm_fleet/records.py keeps it)."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
 
 
 #: Celery settings that producers and workers must share.
@@ -193,7 +199,8 @@ class JobResult(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     job_id: str
-    status: Literal["succeeded"] = "succeeded"
+    #: Always succeeded: a job that fails has no result, its task fails instead.
+    status: Literal[JobState.SUCCEEDED] = JobState.SUCCEEDED
     prompt: str
     steps: int
     guidance_scale: float

@@ -16,13 +16,25 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from lcm_fleet.settings import ENV_PREFIX
-from worker.errors import WorkerError
+from worker.errors import StartupError, WorkerError
+
+if TYPE_CHECKING:
+    from worker.consumer.reclaim import Heartbeat
+    from worker.render.messages import LoadReport
+    from worker.runtime import Runtime
+    from worker.settings import WorkerSettings
 
 logger = logging.getLogger("worker")
+
+# Heavy modules (Celery, boto3, the render process) are imported in the stage that needs
+# them, so that a settings mistake is reported at once.
 
 
 def settings_error(e: ValidationError) -> str:
@@ -36,112 +48,152 @@ def settings_error(e: ValidationError) -> str:
     return "invalid worker settings:\n" + "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Invocation:
+    #: ``--check``: verify, then exit without serving.
+    check: bool
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """What stage 7 starts beside Celery: this worker's name and the heartbeat of its holdings."""
+
+    name: str
+    heartbeat: Heartbeat
+
+
+def parse_args(argv: list[str] | None) -> Invocation:
     parser = argparse.ArgumentParser(
         prog="lcm-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--check", action="store_true", help="verify and exit")
-    args = parser.parse_args(argv)
+    return Invocation(check=parser.parse_args(argv).check)
 
+
+def read_settings() -> WorkerSettings:
     from worker.settings import WorkerSettings
 
     try:
         settings = WorkerSettings()  # type: ignore[call-arg]
     except ValidationError as e:
-        print(f"lcm-worker: {settings_error(e)}", file=sys.stderr)
-        return 2
+        raise StartupError(settings_error(e)) from e
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from worker import runtime
-    from worker.consumer import broker_guard
-    from worker.consumer.app import configure
-    from worker.model.source import open_model, verify_model
-    from worker.render.sizes import format_size, format_sizes
-    from worker.results.storage import check_bucket, result_store
+    return settings
 
-    try:
-        model = open_model(settings)  # pulled if needed; manifest, versions, gate, shape
-    except WorkerError as e:
-        print(f"lcm-worker: {e}", file=sys.stderr)
-        return 2
-    rt = runtime.install(settings, model)
+
+def open_model(settings: WorkerSettings) -> Runtime:
+    """The model (pulled if needed; manifest, versions, gate, shape), installed as the runtime."""
+    from worker import runtime
+    from worker.model import source
+
+    return runtime.install(settings, source.open_model(settings))
+
+
+def stop_serving(rt: Runtime) -> Callable[[str], None]:
+    """What a render process that cannot be started again does: stop serving (running jobs
+    finish first, main returns 3); lcm-fleet starts the worker again."""
 
     def on_fatal(message: str) -> None:
-        # A render process that cannot be started again: stop serving (running jobs
-        # finish first); lcm-fleet starts the worker again.
         rt.fatal = message
         os.kill(os.getpid(), signal.SIGTERM)
 
-    try:
-        rt.check_estimate()
-        if not args.check:
-            # The render process compiles while this process hashes the artifact's files and
-            # checks storage and the broker; nothing is served before all of them are done.
-            rt.launch_rendering(on_fatal)
-        verify_model(settings, model)
-        check_bucket(result_store(settings))
-    except WorkerError as e:
-        rt.abort()
-        print(f"lcm-worker: {e}", file=sys.stderr)
-        return 2
+    return on_fatal
+
+
+def verify(rt: Runtime, *, compile: bool) -> None:
+    """The memory estimate, the artifact's file hashes and the bucket. With ``compile``, the
+    render process compiles meanwhile; nothing is served before every check is done."""
+    from worker.model.source import verify_model
+    from worker.results.storage import check_bucket, result_store
+
+    rt.check_estimate()
+    if compile:
+        rt.launch_rendering(stop_serving(rt))
+    verify_model(rt.settings, rt.model)
+    check_bucket(result_store(rt.settings))
+
+
+def configure_celery(settings: WorkerSettings) -> Any:
+    from worker.consumer import broker_guard
+    from worker.consumer.app import configure
+
     app = configure(settings)
     broker_guard.install(settings.redis_url)
-    if args.check:
-        try:
-            with app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1)
-        except Exception as e:
-            print(f"lcm-worker: broker {settings.redis_url} unreachable: {e}", file=sys.stderr)
-            return 2
-        print(
-            f"ok: {model.path} (sizes {format_sizes(rt.sizes)}), "
-            f"bucket {settings.s3_bucket}, "
-            f"broker {settings.redis_url}"
-        )
-        return 0
-    if settings.metrics_port:
-        from worker import metrics
+    return app
 
-        try:
-            metrics.serve(
-                settings.metrics_port,
-                settings.metrics_addr,
-                settings.redis_url,
-                rt.queues,
-                {
-                    "unit": settings.unit,
-                    "device": settings.device,
-                    "model_manifest_sha256": model.manifest.sha256,
-                    "shape": format_size(rt.sizes[0]),
-                    "sizes": format_sizes(rt.sizes),
-                },
-            )
-        except OSError as e:
-            rt.abort()
-            print(
-                f"lcm-worker: cannot serve metrics on {settings.metrics_addr}:"
-                f"{settings.metrics_port}: {e}; set LCM_METRICS_PORT to a free port, or 0",
-                file=sys.stderr,
-            )
-            return 2
 
+def check_broker(app: Any, rt: Runtime) -> str:
+    """--check: the broker answers; the line that says what was verified."""
+    from worker.render.sizes import format_sizes
+
+    settings = rt.settings
     try:
-        reports = rt.render_slots().wait_ready()
-    except WorkerError as e:
-        print(f"lcm-worker: {e}", file=sys.stderr)
-        return 2
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as e:
+        raise StartupError(f"broker {settings.redis_url} unreachable: {e}") from e
+    return (
+        f"ok: {rt.model.path} (sizes {format_sizes(rt.sizes)}), "
+        f"bucket {settings.s3_bucket}, "
+        f"broker {settings.redis_url}"
+    )
+
+
+def serve_metrics(rt: Runtime) -> None:
+    from worker import metrics
+    from worker.render.sizes import format_size, format_sizes
+
+    settings = rt.settings
+    if not settings.metrics_port:
+        return
+    try:
+        metrics.serve(
+            settings.metrics_port,
+            settings.metrics_addr,
+            settings.redis_url,
+            rt.queues,
+            {
+                "unit": settings.unit,
+                "device": settings.device,
+                "model_manifest_sha256": rt.model.manifest.sha256,
+                "shape": format_size(rt.sizes[0]),
+                "sizes": format_sizes(rt.sizes),
+            },
+        )
+    except OSError as e:
+        raise StartupError(
+            f"cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port}: {e}; "
+            "set LCM_METRICS_PORT to a free port, or 0"
+        ) from e
+
+
+def wait_for_render_processes(rt: Runtime) -> list[LoadReport]:
     from worker import metrics
 
+    reports = rt.render_slots().wait_ready()
     for report in reports:
         metrics.observe_load(report)
+    return reports
+
+
+def start_consumer(app: Any, rt: Runtime) -> Consumer:
+    """Record the messages this worker holds and beat its heartbeat; give back the messages
+    of workers whose heartbeat expired (worker/consumer/reclaim.py)."""
     from worker.consumer import reclaim
 
-    name = f"lcm-worker-{settings.unit}@{socket.gethostname()}"
-    holdings = reclaim.Holdings(rt.redis(), name, settings.heartbeat_ttl_s)
+    name = f"lcm-worker-{rt.settings.unit}@{socket.gethostname()}"
+    holdings = reclaim.Holdings(rt.redis(), name, rt.settings.heartbeat_ttl_s)
     reclaim.install(holdings)
     heartbeat = reclaim.Heartbeat(holdings, reclaim.kombu_restore(app))
     heartbeat.start()
+    return Consumer(name, heartbeat)
+
+
+def run_celery(app: Any, rt: Runtime, consumer: Consumer) -> None:
+    """Serve until SIGTERM (Celery's warm shutdown lets running jobs finish)."""
+    settings = rt.settings
     try:
         app.worker_main(
             [
@@ -151,14 +203,46 @@ def main(argv: list[str] | None = None) -> int:
                 f"--concurrency={rt.threads}",
                 f"--loglevel={settings.log_level}",
                 f"--queues={','.join(rt.queues)}",
-                f"--hostname={name}",
+                f"--hostname={consumer.name}",
                 "--without-gossip",
                 "--without-mingle",
             ]
         )
     finally:
-        heartbeat.stop()
+        consumer.heartbeat.stop()
         rt.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    invocation = parse_args(argv)
+    rt: Runtime | None = None
+    try:
+        # 1. settings, from LCM_* (and logging at their level)
+        settings = read_settings()
+        # 2. open the model: pulled if needed; manifest, versions, quality gate, shape
+        rt = open_model(settings)
+        # 3. verify the artifact's files and the bucket; serving, the render process
+        #    compiles meanwhile
+        verify(rt, compile=not invocation.check)
+        # 4. the Celery app, with the guard against malformed queue items
+        app = configure_celery(settings)
+        if invocation.check:
+            # 5. --check: the broker answers; report and exit
+            print(check_broker(app, rt))
+            return 0
+        # 5. metrics endpoint
+        serve_metrics(rt)
+        # 6. wait until the render processes have compiled their pipelines
+        wait_for_render_processes(rt)
+    except WorkerError as e:
+        if rt is not None:
+            rt.abort()  # the render processes served nothing; do not wait for them
+        print(f"lcm-worker: {e}", file=sys.stderr)
+        return 2
+    # 7. record holdings, heartbeat, give back dead workers' jobs
+    consumer = start_consumer(app, rt)
+    # 8. serve until SIGTERM
+    run_celery(app, rt, consumer)
     if rt.fatal:
         print(f"lcm-worker: stopped: {rt.fatal}", file=sys.stderr)
         return 3

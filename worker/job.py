@@ -1,4 +1,4 @@
-"""One job, start to end: check it, render it in a render slot, store it.
+"""One checked job, start to end: render it in a render slot, store it.
 
 The job holds its render slot only while it renders: once its last image is rendered
 the next job may render, while this one's last PNGs are encoded and uploaded. The
@@ -12,9 +12,9 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from lcm_fleet.contract import Job, JobResult
 from lcm_fleet.storage import ObjectStore
-from worker.render.images import check_inputs, render
+from worker.durations import TimedResult
+from worker.render.images import CheckedJob, render
 from worker.render.limits import Deadlines
 from worker.render.process import SizeClass
 from worker.render.sizes import PipelineSet
@@ -30,7 +30,7 @@ class Slots(Protocol):
 
 
 def run_job(
-    job: Job,
+    checked: CheckedJob[SizeClass],
     *,
     slots: Slots,
     store: ObjectStore,
@@ -39,12 +39,11 @@ def run_job(
     worker: str,
     deadlines: Deadlines,
     executor: Executor | None = None,
-) -> JobResult:
-    size = slots.classes.for_job(job)  # InvalidJob: a size this worker does not serve
-    check_inputs(job, size)  # InvalidJob: e.g. the other guidance regime
+) -> TimedResult:
+    """``checked``: from ``check_job(job, slots.classes)`` (worker/render/images.py)."""
     writer = ResultWriter(
         store,
-        job,
+        checked.job,
         prefix=prefix,
         model_manifest_sha256=model_manifest_sha256,
         worker=worker,
@@ -52,11 +51,9 @@ def run_job(
     )
     try:
         with slots.session(deadlines) as session:
-            rendered = render(job, session.pipeline(size), on_image=writer.add)
+            rendered = render(checked, session.pipeline(checked.size_class), on_image=writer.add)
             slot_wait_s = session.waited_s
     except BaseException:
         writer.abandon()
         raise
-    result = writer.finish(rendered, deadlines)
-    result.durations_s["slot_wait"] = round(slot_wait_s, 4)
-    return result
+    return writer.finish(rendered, deadlines).but(slot_wait=slot_wait_s)

@@ -13,6 +13,11 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from lcm_fleet.contract import Job
+from worker.consumer.policy import Outcome
+from worker.durations import JobDurations
+from worker.render.sizes import PipelineSet, format_size
+
 logger = logging.getLogger(__name__)
 
 STAGES = (
@@ -27,7 +32,8 @@ STAGES = (
     "store_wait",
     "total",
 )
-OUTCOMES = ("succeeded", "invalid", "failed", "retried", "abandoned", "requeued", "timed_out")
+#: ``outcome`` label values: worker.consumer.policy.Outcome.
+OUTCOMES = tuple(o.value for o in Outcome)
 
 #: ``size`` label of jobs whose size this worker does not serve, and of undecodable ones.
 SIZE_OTHER, SIZE_UNKNOWN = "other", "unknown"
@@ -56,16 +62,26 @@ PIPELINE_MEMORY = Gauge(
 )
 
 
-def observe_job(durations_s: dict[str, float], images: int, size: str) -> None:
-    for stage, seconds in durations_s.items():
+def size_label(job: Job | None, classes: PipelineSet[Any] | None) -> str:
+    """The ``size`` label of a job: its size class, ``other`` for a size this worker does not
+    serve, ``unknown`` before the job is decoded."""
+    if job is None or classes is None:
+        return SIZE_UNKNOWN
+    size = classes.size_of(job)
+    return format_size(size) if size in classes.sizes else SIZE_OTHER
+
+
+def observe_job(durations: JobDurations, images: int, size: str) -> None:
+    """A succeeded job: its stage seconds (as its result reports them), images and outcome."""
+    for stage, seconds in durations.as_dict().items():
         if stage in STAGES:
             STAGE_SECONDS.labels(stage=stage, size=size).observe(seconds)
-    JOBS.labels(outcome="succeeded", size=size).inc()
+    count_outcome(Outcome.SUCCEEDED, size)
     IMAGES.labels(size=size).inc(images)
 
 
-def count_outcome(outcome: str, size: str = SIZE_UNKNOWN) -> None:
-    JOBS.labels(outcome=outcome, size=size).inc()
+def count_outcome(outcome: Outcome, size: str = SIZE_UNKNOWN) -> None:
+    JOBS.labels(outcome=outcome.value, size=size).inc()
 
 
 def observe_load(loaded: Any) -> None:

@@ -20,7 +20,8 @@ from lcm_fleet.storage import ObjectStore
 from worker.errors import StartupError
 from worker.model.artifact import ServedModel
 from worker.render.memory import check_estimate, estimate_gib
-from worker.render.process import LoadReport, RenderSlots, RenderSpec
+from worker.render.messages import LoadReport
+from worker.render.process import RenderSlots, RenderSpec
 from worker.render.sizes import Size, queues_for
 from worker.results.storage import result_store
 from worker.settings import WorkerSettings

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from lcm_fleet.artifact.kinds import InferencePrecision
 from lcm_fleet.artifact.registry import parse_ref
 from lcm_fleet.errors import RegistryInputError
 from lcm_fleet.settings import ConnectionSettings
@@ -28,7 +29,7 @@ class WorkerSettings(ConnectionSettings):
     #: OpenVINO compile cache; makes later start-ups fast. Empty string disables it.
     cache_dir: str = str(Path.home() / ".cache" / "lcm-fleet" / "openvino")
     #: OpenVINO inference precision: "default" lets the device choose (bf16 where the CPU has it).
-    inference_precision: Literal["default", "f32", "bf16", "f16"] = "default"
+    inference_precision: InferencePrecision = InferencePrecision.DEFAULT
     #: Static shape to compile; None takes the artifact's shape from its manifest.
     width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)

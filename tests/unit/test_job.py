@@ -10,6 +10,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from lcm_fleet.contract import Job
 from lcm_fleet.errors import InvalidJob
 from worker.job import run_job
+from worker.render.images import check_job
 from worker.render.limits import Deadlines
 from worker.render.sizes import PipelineSet
 
@@ -38,7 +39,7 @@ def slots_for(fake_pipeline, local_slots):
 
 def _run(job, slots, store, deadlines, pool):
     return run_job(
-        job,
+        check_job(job, slots.classes),
         slots=slots,
         store=store,
         prefix="",
@@ -46,7 +47,7 @@ def _run(job, slots, store, deadlines, pool):
         worker="w",
         deadlines=deadlines,
         executor=pool,
-    )
+    ).result
 
 
 def test_next_job_renders_while_the_previous_one_uploads(slots_for, slow_s3, result_store_for):

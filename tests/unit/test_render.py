@@ -12,8 +12,8 @@ def test_one_seeded_call_per_image(fake_pipeline):
     assert [c[1] for c in pipe.calls] == [10, 11, 12]
     assert [i.seed for i in out.images] == [10, 11, 12]
     assert all(c[2] == 2 and c[3] == 5.0 for c in pipe.calls)
-    assert out.durations_s["unet"] == pytest.approx(0.3)
-    assert out.durations_s["text_encoder"] == pytest.approx(0.03)
+    assert out.durations.unet == pytest.approx(0.3)
+    assert out.durations.text_encoder == pytest.approx(0.03)
     assert (out.width, out.height) == (64, 64)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lcm_fleet.contract import Job
+from worker.durations import JobDurations
 from worker.render.images import Rendered, RenderedImage
 from worker.results.writer import ResultWriter
 
@@ -37,9 +38,9 @@ def test_uploads_run_beside_rendering_and_finish_waits_for_them(slow_s3, result_
             height=16,
             guidance_scale=8.0,
             images=[_image(i) for i in range(3)],
-            durations_s={"render": 0.1},
+            durations=JobDurations(render=0.1),
         )
-        result = writer.finish(rendered)
+        result = writer.finish(rendered).result
     assert any(name.startswith("lcm-upload") for name in client.threads)
     assert sorted(client.objects) == [f"jobs/{job.job_id}/{i:03d}.png" for i in range(3)] + [
         f"jobs/{job.job_id}/result.json"

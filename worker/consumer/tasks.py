@@ -1,34 +1,34 @@
-"""The render task: decode, render, store, decide on retry. The logic lives elsewhere.
+"""The render task: decode and check the job, run it, return its result.
 
-It runs on one of Celery's threads (worker/render/process.py says why), under the job's own
+What becomes of a job that raises is decided in worker/consumer/policy.py, and recorded
+(metrics, the job's log line) in worker/consumer/report.py; the task only applies it. It
+runs on one of Celery's threads (worker/render/process.py says why), under the job's own
 soft and hard time limits (worker/render/limits.py).
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject
 
-from lcm_fleet.backoff import Backoff
 from lcm_fleet.contract import HEADER_SUBMITTED_AT, TASK_RENDER, Job, parse_job
-from lcm_fleet.errors import InvalidJob, TransientStorageError
+from lcm_fleet.errors import InvalidJob
 from worker import metrics, runtime
+from worker.consumer import report
 from worker.consumer.app import app
-from worker.consumer.deliveries import JobAbandoned, count_delivery, forget_deliveries
+from worker.consumer.deliveries import count_delivery, forget_deliveries
+from worker.consumer.policy import NEVER_RETRY, Action, RetryPolicy, decide
 from worker.consumer.reclaim import HeldRequest
-from worker.errors import RendererLost
 from worker.job import run_job
+from worker.render.images import CheckedJob, check_job
 from worker.render.limits import Deadlines
+from worker.render.process import RenderSlots, SizeClass
 from worker.render.sizes import format_size
 
-logger = logging.getLogger(__name__)
-
-#: Failures that no retry can fix: the job fails once, with its reason recorded.
-NEVER_RETRY = (InvalidJob, JobAbandoned)
+__all__ = ["NEVER_RETRY", "decode_payload", "queue_wait_s", "render_job"]
 
 
 def decode_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
@@ -48,6 +48,15 @@ def queue_wait_s(submitted_at: Any) -> float | None:
         return None
 
 
+def _size(job: Job | None, checked: CheckedJob[SizeClass] | None, slots: RenderSlots | None) -> str:
+    """The job's ``size`` label: its checked size, or (refused, undecoded) what it asked for."""
+    return (
+        format_size(checked.size)
+        if checked
+        else metrics.size_label(job, slots.classes if slots else None)
+    )
+
+
 # HeldRequest records each delivered message until it is acknowledged, so that if this
 # worker dies its jobs go back to the queue at once (worker/consumer/reclaim.py).
 @app.task(name=TASK_RENDER, bind=True, throws=NEVER_RETRY, Request=HeldRequest)
@@ -59,7 +68,9 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     wait_s = queue_wait_s(self.request.get(HEADER_SUBMITTED_AT))
     t0 = time.perf_counter()
     deadlines = Deadlines.start(settings.task_soft_time_limit_s, settings.task_time_limit_s)
-    size = metrics.SIZE_UNKNOWN
+    job: Job | None = None
+    slots: RenderSlots | None = None
+    checked: CheckedJob[SizeClass] | None = None
     try:
         count_delivery(
             rt.redis(),
@@ -70,10 +81,9 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         )
         job = decode_payload(args, kwargs)
         slots = rt.render_slots()
-        wanted = slots.classes.size_of(job)
-        size = format_size(wanted) if wanted in slots.classes.sizes else metrics.SIZE_OTHER
-        result = run_job(
-            job,
+        checked = check_job(job, slots.classes)
+        done = run_job(
+            checked,
             slots=slots,
             store=rt.store(),
             prefix=settings.s3_prefix,
@@ -82,66 +92,20 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             deadlines=deadlines,
             executor=rt.uploads(),
         )
-    except NEVER_RETRY as e:
-        metrics.count_outcome("abandoned" if isinstance(e, JobAbandoned) else "invalid", size)
-        logger.warning("job %s failed (not retried): %s [size %s]", task_id, e, size)
-        raise
-    except TransientStorageError as e:
-        if retries >= settings.task_max_retries:
-            metrics.count_outcome("failed", size)
-            logger.error("job %s failed after %d retries: %s [size %s]", task_id, retries, e, size)
-            raise
-        backoff = Backoff(
-            settings.retry_backoff_base_s,
-            max(settings.retry_backoff_cap_s, settings.retry_backoff_base_s),
-        )
-        countdown = backoff.delay(retries)
-        metrics.count_outcome("retried", size)
-        logger.warning(
-            "job %s: storage failed (%s); retry %d in %.1fs [size %s]",
-            task_id,
-            e,
-            retries + 1,
-            countdown,
-            size,
-        )
-        raise self.retry(exc=e, countdown=countdown, max_retries=settings.task_max_retries) from e
-    except RendererLost as e:
-        # What task_reject_on_worker_lost does for a dead prefork child: back to the
-        # queue at once; the delivery counter fails the job after LCM_MAX_DELIVERIES.
-        metrics.count_outcome("requeued", size)
-        logger.error("job %s requeued: %s [size %s]", task_id, e, size)
-        raise Reject(str(e), requeue=True) from e
-    except (SoftTimeLimitExceeded, TimeLimitExceeded) as e:
-        # Failed and acknowledged (not retried), as Celery's own time limits do.
-        metrics.count_outcome("timed_out", size)
-        logger.error("job %s failed: %s [size %s]", task_id, e, size)
-        raise
     except Exception as e:
-        metrics.count_outcome("failed", size)
-        logger.exception("job %s failed: %s [size %s]", task_id, e, size)
+        policy = RetryPolicy.of(settings)
+        decision = decide(e, retries, policy)
+        report.failed(task_id, decision, e, _size(job, checked, slots))
+        if decision.action is Action.RETRY:
+            raise self.retry(
+                exc=e, countdown=decision.countdown_s, max_retries=policy.max_retries
+            ) from e
+        if decision.action is Action.REQUEUE:
+            # What task_reject_on_worker_lost does for a dead prefork child: back to the
+            # queue at once; the delivery counter fails the job after LCM_MAX_DELIVERIES.
+            raise Reject(str(e), requeue=True) from e
         raise
-    result.durations_s["total"] = round(time.perf_counter() - t0, 4)
-    if wait_s is not None:
-        result.durations_s["queue_wait"] = round(wait_s, 4)
+    done = done.but(total=time.perf_counter() - t0, queue_wait=wait_s)
     forget_deliveries(rt.redis(), task_id, retries)
-    metrics.observe_job(result.durations_s, len(result.images), size)
-    d = result.durations_s
-    logger.info(
-        "job %s succeeded: %d image(s) %dx%d steps=%d | queue_wait=%s slot_wait=%.3fs "
-        "text_encoder=%.3fs unet=%.3fs vae=%.3fs encode=%.3fs upload=%.3fs total=%.3fs",
-        task_id,
-        len(result.images),
-        result.width,
-        result.height,
-        result.steps,
-        "-" if wait_s is None else f"{wait_s:.3f}s",
-        d["slot_wait"],
-        d["text_encoder"],
-        d["unet"],
-        d["vae"],
-        d["encode"],
-        d["upload"],
-        d["total"],
-    )
-    return result.model_dump(mode="json")
+    report.succeeded(task_id, done, _size(job, checked, slots))
+    return done.result.model_dump(mode="json")

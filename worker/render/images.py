@@ -1,15 +1,34 @@
-"""Render a job: check it against the loaded pipeline, then one seeded call per image."""
+"""Check a job once against what the worker serves, then render it: one seeded call per image."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from lcm_fleet.contract import Job
 from lcm_fleet.errors import InvalidJob
+from worker.durations import JobDurations
 from worker.render.pipeline import CompiledShape, ImagePipeline
+from worker.render.sizes import PipelineSet, Size
+
+S = TypeVar("S", bound=CompiledShape)
+
+
+@dataclass(frozen=True)
+class CheckedJob(Generic[S]):
+    """A job checked against the size class it renders in; what comes after trusts it."""
+
+    job: Job
+    size_class: S
+    width: int
+    height: int
+    guidance_scale: float
+
+    @property
+    def size(self) -> Size:
+        return self.width, self.height
 
 
 @dataclass(frozen=True)
@@ -26,57 +45,65 @@ class Rendered:
     height: int
     guidance_scale: float
     images: list[RenderedImage]
-    durations_s: dict[str, float] = field(default_factory=dict)
+    #: The render stages: text_encoder, unet, vae, render.
+    durations: JobDurations = field(default_factory=JobDurations)
 
 
-def check_inputs(job: Job, pipeline: CompiledShape) -> tuple[int, int, float]:
+def check_job(job: Job, classes: PipelineSet[S]) -> CheckedJob[S]:
+    """The job's size class among those served, and the job checked against it."""
+    return check_inputs(job, classes.for_job(job))  # InvalidJob: a size not served
+
+
+def check_inputs(job: Job, shape: S) -> CheckedJob[S]:
     """Size: the compiled one (or unset). Guidance: the model's default when unset; for a
     CFG model, on the same side of 1.0 as the compiled guidance."""
-    width = job.width or pipeline.width
-    height = job.height or pipeline.height
-    if (width, height) != (pipeline.width, pipeline.height):
+    width = job.width or shape.width
+    height = job.height or shape.height
+    if (width, height) != (shape.width, shape.height):
         raise InvalidJob(
             f"field 'width'/'height' got {width}x{height}; this worker's model serves "
-            f"{pipeline.width}x{pipeline.height}: leave width and height unset or send "
-            f"{pipeline.width}x{pipeline.height}"
+            f"{shape.width}x{shape.height}: leave width and height unset or send "
+            f"{shape.width}x{shape.height}"
         )
-    guidance = job.guidance_scale if job.guidance_scale is not None else pipeline.guidance_scale
-    if pipeline.cfg and (guidance > 1.0) != (pipeline.guidance_scale > 1.0):
-        allowed = "above 1.0" if pipeline.guidance_scale > 1.0 else "exactly 1.0"
+    guidance = job.guidance_scale if job.guidance_scale is not None else shape.guidance_scale
+    if shape.cfg and (guidance > 1.0) != (shape.guidance_scale > 1.0):
+        allowed = "above 1.0" if shape.guidance_scale > 1.0 else "exactly 1.0"
         raise InvalidJob(
             f"field 'guidance_scale' got {guidance}; this worker's model uses classifier-free "
             f"guidance (SD1.5 + LCM-LoRA) and is compiled for guidance_scale "
-            f"{pipeline.guidance_scale}: send a value {allowed}, or leave it unset"
+            f"{shape.guidance_scale}: send a value {allowed}, or leave it unset"
         )
-    return width, height, guidance
+    return CheckedJob(job, shape, width, height, guidance)
 
 
 def render(
-    job: Job,
+    job: Job | CheckedJob[Any],
     pipeline: ImagePipeline,
     on_image: Callable[[RenderedImage, float], None] | None = None,
 ) -> Rendered:
-    """Render every image of ``job``; ``on_image(image, guidance)`` sees each one at once."""
-    width, height, guidance = check_inputs(job, pipeline)
+    """Render every image of ``job``; ``on_image(image, guidance)`` sees each one at once.
+
+    The worker passes the job it checked (worker/job.py); a plain Job (tools, tests) is
+    checked against ``pipeline`` first.
+    """
+    checked = check_inputs(job, pipeline) if isinstance(job, Job) else job
+    job, guidance = checked.job, checked.guidance_scale
     images: list[RenderedImage] = []
-    totals = {"text_encoder": 0.0, "unet": 0.0, "vae": 0.0}
+    durations = JobDurations()
     t0 = time.perf_counter()
     for index in range(job.num_images):
         seed = job.image_seed(index)
         pixels, times = pipeline.generate(job.prompt, seed, job.steps, guidance)
-        totals["text_encoder"] += times.text_encoder_s
-        totals["unet"] += times.unet_s
-        totals["vae"] += times.vae_s
+        durations = durations.plus(times)
         image = RenderedImage(index=index, seed=seed, pixels=pixels)
         images.append(image)
         if on_image is not None:
             on_image(image, guidance)
-    totals["render"] = time.perf_counter() - t0
     return Rendered(
         job=job,
-        width=width,
-        height=height,
+        width=checked.width,
+        height=checked.height,
         guidance_scale=guidance,
         images=images,
-        durations_s=totals,
+        durations=durations.but(render=time.perf_counter() - t0),
     )

@@ -36,10 +36,24 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+from lcm_fleet.artifact.kinds import InferencePrecision
 from worker.errors import ModelLoadError, RenderCancelled, RendererLost, StartupError, WorkerError
 from worker.model.artifact import ServedModel
 from worker.render.limits import Deadlines
-from worker.render.memory import PipelineMemory, load_size_classes
+from worker.render.memory import load_size_classes
+from worker.render.messages import (
+    Cancelled,
+    FromRenderProcess,
+    Image,
+    LoadFailed,
+    LoadReport,
+    Ready,
+    Refused,
+    RenderFailed,
+    RenderRequest,
+    Stop,
+    ToRenderProcess,
+)
 from worker.render.pipeline import ImagePipeline, StageTimes
 from worker.render.sizes import PipelineSet, Size, format_size
 
@@ -63,7 +77,7 @@ def genai_pipeline(spec: RenderSpec, size: Size) -> ImagePipeline:
         spec.model,
         spec.device,
         spec.cache_dir,
-        spec.precision,
+        spec.precision.value,
         cpu_threads=spec.cpu_threads,
         cpu_pinning=spec.cpu_pinning,
         text_encoder_device=spec.text_encoder_device,
@@ -80,7 +94,7 @@ class RenderSpec:
     sizes: tuple[Size, ...]
     device: str = "CPU"
     cache_dir: str = ""
-    precision: str = "default"
+    precision: InferencePrecision = InferencePrecision.DEFAULT
     cpu_threads: int | None = None
     cpu_pinning: bool | None = None
     text_encoder_device: str | None = None
@@ -98,30 +112,6 @@ class RenderSpec:
             {s: SizeClass(s[0], s[1], model.guidance_scale, model.cfg) for s in self.sizes},
             self.sizes[0],
         )
-
-
-@dataclass(frozen=True)
-class RenderRequest:
-    size: Size
-    prompt: str
-    seed: int
-    steps: int
-    guidance_scale: float
-    #: time.monotonic() after which the render stops at the next denoising step.
-    soft_deadline: float | None
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What a render process reports once its pipelines are compiled and warmed up."""
-
-    pid: int
-    loads: tuple[PipelineMemory, ...]
-    rss_gib: float
-
-    @property
-    def total_gib(self) -> float:
-        return sum(m.rss_growth_gib for m in self.loads)
 
 
 # ---------------------------------------------------------------- the render process
@@ -147,44 +137,50 @@ def serve(conn: Any, spec: RenderSpec) -> None:
             warmup=spec.warmup,
         )
     except StartupError as e:
-        conn.send(("refused", str(e)))
+        conn.send(Refused(str(e)))
         return
     except Exception as e:
         logger.exception("the render process could not load its pipelines")
-        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        conn.send(LoadFailed(f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ready", LoadReport(os.getpid(), loaded.loads, loaded.rss_gib)))
+    conn.send(Ready(LoadReport(os.getpid(), loaded.loads, loaded.rss_gib)))
     while True:
         try:
-            message = conn.recv()
+            message: ToRenderProcess = conn.recv()
         except (EOFError, OSError):
             return  # the worker is gone
-        if message[0] == "stop":
-            return
-        request: RenderRequest = message[1]
-        try:
-            pipeline = loaded.pipelines.get(request.size)
-        except KeyError:
-            reply: tuple[Any, ...] = ("error", f"no pipeline for {format_size(request.size)}")
-        else:
-            try:
-                pixels, times = pipeline.generate(
-                    request.prompt,
-                    request.seed,
-                    request.steps,
-                    request.guidance_scale,
-                    deadline=request.soft_deadline,
-                )
-                reply = ("image", pixels, times)
-            except RenderCancelled as e:
-                reply = ("cancelled", str(e))
-            except Exception as e:
-                logger.exception("render failed")
-                reply = ("error", f"{type(e).__name__}: {e}")
+        match message:
+            case Stop():
+                return
+            case RenderRequest() as request:
+                reply = _render(loaded.pipelines, request)
+            case _:
+                reply = RenderFailed(f"the render process got {message!r}, not a render request")
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
+
+
+def _render(pipelines: PipelineSet[ImagePipeline], request: RenderRequest) -> FromRenderProcess:
+    try:
+        pipeline = pipelines.get(request.size)
+    except KeyError:
+        return RenderFailed(f"no pipeline for {format_size(request.size)}")
+    try:
+        pixels, times = pipeline.generate(
+            request.prompt,
+            request.seed,
+            request.steps,
+            request.guidance_scale,
+            deadline=request.soft_deadline,
+        )
+    except RenderCancelled as e:
+        return Cancelled(str(e))
+    except Exception as e:
+        logger.exception("render failed")
+        return RenderFailed(f"{type(e).__name__}: {e}")
+    return Image(pixels, times)
 
 
 # ---------------------------------------------------------------- the worker's side
@@ -243,20 +239,25 @@ class Renderer:
                     f"LCM_STARTUP_TIMEOUT_S={self.startup_timeout_s:g}s; raise it, or turn the "
                     "compile cache on (LCM_CACHE_DIR)"
                 )
-            message = ours.recv()
+            message: FromRenderProcess = ours.recv()
         except (EOFError, OSError) as e:
             self.kill()
             raise ModelLoadError(
                 f"the render process died while loading its pipelines (exit code "
                 f"{process.exitcode}); see its log lines above"
             ) from e
-        if message[0] == "refused":
-            self.stop()
-            raise StartupError(message[1])
-        if message[0] != "ready":
-            self.stop()
-            raise ModelLoadError(f"the render process could not load its pipelines: {message[1]}")
-        self.report = message[1]
+        match message:
+            case Ready(report):
+                self.report = report
+            case Refused(reason):
+                self.stop()
+                raise StartupError(reason)
+            case LoadFailed(reason):
+                self.stop()
+                raise ModelLoadError(f"the render process could not load its pipelines: {reason}")
+            case _:
+                self.stop()
+                raise ModelLoadError(f"the render process sent {message!r} instead of its report")
         logger.info(
             "render process %d (pid %d) ready in %.1fs: %s",
             self.index,
@@ -273,7 +274,7 @@ class Renderer:
         if not self.alive():
             raise RendererLost(f"render process {self.index} is not running")
         try:
-            self._conn.send(("render", request))
+            self._conn.send(request)
             left = deadlines.hard_left()
             if not self._conn.poll(None if left == float("inf") else max(0.0, left)):
                 pid = self.pid
@@ -282,7 +283,7 @@ class Renderer:
                     f"while rendering; render process {self.index} (pid {pid}) was killed "
                     "and is started again"
                 )
-            reply = self._conn.recv()
+            reply: FromRenderProcess = self._conn.recv()
         except (EOFError, OSError) as e:
             process = self._process
             if process is not None:
@@ -292,12 +293,15 @@ class Renderer:
                 f"render process {self.index} (pid {self.pid}) died during the render "
                 f"(exit code {code}; -9 is SIGKILL, e.g. the out-of-memory killer)"
             ) from e
-        kind = reply[0]
-        if kind == "image":
-            return reply[1], reply[2]
-        if kind == "cancelled":
-            raise deadlines.soft_exceeded(f"while rendering ({reply[1]})")
-        raise WorkerError(f"render failed in the render process: {reply[1]}")
+        match reply:
+            case Image(pixels, times):
+                return pixels, times
+            case Cancelled(reason):
+                raise deadlines.soft_exceeded(f"while rendering ({reason})")
+            case RenderFailed(reason):
+                raise WorkerError(f"render failed in the render process: {reason}")
+            case _:
+                raise WorkerError(f"the render process sent {reply!r} instead of an image")
 
     def kill(self) -> None:
         if self._process is not None and self._process.is_alive():
@@ -310,7 +314,7 @@ class Renderer:
         if process is None:
             return
         with suppress(BrokenPipeError, OSError):
-            conn.send(("stop",))
+            conn.send(Stop())
         process.join(timeout=timeout_s)
         if process.is_alive():
             logger.warning("render process %d did not stop; killing it", self.index)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from lcm_fleet.contract import ImageRecord, Job, JobResult
 from lcm_fleet.keys import image_key, result_key
 from lcm_fleet.storage import ObjectStore
+from worker.durations import TimedResult
 from worker.render.images import Rendered, RenderedImage
 from worker.render.limits import Deadlines
 from worker.results.png import encode_png, image_metadata
@@ -93,7 +94,7 @@ class ResultWriter:
             if not future.cancelled():
                 future.exception()
 
-    def finish(self, rendered: Rendered, deadlines: Deadlines | None = None) -> JobResult:
+    def finish(self, rendered: Rendered, deadlines: Deadlines | None = None) -> TimedResult:
         """Wait for every image's verified upload (until the soft limit), then write result.json."""
         t0 = time.perf_counter()
         if deadlines is not None:
@@ -104,9 +105,9 @@ class ResultWriter:
                 raise deadlines.soft_exceeded(f"waiting for {len(waiting)} image upload(s)")
         stored = [future.result() for future in self._pending]
         waited = time.perf_counter() - t0
-        durations = {k: round(v, 4) for k, v in rendered.durations_s.items()}
-        durations["encode"] = round(sum(s.encode_s for s in stored), 4)
-        durations["store_wait"] = round(waited, 4)
+        durations = rendered.durations.but(
+            encode=sum(s.encode_s for s in stored), store_wait=waited
+        )
         job = self.job
         result = JobResult(
             job_id=job.job_id,
@@ -117,15 +118,14 @@ class ResultWriter:
             height=rendered.height,
             images=[s.record for s in sorted(stored, key=lambda s: s.record.index)],
             model_manifest_sha256=self.model_manifest_sha256,
-            durations_s=durations,
+            durations_s=durations.as_dict(),
             worker=self.worker,
         )
         t1 = time.perf_counter()
         body = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True).encode()
         self.store.put(result_key(self.prefix, job.job_id), body, "application/json")
         upload = sum(s.upload_s for s in stored) + time.perf_counter() - t1
-        result.durations_s["upload"] = round(upload, 4)
-        return result
+        return TimedResult.of(result, durations.but(upload=upload))
 
 
 def store_result(
@@ -141,4 +141,4 @@ def store_result(
     )
     for image in rendered.images:
         writer.add(image, rendered.guidance_scale)
-    return writer.finish(rendered)
+    return writer.finish(rendered).result
