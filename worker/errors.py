@@ -17,7 +17,16 @@ class StartupError(WorkerError):
 
 
 class RenderCancelled(WorkerError):
-    """A render stopped at a denoising step because its job's soft time limit passed."""
+    """A render stopped at a denoising step: its job's soft time limit passed, or (with
+    ``requested``) the job was cancelled."""
+
+    def __init__(self, message: str, requested: bool = False) -> None:
+        super().__init__(message)
+        self.requested = requested
+
+
+class JobCanceled(WorkerError):
+    """The job was cancelled through its record: before it started, or at a denoising step."""
 
 
 class RendererLost(WorkerError):

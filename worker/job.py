@@ -8,6 +8,7 @@ verified uploads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -39,8 +40,14 @@ def run_job(
     worker: str,
     deadlines: Deadlines,
     executor: Executor | None = None,
+    on_step: Callable[[int, int, int, int], bool] | None = None,
+    kept: list[str] | None = None,
 ) -> TimedResult:
-    """``checked``: from ``check_job(job, slots.classes)`` (worker/render/images.py)."""
+    """``checked``: from ``check_job(job, slots.classes)`` (worker/render/images.py).
+
+    ``on_step(image, images, step, steps)``: see :func:`render`. When the job fails or is
+    cancelled, the keys of the images it had stored are appended to ``kept``.
+    """
     writer = ResultWriter(
         store,
         checked.job,
@@ -51,9 +58,17 @@ def run_job(
     )
     try:
         with slots.session(deadlines) as session:
-            rendered = render(checked, session.pipeline(checked.size_class), on_image=writer.add)
+            rendered = render(
+                checked,
+                session.pipeline(checked.size_class),
+                on_image=writer.add,
+                on_step=on_step,
+            )
             slot_wait_s = session.waited_s
+        done = writer.finish(rendered, deadlines)
     except BaseException:
         writer.abandon()
+        if kept is not None:
+            kept.extend(writer.stored_keys())
         raise
-    return writer.finish(rendered, deadlines).but(slot_wait=slot_wait_s)
+    return done.but(slot_wait=slot_wait_s)

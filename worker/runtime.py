@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from lcm_fleet.records import RecordStore, open_records
 from lcm_fleet.storage import ObjectStore
 from worker.errors import StartupError
 from worker.model.artifact import ServedModel
@@ -41,6 +42,7 @@ class Runtime:
     fatal: str | None = None
     _store: ObjectStore | None = None
     _redis: Any = None
+    _records: RecordStore | None = None
     _uploads: ThreadPoolExecutor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -139,6 +141,13 @@ class Runtime:
                     max_workers=self.threads, thread_name_prefix="lcm-upload"
                 )
             return self._uploads
+
+    def records(self) -> RecordStore:
+        """The job and batch records (LCM_RECORDS_REDIS_URL, or the broker's Redis)."""
+        with self._lock:
+            if self._records is None:
+                self._records = open_records(self.settings)
+            return self._records
 
     def redis(self) -> Any:
         with self._lock:

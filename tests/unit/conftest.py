@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.unit.fakes import FakePipeline
-from worker.errors import RenderCancelled
+from worker.errors import JobCanceled, RenderCancelled
 from worker.render.process import SizeClass
 from worker.render.sizes import PipelineSet
 from worker.results.storage import result_store
@@ -93,9 +93,10 @@ class LocalSession:
             width, height = pipeline.width, pipeline.height
             guidance_scale, cfg = pipeline.guidance_scale, pipeline.cfg
 
-            def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
+            def generate(self, prompt, seed, steps, guidance_scale, deadline=None, on_step=None):
                 deadlines.check_soft("before rendering an image")
                 soft = deadlines.soft if deadline is None else min(deadline, deadlines.soft)
+                extra = {} if on_step is None else {"on_step": on_step}
                 try:
                     return pipeline.generate(
                         prompt,
@@ -103,11 +104,42 @@ class LocalSession:
                         steps,
                         guidance_scale,
                         deadline=None if soft == float("inf") else soft,
+                        **extra,
                     )
                 except RenderCancelled as e:
+                    if e.requested:
+                        raise JobCanceled(f"canceled while rendering ({e})") from e
                     raise deadlines.soft_exceeded(f"while rendering ({e})") from e
 
         return Limited()
+
+
+class Unrecorded:
+    """RecordStore's interface for a job without a record store: every job runs, nothing
+    is kept (the records are tested on the real Redis: tests/integration/test_records.py)."""
+
+    def start(self, job, worker):
+        from lcm_fleet.records import StartOutcome
+
+        return StartOutcome.RUN
+
+    def progress(self, *args, **kwargs):
+        return False
+
+    def cancel_requested(self, job_id):
+        return False
+
+    def _moved(self, *args, **kwargs):
+        from lcm_fleet.records import Transition
+
+        return Transition(done=False, before=None)
+
+    succeed = fail = requeue = _moved
+
+
+@pytest.fixture
+def unrecorded() -> Unrecorded:
+    return Unrecorded()
 
 
 @pytest.fixture

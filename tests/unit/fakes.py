@@ -28,10 +28,15 @@ class FakePipeline:
         self.step_s = step_s
         self.calls = []
 
-    def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
+    def generate(self, prompt, seed, steps, guidance_scale, deadline=None, on_step=None):
         self.calls.append((prompt, seed, steps, guidance_scale))
         for step in range(steps):
             time.sleep(self.step_s)
+            if on_step is not None and on_step(step + 1, steps):
+                raise RenderCancelled(
+                    f"stopped after step {step + 1} of {steps}: the job was cancelled",
+                    requested=True,
+                )
             if deadline is not None and time.monotonic() >= deadline:
                 raise RenderCancelled(f"stopped after step {step + 1} of {steps}")
         rng = np.random.default_rng([seed, len(prompt), steps])
@@ -43,7 +48,7 @@ class ScriptedPipeline(FakePipeline):
     """In a render process: prompts 'crash' (SIGKILL itself), 'hang' (ignores the deadline),
     'slow' (0.2 s per step), 'fail' (raises)."""
 
-    def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
+    def generate(self, prompt, seed, steps, guidance_scale, deadline=None, on_step=None):
         if prompt == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if prompt == "hang":
@@ -51,7 +56,7 @@ class ScriptedPipeline(FakePipeline):
         if prompt == "fail":
             raise RuntimeError("the device went away")
         self.step_s = 0.2 if prompt == "slow" else 0.0
-        return super().generate(prompt, seed, steps, guidance_scale, deadline)
+        return super().generate(prompt, seed, steps, guidance_scale, deadline, on_step)
 
 
 def scripted_factory(spec, size):

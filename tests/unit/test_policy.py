@@ -10,6 +10,7 @@ from lcm_fleet.errors import InvalidJob, StorageError, TransientStorageError
 from worker import metrics
 from worker.consumer.deliveries import JobAbandoned
 from worker.consumer.policy import (
+    CANCELED_BY,
     NEVER_RETRY,
     Action,
     Decision,
@@ -17,7 +18,7 @@ from worker.consumer.policy import (
     RetryPolicy,
     decide,
 )
-from worker.errors import ModelLoadError, RenderCancelled, RendererLost, WorkerError
+from worker.errors import JobCanceled, ModelLoadError, RenderCancelled, RendererLost, WorkerError
 from worker.settings import WorkerSettings
 
 POLICY = RetryPolicy(max_retries=3, backoff=Backoff(5.0, 120.0))
@@ -33,6 +34,7 @@ POLICY = RetryPolicy(max_retries=3, backoff=Backoff(5.0, 120.0))
         (RendererLost("exit code -9"), Outcome.REQUEUED, Action.REQUEUE),
         (SoftTimeLimitExceeded("soft"), Outcome.TIMED_OUT, Action.FAIL),
         (TimeLimitExceeded("hard"), Outcome.TIMED_OUT, Action.FAIL),
+        (JobCanceled("canceled at step 2"), Outcome.CANCELED, Action.FAIL),
         (RenderCancelled("stopped"), Outcome.FAILED, Action.FAIL),
         (ModelLoadError("gone"), Outcome.FAILED, Action.FAIL),
         (WorkerError("render failed in the render process"), Outcome.FAILED, Action.FAIL),
@@ -104,6 +106,7 @@ def test_outcomes_are_the_metric_labels():
         "abandoned",
         "requeued",
         "timed_out",
+        "canceled",
     )
     assert Outcome.TIMED_OUT == "timed_out" and str(Outcome.TIMED_OUT) == "timed_out"
 
@@ -111,4 +114,4 @@ def test_outcomes_are_the_metric_labels():
 def test_the_task_declares_the_never_retry_set_to_celery():
     from worker.consumer.tasks import render_job
 
-    assert tuple(render_job.throws) == NEVER_RETRY
+    assert tuple(render_job.throws) == NEVER_RETRY + CANCELED_BY

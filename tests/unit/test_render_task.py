@@ -36,10 +36,10 @@ class FakeRedis:
 
 
 class Dying(FakePipeline):
-    def generate(self, prompt, seed, steps, guidance_scale, deadline=None):
+    def generate(self, prompt, seed, steps, guidance_scale, deadline=None, on_step=None):
         if prompt == "die":
             raise RendererLost("render process 0 (pid 1) died during the render (exit code -9)")
-        return super().generate(prompt, seed, steps, guidance_scale, deadline)
+        return super().generate(prompt, seed, steps, guidance_scale, deadline, on_step)
 
 
 def _count(outcome, size):
@@ -47,7 +47,7 @@ def _count(outcome, size):
 
 
 @pytest.fixture
-def rt(local_slots, fake_s3):
+def rt(local_slots, fake_s3, unrecorded):
     settings = WorkerSettings(
         model_dir="/m",
         s3_access_key_id="k",
@@ -62,6 +62,7 @@ def rt(local_slots, fake_s3):
     rt.slots = local_slots(PipelineSet({(32, 32): Dying(32, 32)}, (32, 32)))
     rt._store = result_store(settings, client=fake_s3())
     rt._redis = FakeRedis()
+    rt._records = unrecorded
     yield rt
     rt.slots = None
     rt.stop()

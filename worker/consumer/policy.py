@@ -30,7 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from lcm_fleet.backoff import Backoff
 from lcm_fleet.errors import InvalidJob, TransientStorageError
 from worker.consumer.deliveries import JobAbandoned
-from worker.errors import RendererLost
+from worker.errors import JobCanceled, RendererLost
 from worker.settings import WorkerSettings
 
 #: Failures that no retry can fix: the job fails once, with its reason recorded. The task
@@ -41,6 +41,8 @@ RETRY_ON: tuple[type[Exception], ...] = (TransientStorageError,)
 #: The render process died under the job: the job itself may be fine.
 REQUEUE_ON: tuple[type[Exception], ...] = (RendererLost,)
 TIME_LIMITS: tuple[type[Exception], ...] = (SoftTimeLimitExceeded, TimeLimitExceeded)
+#: Cancelled through its record (lcm_fleet/records.py): before it started, or at a step.
+CANCELED_BY: tuple[type[Exception], ...] = (JobCanceled,)
 
 
 class Outcome(str, Enum):
@@ -53,6 +55,7 @@ class Outcome(str, Enum):
     ABANDONED = "abandoned"
     REQUEUED = "requeued"
     TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
 
     def __str__(self) -> str:
         return self.value
@@ -114,4 +117,6 @@ def decide(
         return Decision(Outcome.REQUEUED, Action.REQUEUE, retries)
     if isinstance(error, TIME_LIMITS):
         return Decision(Outcome.TIMED_OUT, Action.FAIL, retries)
+    if isinstance(error, CANCELED_BY):
+        return Decision(Outcome.CANCELED, Action.FAIL, retries)
     return Decision(Outcome.FAILED, Action.FAIL, retries)

@@ -57,6 +57,8 @@ def failed(task_id: str, decision: Decision, error: BaseException, size: str) ->
         logger.error(
             "job %s failed after %d retries: %s [size %s]", task_id, decision.retries, error, size
         )
+    elif decision.outcome is Outcome.CANCELED:
+        logger.info("job %s canceled: %s [size %s]", task_id, error, size)
     elif decision.outcome is Outcome.TIMED_OUT:
         logger.error("job %s failed: %s [size %s]", task_id, error, size)
     else:

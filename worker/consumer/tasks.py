@@ -20,7 +20,8 @@ from worker import metrics, runtime
 from worker.consumer import report
 from worker.consumer.app import app
 from worker.consumer.deliveries import count_delivery, forget_deliveries
-from worker.consumer.policy import NEVER_RETRY, Action, RetryPolicy, decide
+from worker.consumer.lifecycle import JobLifecycle
+from worker.consumer.policy import CANCELED_BY, NEVER_RETRY, Action, RetryPolicy, decide
 from worker.consumer.reclaim import HeldRequest
 from worker.job import run_job
 from worker.render.images import CheckedJob, check_job
@@ -59,7 +60,7 @@ def _size(job: Job | None, checked: CheckedJob[SizeClass] | None, slots: RenderS
 
 # HeldRequest records each delivered message until it is acknowledged, so that if this
 # worker dies its jobs go back to the queue at once (worker/consumer/reclaim.py).
-@app.task(name=TASK_RENDER, bind=True, throws=NEVER_RETRY, Request=HeldRequest)
+@app.task(name=TASK_RENDER, bind=True, throws=NEVER_RETRY + CANCELED_BY, Request=HeldRequest)
 def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     rt = runtime.current()
     settings = rt.settings
@@ -71,6 +72,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     job: Job | None = None
     slots: RenderSlots | None = None
     checked: CheckedJob[SizeClass] | None = None
+    life = JobLifecycle(rt.records(), task_id, rt.name, app.send_task)
     try:
         count_delivery(
             rt.redis(),
@@ -80,6 +82,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             ttl_s=settings.visibility_timeout_s * (settings.max_deliveries + 1),
         )
         job = decode_payload(args, kwargs)
+        life.start(job)  # JobCanceled: cancelled while it was queued
         slots = rt.render_slots()
         checked = check_job(job, slots.classes)
         done = run_job(
@@ -91,11 +94,15 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             worker=rt.name,
             deadlines=deadlines,
             executor=rt.uploads(),
+            on_step=life.on_step,
+            kept=life.kept,
         )
     except Exception as e:
         policy = RetryPolicy.of(settings)
         decision = decide(e, retries, policy)
         report.failed(task_id, decision, e, _size(job, checked, slots))
+        if job is not None:
+            life.failed(decision, e)
         if decision.action is Action.RETRY:
             raise self.retry(
                 exc=e, countdown=decision.countdown_s, max_retries=policy.max_retries
@@ -107,5 +114,6 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise
     done = done.but(total=time.perf_counter() - t0, queue_wait=wait_s)
     forget_deliveries(rt.redis(), task_id, retries)
+    life.succeeded(done.result)
     report.succeeded(task_id, done, _size(job, checked, slots))
     return done.result.model_dump(mode="json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,11 +81,13 @@ def render(
     job: Job | CheckedJob[Any],
     pipeline: ImagePipeline,
     on_image: Callable[[RenderedImage, float], None] | None = None,
+    on_step: Callable[[int, int, int, int], bool] | None = None,
 ) -> Rendered:
     """Render every image of ``job``; ``on_image(image, guidance)`` sees each one at once.
 
     The worker passes the job it checked (worker/job.py); a plain Job (tools, tests) is
-    checked against ``pipeline`` first.
+    checked against ``pipeline`` first. ``on_step(image, images, step, steps)`` (1-based)
+    sees each denoising step the pipeline reports; True stops the render there.
     """
     checked = check_inputs(job, pipeline) if isinstance(job, Job) else job
     job, guidance = checked.job, checked.guidance_scale
@@ -93,7 +96,13 @@ def render(
     t0 = time.perf_counter()
     for index in range(job.num_images):
         seed = job.image_seed(index)
-        pixels, times = pipeline.generate(job.prompt, seed, job.steps, guidance)
+        if on_step is None:
+            pixels, times = pipeline.generate(job.prompt, seed, job.steps, guidance)
+        else:
+            step_of_image = functools.partial(on_step, index + 1, job.num_images)
+            pixels, times = pipeline.generate(
+                job.prompt, seed, job.steps, guidance, on_step=step_of_image
+            )
         durations = durations.plus(times)
         image = RenderedImage(index=index, seed=seed, pixels=pixels)
         images.append(image)

@@ -1,8 +1,10 @@
 """The messages on the pipe between a worker and its render process, one frozen type per kind.
 
-The worker sends a :class:`RenderRequest` per image, and :class:`Stop` once. The render
-process answers its start with :class:`Ready`, :class:`Refused` or :class:`LoadFailed`,
-and each request with :class:`Image`, :class:`Cancelled` or :class:`RenderFailed`. Both
+The worker sends a :class:`RenderRequest` per image, :class:`CancelRender` to stop it at
+its next step, and :class:`Stop` once. The render process answers its start with
+:class:`Ready`, :class:`Refused` or :class:`LoadFailed`, and each request with
+:class:`StepDone` messages while it renders, then :class:`Image`, :class:`Cancelled` or
+:class:`RenderFailed`. Both
 sides ``match`` on the type; every message pickles (``multiprocessing`` pipes).
 """
 
@@ -29,6 +31,8 @@ class RenderRequest:
     guidance_scale: float
     #: time.monotonic() after which the render stops at the next denoising step.
     soft_deadline: float | None
+    #: Send StepDone while rendering (and heed CancelRender).
+    report_steps: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,12 @@ class Stop:
     """Exit after the current render."""
 
 
-ToRenderProcess = RenderRequest | Stop
+@dataclass(frozen=True)
+class CancelRender:
+    """Stop the running render at its next denoising step (the job was cancelled)."""
+
+
+ToRenderProcess = RenderRequest | Stop | CancelRender
 
 # ---------------------------------------------------------------- render process -> worker
 
@@ -84,10 +93,20 @@ class Image:
 
 
 @dataclass(frozen=True)
+class StepDone:
+    """A denoising step of the running render ended (sent at most every STEP_REPORT_S)."""
+
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
 class Cancelled:
-    """The render stopped at a denoising step: the request's soft deadline passed."""
+    """The render stopped at a denoising step: the request's soft deadline passed, or the
+    worker sent :class:`CancelRender` (``requested``)."""
 
     reason: str
+    requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,4 +116,4 @@ class RenderFailed:
     reason: str
 
 
-FromRenderProcess = Ready | Refused | LoadFailed | Image | Cancelled | RenderFailed
+FromRenderProcess = Ready | Refused | LoadFailed | StepDone | Image | Cancelled | RenderFailed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,10 @@ class CompiledShape(Protocol):
     def cfg(self) -> bool: ...
 
 
+#: ``on_step(step, steps)`` after each denoising step (1-based); True stops the render.
+StepCallback = Callable[[int, int], bool]
+
+
 class ImagePipeline(CompiledShape, Protocol):
     """What rendering needs from a pipeline (the genai one, or a fake in fast tests)."""
 
@@ -48,11 +53,13 @@ class ImagePipeline(CompiledShape, Protocol):
         steps: int,
         guidance_scale: float,
         deadline: float | None = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[Any, StageTimes]:
         """Render one image: (H x W x 3 uint8 array, stage times).
 
         ``deadline`` (time.monotonic()): stop at the next denoising step once it has
-        passed and raise :class:`worker.errors.RenderCancelled`.
+        passed and raise :class:`worker.errors.RenderCancelled`; likewise (``requested``)
+        when ``on_step`` returns True.
         """
         ...
 
@@ -123,21 +130,27 @@ class GenaiPipeline:
         steps: int,
         guidance_scale: float,
         deadline: float | None = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[Any, StageTimes]:
         import numpy as np
 
         kwargs: dict[str, Any] = {}
         cancelled: list[int] = []
-        if deadline is not None:
+        requested: list[bool] = []
+        if deadline is not None or on_step is not None:
 
-            def on_step(step: int, num_steps: int, _latent: Any) -> bool:
+            def callback(step: int, num_steps: int, _latent: Any) -> bool:
                 # genai calls this after each denoising step; True stops the loop.
-                if time.monotonic() >= deadline:
+                if on_step is not None and on_step(step + 1, num_steps):
+                    cancelled.append(step)
+                    requested.append(True)
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
                     cancelled.append(step)
                     return True
                 return False
 
-            kwargs["callback"] = on_step
+            kwargs["callback"] = callback
         t0 = time.perf_counter()
         out = self._pipe.generate(
             prompt,
@@ -150,9 +163,10 @@ class GenaiPipeline:
         )
         total = time.perf_counter() - t0
         if cancelled:
+            why = "the job was cancelled" if requested else "the deadline passed"
             raise RenderCancelled(
-                f"render stopped after denoising step {cancelled[0] + 1} of {steps}: the "
-                "deadline passed"
+                f"render stopped after denoising step {cancelled[0] + 1} of {steps}: {why}",
+                requested=bool(requested),
             )
         pixels = np.array(out.data[0], copy=True)
         m = self._pipe.get_performance_metrics()

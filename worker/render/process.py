@@ -33,16 +33,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lcm_fleet.artifact.kinds import InferencePrecision
-from worker.errors import ModelLoadError, RenderCancelled, RendererLost, StartupError, WorkerError
+from worker.errors import (
+    JobCanceled,
+    ModelLoadError,
+    RenderCancelled,
+    RendererLost,
+    StartupError,
+    WorkerError,
+)
 from worker.model.artifact import ServedModel
 from worker.render.limits import Deadlines
 from worker.render.memory import load_size_classes
 from worker.render.messages import (
     Cancelled,
+    CancelRender,
     FromRenderProcess,
     Image,
     LoadFailed,
@@ -51,13 +59,17 @@ from worker.render.messages import (
     Refused,
     RenderFailed,
     RenderRequest,
+    StepDone,
     Stop,
     ToRenderProcess,
 )
-from worker.render.pipeline import ImagePipeline, StageTimes
+from worker.render.pipeline import ImagePipeline, StageTimes, StepCallback
 from worker.render.sizes import PipelineSet, Size, format_size
 
 logger = logging.getLogger(__name__)
+
+#: How often at most the render process reports the running render's step to the worker.
+STEP_REPORT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,9 @@ def serve(conn: Any, spec: RenderSpec) -> None:
             case Stop():
                 return
             case RenderRequest() as request:
-                reply = _render(loaded.pipelines, request)
+                reply = _render(loaded.pipelines, request, conn)
+            case CancelRender():
+                continue  # it came after its render had ended: nothing to stop
             case _:
                 reply = RenderFailed(f"the render process got {message!r}, not a render request")
         try:
@@ -162,7 +176,25 @@ def serve(conn: Any, spec: RenderSpec) -> None:
             return
 
 
-def _render(pipelines: PipelineSet[ImagePipeline], request: RenderRequest) -> FromRenderProcess:
+def _step_reporter(conn: Any) -> Callable[[int, int], bool]:
+    """genai's step callback in the render process: tell the worker where the render is
+    (at most every STEP_REPORT_S, and at the last step), and stop when it sent CancelRender."""
+    last = [0.0]
+
+    def on_step(step: int, steps: int) -> bool:
+        now = time.monotonic()
+        if step >= steps or now - last[0] >= STEP_REPORT_S:
+            last[0] = now
+            conn.send(StepDone(step, steps))
+        # Only a CancelRender can come while a render runs (the worker waits for its reply).
+        return bool(conn.poll(0)) and isinstance(conn.recv(), CancelRender)
+
+    return on_step
+
+
+def _render(
+    pipelines: PipelineSet[ImagePipeline], request: RenderRequest, conn: Any
+) -> FromRenderProcess:
     try:
         pipeline = pipelines.get(request.size)
     except KeyError:
@@ -174,9 +206,10 @@ def _render(pipelines: PipelineSet[ImagePipeline], request: RenderRequest) -> Fr
             request.steps,
             request.guidance_scale,
             deadline=request.soft_deadline,
+            on_step=_step_reporter(conn) if request.report_steps else None,
         )
     except RenderCancelled as e:
-        return Cancelled(str(e))
+        return Cancelled(str(e), requested=e.requested)
     except Exception as e:
         logger.exception("render failed")
         return RenderFailed(f"{type(e).__name__}: {e}")
@@ -269,21 +302,37 @@ class Renderer:
         )
         return self.report
 
-    def render(self, request: RenderRequest, deadlines: Deadlines) -> tuple[Any, StageTimes]:
-        """One image; raise RendererLost if the process dies, and kill it past the hard limit."""
+    def render(
+        self,
+        request: RenderRequest,
+        deadlines: Deadlines,
+        on_step: StepCallback | None = None,
+    ) -> tuple[Any, StageTimes]:
+        """One image; raise RendererLost if the process dies, and kill it past the hard limit.
+
+        ``on_step(step, steps)`` sees the render's steps as the render process reports them;
+        when it returns True the render is told to stop at its next step.
+        """
         if not self.alive():
             raise RendererLost(f"render process {self.index} is not running")
         try:
-            self._conn.send(request)
-            left = deadlines.hard_left()
-            if not self._conn.poll(None if left == float("inf") else max(0.0, left)):
-                pid = self.pid
-                self.kill()
-                raise deadlines.hard_exceeded(
-                    f"while rendering; render process {self.index} (pid {pid}) was killed "
-                    "and is started again"
-                )
-            reply: FromRenderProcess = self._conn.recv()
+            self._conn.send(replace(request, report_steps=on_step is not None))
+            cancel_sent = False
+            while True:
+                left = deadlines.hard_left()
+                if not self._conn.poll(None if left == float("inf") else max(0.0, left)):
+                    pid = self.pid
+                    self.kill()
+                    raise deadlines.hard_exceeded(
+                        f"while rendering; render process {self.index} (pid {pid}) was killed "
+                        "and is started again"
+                    )
+                reply: FromRenderProcess = self._conn.recv()
+                if not isinstance(reply, StepDone):
+                    break
+                if on_step is not None and on_step(reply.step, reply.steps) and not cancel_sent:
+                    self._conn.send(CancelRender())
+                    cancel_sent = True
         except (EOFError, OSError) as e:
             process = self._process
             if process is not None:
@@ -296,6 +345,8 @@ class Renderer:
         match reply:
             case Image(pixels, times):
                 return pixels, times
+            case Cancelled(reason, requested=True):
+                raise JobCanceled(f"canceled while rendering ({reason})")
             case Cancelled(reason):
                 raise deadlines.soft_exceeded(f"while rendering ({reason})")
             case RenderFailed(reason):
@@ -337,6 +388,7 @@ class RemotePipeline:
         steps: int,
         guidance_scale: float,
         deadline: float | None = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[Any, StageTimes]:
         self.deadlines.check_soft("before rendering an image")
         soft = self.deadlines.soft if deadline is None else min(deadline, self.deadlines.soft)
@@ -348,7 +400,7 @@ class RemotePipeline:
             guidance_scale=guidance_scale,
             soft_deadline=None if soft == float("inf") else soft,
         )
-        return self.renderer.render(request, self.deadlines)
+        return self.renderer.render(request, self.deadlines, on_step)
 
 
 class RenderSession:

@@ -94,6 +94,14 @@ class ResultWriter:
             if not future.cancelled():
                 future.exception()
 
+    def stored_keys(self) -> list[str]:
+        """Keys of the images whose upload finished and verified (after :meth:`abandon`)."""
+        return [
+            f.result().record.key
+            for f in self._pending
+            if f.done() and not f.cancelled() and f.exception() is None
+        ]
+
     def finish(self, rendered: Rendered, deadlines: Deadlines | None = None) -> TimedResult:
         """Wait for every image's verified upload (until the soft limit), then write result.json."""
         t0 = time.perf_counter()
