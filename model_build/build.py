@@ -23,7 +23,6 @@ from lcm_fleet.artifact.manifest import (
     MANIFEST_NAME,
     artifact_files,
     read_manifest,
-    sha256_file,
     write_manifest,
 )
 from model_build.calibration import CalibrationSpec, capture_inputs
@@ -43,6 +42,7 @@ from model_build.progress import peak_rss_gib
 from model_build.prompts import load_prompts
 from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
 from model_build.reference.quality import adherence_check, reference_prompts
+from model_build.sources import describe_source
 from model_build.vae_decoder import VaeDecoderOptions, make_vae_decoder, precision_label
 
 logger = logging.getLogger(__name__)
@@ -77,17 +77,6 @@ class BuildResult:
     durations_s: dict[str, float] = field(default_factory=dict)
     #: Peak resident memory of the build process (all stages so far).
     peak_rss_gib: float = 0.0
-
-
-def describe_source(source: str, revision: str) -> dict[str, Any]:
-    path = Path(source)
-    if path.exists():
-        digest = hashlib.sha256()
-        for rel in artifact_files(path):
-            digest.update(rel.encode())
-            digest.update(sha256_file(path / rel).encode())
-        return {"kind": "local", "path": str(path.resolve()), "content_sha256": digest.hexdigest()}
-    return {"kind": "hub", "id": source, "revision": revision}
 
 
 def unet_config(ir_dir: Path) -> dict[str, Any]:
