@@ -167,7 +167,7 @@ def _prompts_sha256(prompts: list[str]) -> str:
 
 @dataclass(frozen=True)
 class CandidatePlan:
-    """What a quantize run's inputs resolve to (stage 2 of :func:`quantize_artifact`)."""
+    """What a quantize run's inputs resolve to (quantize stage 2)."""
 
     #: The calibration renders, at the resolved size and guidance.
     calibration: CalibrationSpec
@@ -191,7 +191,7 @@ class CandidatePlan:
 
 @dataclass(frozen=True)
 class Candidate:
-    """The candidate's parts as the precision step made them (stage 4)."""
+    """The candidate's parts as the precision step made them (quantize stage 4)."""
 
     #: The manifest's ``quantization`` record (None: the fp32 IR's parts, copied).
     quantization: dict[str, Any] | None
@@ -207,7 +207,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class VaeDecoderStage:
-    """The candidate's ``vae_decoder`` part (stage 5): its manifest record and its seconds."""
+    """The candidate's ``vae_decoder`` part (quantize stage 5): its record and seconds."""
 
     record: dict[str, Any]
     durations_s: dict[str, float] = field(default_factory=dict)
@@ -215,7 +215,7 @@ class VaeDecoderStage:
 
 @dataclass(frozen=True)
 class Judged:
-    """The gate's verdict on the candidate (stage 6) and its quality.json record."""
+    """The gate's verdict on the candidate (quantize stage 6), its quality.json record."""
 
     gate: GateResult
     record: dict[str, Any]
@@ -239,7 +239,7 @@ def _check_precision(precision: str) -> None:
 
 
 def check_quantize_inputs(ir_dir: Path, out_dir: Path, precision: str) -> None:
-    """Stage 1: a known precision, an exported IR folder, and a folder of its own for OUT."""
+    """Quantize stage 1: a known precision, an exported IR, and a folder of its own for OUT."""
     _check_precision(precision)
     missing = missing_ir_files(ir_dir)
     if missing:
@@ -259,8 +259,8 @@ def plan_candidate(
     evaluation: EvalOptions,
     vae: VaeDecoderOptions,
 ) -> CandidatePlan:
-    """Stage 2: the calibration (size and guidance from the model when not given), the
-    evaluation set and the calibration prompts."""
+    """Quantize stage 2: the calibration (size and guidance from the model when not given),
+    the evaluation set and the calibration prompts."""
     # A reference-domain model calibrates and is judged on its own domain's captions,
     # unless other prompts were asked for.
     domain = reference_prompts(ir_dir)
@@ -363,7 +363,7 @@ def vae_decoder_stage(
     latents: tuple[Any, ...],
     progress: bool,
 ) -> VaeDecoderStage:
-    """Stage 5: the candidate's ``vae_decoder`` part (model_build.vae_decoder) and its record.
+    """Quantize stage 5: the candidate's ``vae_decoder`` (model_build.vae_decoder), its record.
 
     ``latents`` are the final latents the UNet's capture pass kept (``int8`` only); when
     it kept none (the UNet was not quantized), this stage runs a capture pass of its own.
@@ -447,7 +447,7 @@ def _candidate_hybrid(
 def make_candidate(
     ir_dir: Path, out_dir: Path, precision: str, plan: CandidatePlan, progress: bool
 ) -> Candidate:
-    """Stage 4: the candidate's parts at ``precision`` (its VAE decoder is stage 5's)."""
+    """Quantize stage 4: the candidate's parts at ``precision`` (the VAE decoder: stage 5)."""
     t0 = time.perf_counter()
     if precision == "int8":
         return int8_candidate(
@@ -466,7 +466,7 @@ def make_candidate(
 def gate_candidate(
     ir_dir: Path, out_dir: Path, spec: EvalSpec, options: EvalOptions, progress: bool
 ) -> Judged:
-    """Stage 6: render the evaluation set with both; write quality.json and the contact sheet.
+    """Quantize stage 6: render the evaluation set with both; quality.json, the contact sheet.
 
     For a reference-domain model (its ``reference.json``) the gate also scores prompt
     adherence of both (model_build.reference.quality)."""
@@ -530,8 +530,8 @@ def write_candidate_manifest(
     fields: dict[str, Any],
     durations: dict[str, float],
 ) -> str:
-    """Stage 7: the candidate's manifest.json (``fields``: what its stages recorded); its
-    sha256."""
+    """Quantize stage 7: the candidate's manifest.json (``fields``: what its stages
+    recorded); its sha256."""
     source: dict[str, Any] = {"kind": "ir", "path": str(ir_dir.resolve())}
     if (ir_dir / MANIFEST_NAME).is_file():
         parent = read_manifest(ir_dir)
@@ -562,7 +562,8 @@ def quantize_artifact(
     progress: bool = True,
     vae: VaeDecoderOptions | None = None,
 ) -> BuildResult:
-    """Stage 2: fp32 IR artifact -> candidate at ``precision``, gated against the fp32 one.
+    """Stage 2: fp32 IR artifact -> candidate at ``precision``, gated against the fp32 one,
+    in the eight numbered "quantize stages" below.
 
     ``vae`` chooses the candidate's VAE decoder (model_build.vae_decoder; default: the SD
     decoder as the precision step made it). It is part of the candidate the gate judges.
