@@ -535,7 +535,7 @@ def write_candidate_manifest(
     source: dict[str, Any] = {"kind": "ir", "path": str(ir_dir.resolve())}
     if (ir_dir / MANIFEST_NAME).is_file():
         parent = read_manifest(ir_dir)
-        source = {**parent.data.get("source", {}), "fp32_manifest_sha256": parent.sha256}
+        source = parent.derived_source()
     write_manifest(
         out_dir,
         {

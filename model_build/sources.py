@@ -1,6 +1,6 @@
 """Where a build's inputs come from, as the manifest records them (the model, a TAESD, a LoRA).
 
-Imported by the worker through model_build.vae_decoder: standard library and the kernel only.
+Standard library and the kernel only: model_build.vae_decoder, which stays light, uses it.
 """
 
 from __future__ import annotations
