@@ -23,7 +23,6 @@ from lcm_fleet.artifact.manifest import (
     MANIFEST_NAME,
     artifact_files,
     read_manifest,
-    sha256_file,
     write_manifest,
 )
 from model_build.calibration import CalibrationSpec, capture_inputs
@@ -43,6 +42,7 @@ from model_build.progress import peak_rss_gib
 from model_build.prompts import load_prompts
 from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
 from model_build.reference.quality import adherence_check, reference_prompts
+from model_build.sources import describe_source
 from model_build.vae_decoder import VaeDecoderOptions, make_vae_decoder, precision_label
 
 logger = logging.getLogger(__name__)
@@ -77,17 +77,6 @@ class BuildResult:
     durations_s: dict[str, float] = field(default_factory=dict)
     #: Peak resident memory of the build process (all stages so far).
     peak_rss_gib: float = 0.0
-
-
-def describe_source(source: str, revision: str) -> dict[str, Any]:
-    path = Path(source)
-    if path.exists():
-        digest = hashlib.sha256()
-        for rel in artifact_files(path):
-            digest.update(rel.encode())
-            digest.update(sha256_file(path / rel).encode())
-        return {"kind": "local", "path": str(path.resolve()), "content_sha256": digest.hexdigest()}
-    return {"kind": "hub", "id": source, "revision": revision}
 
 
 def unet_config(ir_dir: Path) -> dict[str, Any]:
@@ -172,220 +161,86 @@ def _model_xmls(ir_dir: Path) -> list[str]:
     return [rel for rel in artifact_files(ir_dir) if rel.endswith("/openvino_model.xml")]
 
 
-def int8_candidate(
-    ir_dir: Path,
-    out_dir: Path,
-    spec: CalibrationSpec,
-    prompts: list[str],
-    prompts_name: str,
-    progress: bool,
-    durations: dict[str, float],
-    vae_latents: list[Any] | None = None,
-) -> dict[str, Any]:
-    """The INT8 step alone (calibration capture + NNCF, no gate, no manifest): the manifest's
-    ``quantization`` and ``fake_quantize_count``. Benchmarks use it on random weights.
-
-    With ``spec.vae_samples``, the same capture pass keeps that many final latents and
-    appends them to ``vae_latents`` (for the INT8 VAE decoder)."""
-    t0 = time.perf_counter()
-    captured = capture_inputs(ir_dir, prompts, spec, progress=progress)
-    samples = captured.unet
-    if vae_latents is not None:
-        vae_latents.extend(captured.latents)
-    del captured
-    durations["calibration_capture"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    _copy_ir(ir_dir, out_dir, skip={UNET_XML.as_posix(), UNET_XML.with_suffix(".bin").as_posix()})
-    fq = quantize_unet(ir_dir / UNET_XML, samples, out_dir / UNET_XML)
-    del samples
-    durations["quantize"] = round(time.perf_counter() - t0, 3)
-    return {
-        "quantization": {
-            **UNET_INT8_RECIPE,
-            "samples": spec.samples,
-            "calibration": {
-                "prompts": prompts_name,
-                "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-                **_calibration_record(spec),
-            },
-            "unchanged_parts": ["text_encoder", "vae_decoder", "vae_encoder", "tokenizer"],
-        },
-        "fake_quantize_count": fq,
-    }
+def _prompts_sha256(prompts: list[str]) -> str:
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()
 
 
-def _calibration_record(spec: CalibrationSpec, unet: bool = True) -> dict[str, Any]:
-    return {
-        "prompts_used": spec.prompts_needed(unet),
-        "width": spec.width,
-        "height": spec.height,
-        "steps": spec.steps,
-        "guidance_scale": spec.guidance_scale,
-        "seed": spec.seed,
-        "precision": spec.precision,
-    }
+@dataclass(frozen=True)
+class CandidatePlan:
+    """What a quantize run's inputs resolve to (quantize stage 2)."""
 
+    #: The calibration renders, at the resolved size and guidance.
+    calibration: CalibrationSpec
+    #: The gate's evaluation set, at the same size, steps and guidance.
+    evaluation: EvalSpec
+    #: Calibration prompts (empty when neither the UNet nor the VAE decoder calibrates).
+    prompts: list[str]
+    #: How the manifest names them ("calibration", a file, the reference domain's captions).
+    prompts_name: str
 
-def vae_decoder_stage(
-    ir_dir: Path,
-    out_dir: Path,
-    vae: VaeDecoderOptions,
-    spec: CalibrationSpec,
-    prompts: list[str],
-    prompts_name: str,
-    latents: list[Any],
-    progress: bool,
-    durations: dict[str, float],
-) -> dict[str, Any]:
-    """Make the candidate's ``vae_decoder`` part (model_build.vae_decoder); its manifest record.
-
-    ``latents`` are the final latents the UNet's capture pass kept (``int8`` only); when
-    it kept none (the UNet was not quantized), this stage runs a capture pass of its own.
-    """
-    calibration: dict[str, Any] | None = None
-    if vae.needs_latents:
-        captured_with = "the UNet's calibration renders"
-        if not latents:
-            t0 = time.perf_counter()
-            latents = capture_inputs(ir_dir, prompts, spec, progress, unet=False).latents
-            durations["vae_calibration_capture"] = round(time.perf_counter() - t0, 3)
-            captured_with = "a capture pass of its own (the UNet was not calibrated)"
-        calibration = {
-            "prompts": prompts_name,
-            "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-            **_calibration_record(spec, unet=False),
-            "captured_with": captured_with,
+    def shape(self) -> dict[str, Any]:
+        """The candidate's static shape, as its manifest records it."""
+        spec = self.calibration
+        return {
+            "width": spec.width,
+            "height": spec.height,
+            "batch": 1,
+            "guidance_scale": spec.guidance_scale,
         }
-    result = make_vae_decoder(ir_dir, out_dir, vae, latents, calibration)
-    if vae.kind != "sd":
-        durations["vae_decoder"] = result.seconds
-    return result.record
 
 
-def _candidate_fp16(ir_dir: Path, out_dir: Path) -> dict[str, Any]:
-    import openvino as ov
+@dataclass(frozen=True)
+class Candidate:
+    """The candidate's parts as the precision step made them (quantize stage 4)."""
 
-    xmls = _model_xmls(ir_dir)
-    skip = set(xmls) | {x[: -len(".xml")] + ".bin" for x in xmls}
-    _copy_ir(ir_dir, out_dir, skip=skip)
-    core = ov.Core()
-    for rel in xmls:
-        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        ov.save_model(core.read_model(str(ir_dir / rel)), str(out_dir / rel), compress_to_fp16=True)
-    return {"quantization": {"method": "fp16 weight compression", "parts": sorted(xmls)}}
+    #: The manifest's ``quantization`` record (None: the fp32 IR's parts, copied).
+    quantization: dict[str, Any] | None
+    fake_quantize_count: int = 0
+    #: Seconds of each step, in the order they ran (the CLI prints them in this order).
+    durations_s: dict[str, float] = field(default_factory=dict)
+    #: Final latents the UNet's calibration capture kept (for the INT8 VAE decoder).
+    latents: tuple[Any, ...] = ()
 
-
-def _candidate_hybrid(
-    ir_dir: Path, out_dir: Path, spec: CalibrationSpec, prompts: list[str], prompts_name: str
-) -> dict[str, Any]:
-    from optimum.intel import OVLatentConsistencyModelPipeline, OVWeightQuantizationConfig
-
-    chosen = [prompts[i % len(prompts)] for i in range(spec.prompts_needed())]
-    config = OVWeightQuantizationConfig(
-        bits=8, quant_method="hybrid", dataset=chosen, num_samples=spec.samples
-    )
-    try:
-        pipe = OVLatentConsistencyModelPipeline.from_pretrained(
-            str(ir_dir), quantization_config=config, compile=False
-        )
-        pipe.save_pretrained(str(out_dir))
-    except Exception as e:
-        raise BuildError(f"optimum-intel hybrid quantization of {ir_dir} failed: {e}") from e
-    del pipe
-    # save_pretrained writes no OpenVINO tokenizer IR: take the exported one.
-    for rel in artifact_files(ir_dir):
-        if rel.startswith("tokenizer/") and not (out_dir / rel).exists():
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ir_dir / rel, out_dir / rel)
-    import openvino as ov
-
-    fq = count_fake_quantize(ov.Core().read_model(str(out_dir / UNET_XML)))
-    return {
-        "quantization": {
-            "method": "optimum-intel hybrid: INT8 weights everywhere, INT8 activations in the UNet",
-            "samples": spec.samples,
-            "calibration": {
-                "prompts": prompts_name,
-                "prompts_sha256": hashlib.sha256("\n".join(chosen).encode()).hexdigest(),
-                "prompts_used": len(chosen),
-            },
-        },
-        "fake_quantize_count": fq,
-    }
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"quantization": self.quantization, "fake_quantize_count": self.fake_quantize_count}
 
 
-def gate_candidate(
-    ir_dir: Path, out_dir: Path, spec: EvalSpec, options: EvalOptions, progress: bool
-) -> tuple[GateResult, dict[str, Any]]:
-    """Render the evaluation set with both; write quality.json and the contact sheet.
+@dataclass(frozen=True)
+class VaeDecoderStage:
+    """The candidate's ``vae_decoder`` part (quantize stage 5): its record and seconds."""
 
-    For a reference-domain model (its ``reference.json``) the gate also scores prompt
-    adherence of both (model_build.reference.quality)."""
-    comparison = compare_artifacts(ir_dir, out_dir, spec, progress=progress)
-    adherence = adherence_check(
-        ir_dir,
-        out_dir,
-        options.gate.gate_max_adherence_drop_points,
-        spec.steps,
-        spec.guidance_scale,
-    )
-    gate = judge(
-        comparison.aggregate(),
-        options.gate,
-        options.override,
-        extra_failures=adherence["failures"] if adherence else None,
-    )
-    prompts_label = str(options.prompts)
-    if reference_prompts(ir_dir) is not None and options.prompts == "eval":
-        prompts_label = "reference-domain evaluation captions"
-    record = quality_record(comparison, spec, gate, prompts_label)
-    if adherence is not None:
-        record["adherence"] = adherence
-    write_quality(out_dir, record)
-    write_contact_sheet(
-        comparison.pixels,
-        comparison.scores,
-        out_dir / CONTACT_SHEET_NAME,
-        title=f"{out_dir.name}: candidate vs fp32 reference",
-    )
-    return gate, record
+    record: dict[str, Any]
+    durations_s: dict[str, float] = field(default_factory=dict)
 
 
-def _adherence_summary(adherence: dict[str, Any] | None) -> dict[str, Any]:
-    """The manifest's prompt-adherence figures (reference-domain models only)."""
-    if not adherence:
-        return {}
-    return {
-        "adherence_fp32_pct": adherence["reference_f32"]["adherence_pct"],
-        "adherence_pct": adherence["candidate_served"]["adherence_pct"],
-        "adherence_drop_points": adherence["drop_points"],
-    }
+@dataclass(frozen=True)
+class Judged:
+    """The gate's verdict on the candidate (quantize stage 6), its quality.json record."""
+
+    gate: GateResult
+    record: dict[str, Any]
+    seconds: float = 0.0
+
+    def manifest_quality(self) -> dict[str, Any]:
+        """The manifest's ``quality``: the figures and the verdict a worker checks."""
+        gate, record = self.gate, self.record
+        return {
+            **record["aggregate"],
+            "passed": gate.passed,
+            "override": gate.override,
+            "failures": gate.failures,
+            **_adherence_summary(record.get("adherence")),
+        }
 
 
-def quantize_artifact(
-    ir_dir: Path,
-    out_dir: Path,
-    *,
-    precision: str = "int8",
-    spec: CalibrationSpec | None = None,
-    prompts: str | Path = "calibration",
-    evaluation: EvalOptions | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    vae: VaeDecoderOptions | None = None,
-) -> BuildResult:
-    """Stage 2: fp32 IR artifact -> candidate at ``precision``, gated against the fp32 one.
-
-    ``vae`` chooses the candidate's VAE decoder (model_build.vae_decoder; default: the SD
-    decoder as the precision step made it). It is part of the candidate the gate judges.
-
-    Raises QualityGateFailed (after writing quality.json, the contact sheet and a manifest
-    that records the failure) when the candidate is below the thresholds and no override
-    was given.
-    """
-    ir_dir, out_dir = Path(ir_dir), Path(out_dir)
+def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise BuildInputError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def check_quantize_inputs(ir_dir: Path, out_dir: Path, precision: str) -> None:
+    """Quantize stage 1: a known precision, an exported IR, and a folder of its own for OUT."""
+    _check_precision(precision)
     missing = missing_ir_files(ir_dir)
     if missing:
         raise BuildInputError(
@@ -394,16 +249,24 @@ def quantize_artifact(
         )
     if out_dir.resolve() == ir_dir.resolve():
         raise BuildInputError("the candidate needs its own folder: OUT must differ from IR")
-    vae = vae or VaeDecoderOptions()
-    vae.check()
-    evaluation = evaluation or EvalOptions()
+
+
+def plan_candidate(
+    ir_dir: Path,
+    precision: str,
+    spec: CalibrationSpec,
+    prompts: str | Path,
+    evaluation: EvalOptions,
+    vae: VaeDecoderOptions,
+) -> CandidatePlan:
+    """Quantize stage 2: the calibration (size and guidance from the model when not given),
+    the evaluation set and the calibration prompts."""
     # A reference-domain model calibrates and is judged on its own domain's captions,
     # unless other prompts were asked for.
     domain = reference_prompts(ir_dir)
     if domain is not None and str(prompts) == "calibration":
         prompts = "reference-domain training captions"
     size = native_size(ir_dir)
-    spec = spec or CalibrationSpec()
     spec = replace(
         spec,
         width=spec.width or size,
@@ -435,90 +298,339 @@ def quantize_artifact(
         prompt_list = domain["calibration"]
     else:
         prompt_list = load_prompts(prompts)
-    prepare_output_dir(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    durations: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    latents: list[Any] = []
-    if precision == "int8":
-        info = int8_candidate(
-            ir_dir, out_dir, spec, prompt_list, str(prompts), progress, durations, latents
-        )
-    elif precision == "hybrid":
-        info = _candidate_hybrid(ir_dir, out_dir, spec, prompt_list, str(prompts))
-        durations["quantize"] = round(time.perf_counter() - t0, 3)
-    elif precision == "fp16":
-        info = _candidate_fp16(ir_dir, out_dir)
-        durations["convert"] = round(time.perf_counter() - t0, 3)
-    else:
-        _copy_ir(ir_dir, out_dir, skip=set())
-        info = {"quantization": None}
-
-    vae_record = vae_decoder_stage(
-        ir_dir, out_dir, vae, spec, prompt_list, str(prompts), latents, progress, durations
+    return CandidatePlan(
+        calibration=spec, evaluation=eval_spec, prompts=prompt_list, prompts_name=str(prompts)
     )
-    del latents
-    quantization = info.get("quantization")
-    if vae.kind != "sd" and quantization and "unchanged_parts" in quantization:
-        quantization["unchanged_parts"] = [
-            part for part in quantization["unchanged_parts"] if part != "vae_decoder"
-        ]
 
+
+def int8_candidate(
+    ir_dir: Path,
+    out_dir: Path,
+    spec: CalibrationSpec,
+    prompts: list[str],
+    prompts_name: str,
+    progress: bool,
+) -> Candidate:
+    """The INT8 step alone (calibration capture + NNCF, no gate, no manifest): the manifest's
+    ``quantization`` and ``fake_quantize_count``. Benchmarks use it on random weights.
+
+    With ``spec.vae_samples``, the same capture pass keeps that many final latents (for the
+    INT8 VAE decoder)."""
     t0 = time.perf_counter()
-    gate, record = gate_candidate(ir_dir, out_dir, eval_spec, evaluation, progress)
-    durations["evaluate"] = round(time.perf_counter() - t0, 3)
+    captured = capture_inputs(ir_dir, prompts, spec, progress=progress)
+    samples, latents = captured.unet, tuple(captured.latents)
+    del captured
+    capture_s = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    _copy_ir(ir_dir, out_dir, skip={UNET_XML.as_posix(), UNET_XML.with_suffix(".bin").as_posix()})
+    fq = quantize_unet(ir_dir / UNET_XML, samples, out_dir / UNET_XML)
+    del samples
+    quantize_s = round(time.perf_counter() - t0, 3)
+    return Candidate(
+        quantization={
+            **UNET_INT8_RECIPE,
+            "samples": spec.samples,
+            "calibration": {
+                "prompts": prompts_name,
+                "prompts_sha256": _prompts_sha256(prompts),
+                **_calibration_record(spec),
+            },
+            "unchanged_parts": ["text_encoder", "vae_decoder", "vae_encoder", "tokenizer"],
+        },
+        fake_quantize_count=fq,
+        durations_s={"calibration_capture": capture_s, "quantize": quantize_s},
+        latents=latents,
+    )
 
+
+def _calibration_record(spec: CalibrationSpec, unet: bool = True) -> dict[str, Any]:
+    return {
+        "prompts_used": spec.prompts_needed(unet),
+        "width": spec.width,
+        "height": spec.height,
+        "steps": spec.steps,
+        "guidance_scale": spec.guidance_scale,
+        "seed": spec.seed,
+        "precision": spec.precision,
+    }
+
+
+def vae_decoder_stage(
+    ir_dir: Path,
+    out_dir: Path,
+    vae: VaeDecoderOptions,
+    plan: CandidatePlan,
+    latents: tuple[Any, ...],
+    progress: bool,
+) -> VaeDecoderStage:
+    """Quantize stage 5: the candidate's ``vae_decoder`` (model_build.vae_decoder), its record.
+
+    ``latents`` are the final latents the UNet's capture pass kept (``int8`` only); when
+    it kept none (the UNet was not quantized), this stage runs a capture pass of its own.
+    """
+    durations: dict[str, float] = {}
+    calibration: dict[str, Any] | None = None
+    samples = list(latents)
+    if vae.needs_latents:
+        captured_with = "the UNet's calibration renders"
+        if not samples:
+            t0 = time.perf_counter()
+            samples = capture_inputs(
+                ir_dir, plan.prompts, plan.calibration, progress, unet=False
+            ).latents
+            durations["vae_calibration_capture"] = round(time.perf_counter() - t0, 3)
+            captured_with = "a capture pass of its own (the UNet was not calibrated)"
+        calibration = {
+            "prompts": plan.prompts_name,
+            "prompts_sha256": _prompts_sha256(plan.prompts),
+            **_calibration_record(plan.calibration, unet=False),
+            "captured_with": captured_with,
+        }
+    result = make_vae_decoder(ir_dir, out_dir, vae, samples, calibration)
+    if vae.kind != "sd":
+        durations["vae_decoder"] = result.seconds
+    return VaeDecoderStage(record=result.record, durations_s=durations)
+
+
+def _candidate_fp16(ir_dir: Path, out_dir: Path) -> Candidate:
+    import openvino as ov
+
+    xmls = _model_xmls(ir_dir)
+    skip = set(xmls) | {x[: -len(".xml")] + ".bin" for x in xmls}
+    _copy_ir(ir_dir, out_dir, skip=skip)
+    core = ov.Core()
+    for rel in xmls:
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(core.read_model(str(ir_dir / rel)), str(out_dir / rel), compress_to_fp16=True)
+    return Candidate(quantization={"method": "fp16 weight compression", "parts": sorted(xmls)})
+
+
+def _candidate_hybrid(
+    ir_dir: Path, out_dir: Path, spec: CalibrationSpec, prompts: list[str], prompts_name: str
+) -> Candidate:
+    from optimum.intel import OVLatentConsistencyModelPipeline, OVWeightQuantizationConfig
+
+    chosen = [prompts[i % len(prompts)] for i in range(spec.prompts_needed())]
+    config = OVWeightQuantizationConfig(
+        bits=8, quant_method="hybrid", dataset=chosen, num_samples=spec.samples
+    )
+    try:
+        pipe = OVLatentConsistencyModelPipeline.from_pretrained(
+            str(ir_dir), quantization_config=config, compile=False
+        )
+        pipe.save_pretrained(str(out_dir))
+    except Exception as e:
+        raise BuildError(f"optimum-intel hybrid quantization of {ir_dir} failed: {e}") from e
+    del pipe
+    # save_pretrained writes no OpenVINO tokenizer IR: take the exported one.
+    for rel in artifact_files(ir_dir):
+        if rel.startswith("tokenizer/") and not (out_dir / rel).exists():
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ir_dir / rel, out_dir / rel)
+    import openvino as ov
+
+    fq = count_fake_quantize(ov.Core().read_model(str(out_dir / UNET_XML)))
+    return Candidate(
+        quantization={
+            "method": "optimum-intel hybrid: INT8 weights everywhere, INT8 activations in the UNet",
+            "samples": spec.samples,
+            "calibration": {
+                "prompts": prompts_name,
+                "prompts_sha256": _prompts_sha256(chosen),
+                "prompts_used": len(chosen),
+            },
+        },
+        fake_quantize_count=fq,
+    )
+
+
+def make_candidate(
+    ir_dir: Path, out_dir: Path, precision: str, plan: CandidatePlan, progress: bool
+) -> Candidate:
+    """Quantize stage 4: the candidate's parts at ``precision`` (the VAE decoder: stage 5)."""
+    t0 = time.perf_counter()
+    if precision == "int8":
+        return int8_candidate(
+            ir_dir, out_dir, plan.calibration, plan.prompts, plan.prompts_name, progress
+        )
+    if precision == "hybrid":
+        made = _candidate_hybrid(ir_dir, out_dir, plan.calibration, plan.prompts, plan.prompts_name)
+        return replace(made, durations_s={"quantize": round(time.perf_counter() - t0, 3)})
+    if precision == "fp16":
+        made = _candidate_fp16(ir_dir, out_dir)
+        return replace(made, durations_s={"convert": round(time.perf_counter() - t0, 3)})
+    _copy_ir(ir_dir, out_dir, skip=set())
+    return Candidate(quantization=None)
+
+
+def gate_candidate(
+    ir_dir: Path, out_dir: Path, spec: EvalSpec, options: EvalOptions, progress: bool
+) -> Judged:
+    """Quantize stage 6: render the evaluation set with both; quality.json, the contact sheet.
+
+    For a reference-domain model (its ``reference.json``) the gate also scores prompt
+    adherence of both (model_build.reference.quality)."""
+    t0 = time.perf_counter()
+    comparison = compare_artifacts(ir_dir, out_dir, spec, progress=progress)
+    adherence = adherence_check(
+        ir_dir,
+        out_dir,
+        options.gate.gate_max_adherence_drop_points,
+        spec.steps,
+        spec.guidance_scale,
+    )
+    gate = judge(
+        comparison.aggregate(),
+        options.gate,
+        options.override,
+        extra_failures=adherence["failures"] if adherence else None,
+    )
+    prompts_label = str(options.prompts)
+    if reference_prompts(ir_dir) is not None and options.prompts == "eval":
+        prompts_label = "reference-domain evaluation captions"
+    record = quality_record(comparison, spec, gate, prompts_label)
+    if adherence is not None:
+        record["adherence"] = adherence
+    write_quality(out_dir, record)
+    write_contact_sheet(
+        comparison.pixels,
+        comparison.scores,
+        out_dir / CONTACT_SHEET_NAME,
+        title=f"{out_dir.name}: candidate vs fp32 reference",
+    )
+    return Judged(gate=gate, record=record, seconds=round(time.perf_counter() - t0, 3))
+
+
+def _adherence_summary(adherence: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's prompt-adherence figures (reference-domain models only)."""
+    if not adherence:
+        return {}
+    return {
+        "adherence_fp32_pct": adherence["reference_f32"]["adherence_pct"],
+        "adherence_pct": adherence["candidate_served"]["adherence_pct"],
+        "adherence_drop_points": adherence["drop_points"],
+    }
+
+
+def _quantization_record(candidate: Candidate, vae: VaeDecoderOptions) -> dict[str, Any] | None:
+    """The candidate's ``quantization``; a VAE decoder made by its own stage is no longer
+    among the parts the precision step left unchanged."""
+    quantization = candidate.quantization
+    if vae.kind != "sd" and quantization and "unchanged_parts" in quantization:
+        unchanged = [p for p in quantization["unchanged_parts"] if p != "vae_decoder"]
+        return {**quantization, "unchanged_parts": unchanged}
+    return quantization
+
+
+def write_candidate_manifest(
+    ir_dir: Path,
+    out_dir: Path,
+    label: str,
+    plan: CandidatePlan,
+    fields: dict[str, Any],
+    durations: dict[str, float],
+) -> str:
+    """Quantize stage 7: the candidate's manifest.json (``fields``: what its stages
+    recorded); its sha256."""
     source: dict[str, Any] = {"kind": "ir", "path": str(ir_dir.resolve())}
     if (ir_dir / MANIFEST_NAME).is_file():
         parent = read_manifest(ir_dir)
-        source = {**parent.data.get("source", {}), "fp32_manifest_sha256": parent.sha256}
-    shape = {
-        "width": spec.width,
-        "height": spec.height,
-        "batch": 1,
-        "guidance_scale": spec.guidance_scale,
-    }
+        source = parent.derived_source()
     write_manifest(
         out_dir,
         {
             "source": source,
-            "precision": precision_label({"int8": "int8-unet"}.get(precision, precision), vae.kind),
-            "fake_quantize_count": 0,
-            **info,
-            "vae_decoder": vae_record,
-            "quality": {
-                **record["aggregate"],
-                "passed": gate.passed,
-                "override": gate.override,
-                "failures": gate.failures,
-                **_adherence_summary(record.get("adherence")),
-            },
-            "speed": record["speed"],
+            "precision": label,
+            **fields,
             "build": {"durations_s": durations, "peak_rss_gib": peak_rss_gib()},
-            "shape": shape,
+            "shape": plan.shape(),
             "model": model_info(ir_dir),
         },
     )
-    manifest = read_manifest(out_dir)
-    result = BuildResult(
-        artifact=out_dir,
-        manifest_sha256=manifest.sha256,
-        precision=str(manifest.data["precision"]),
-        shape=shape,
-        fake_quantize_count=int(manifest.data.get("fake_quantize_count") or 0),
-        quality=record,
-        gate=gate,
-        durations_s=durations,
-        peak_rss_gib=peak_rss_gib(),
+    return read_manifest(out_dir).sha256
+
+
+def quantize_artifact(
+    ir_dir: Path,
+    out_dir: Path,
+    *,
+    precision: str = "int8",
+    spec: CalibrationSpec | None = None,
+    prompts: str | Path = "calibration",
+    evaluation: EvalOptions | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    vae: VaeDecoderOptions | None = None,
+) -> BuildResult:
+    """Stage 2: fp32 IR artifact -> candidate at ``precision``, gated against the fp32 one,
+    in the eight numbered "quantize stages" below.
+
+    ``vae`` chooses the candidate's VAE decoder (model_build.vae_decoder; default: the SD
+    decoder as the precision step made it). It is part of the candidate the gate judges.
+
+    Raises QualityGateFailed (after writing quality.json, the contact sheet and a manifest
+    that records the failure) when the candidate is below the thresholds and no override
+    was given.
+    """
+    ir_dir, out_dir = Path(ir_dir), Path(out_dir)
+    # 1. Check the inputs.
+    check_quantize_inputs(ir_dir, out_dir, precision)
+    vae = vae or VaeDecoderOptions()
+    vae.check()
+    evaluation = evaluation or EvalOptions()
+
+    # 2. Resolve the calibration, the evaluation set and the prompts.
+    plan = plan_candidate(ir_dir, precision, spec or CalibrationSpec(), prompts, evaluation, vae)
+
+    # 3. Prepare the output folder.
+    prepare_output_dir(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 4. Make the candidate's parts at the precision.
+    candidate = make_candidate(ir_dir, out_dir, precision, plan, progress)
+
+    # 5. Make its VAE decoder.
+    decoder = vae_decoder_stage(ir_dir, out_dir, vae, plan, candidate.latents, progress)
+
+    # 6. Gate it against the fp32 reference: quality.json and the contact sheet.
+    judged = gate_candidate(ir_dir, out_dir, plan.evaluation, evaluation, progress)
+    durations = {**candidate.durations_s, **decoder.durations_s, "evaluate": judged.seconds}
+
+    # 7. Write its manifest, the gate's verdict included.
+    label = precision_label({"int8": "int8-unet"}.get(precision, precision), vae.kind)
+    manifest_sha256 = write_candidate_manifest(
+        ir_dir,
+        out_dir,
+        label,
+        plan,
+        {
+            **candidate.manifest_fields(),
+            "quantization": _quantization_record(candidate, vae),
+            "vae_decoder": decoder.record,
+            "quality": judged.manifest_quality(),
+            "speed": judged.record["speed"],
+        },
+        durations,
     )
-    if not gate.accepted:
+
+    # 8. Refuse a candidate below the gate without an override (its manifest says so).
+    if not judged.gate.accepted:
         raise QualityGateFailed(
-            f"{out_dir} failed the quality gate: {'; '.join(gate.failures)}. Look at "
+            f"{out_dir} failed the quality gate: {'; '.join(judged.gate.failures)}. Look at "
             f"{out_dir / CONTACT_SHEET_NAME}; pass --accept-below-gate REASON to keep it anyway "
             "(recorded in the manifest), or change the LCM_GATE_* thresholds"
         )
-    return result
+    return BuildResult(
+        artifact=out_dir,
+        manifest_sha256=manifest_sha256,
+        precision=label,
+        shape=plan.shape(),
+        fake_quantize_count=candidate.fake_quantize_count,
+        quality=judged.record,
+        gate=judged.gate,
+        durations_s=durations,
+        peak_rss_gib=peak_rss_gib(),
+    )
 
 
 def build_artifact(
@@ -537,12 +649,14 @@ def build_artifact(
     vae: VaeDecoderOptions | None = None,
 ) -> BuildResult:
     """Export then make and gate the candidate; the fp32 reference stays in ``work_dir``."""
-    if precision not in PRECISIONS:
-        raise BuildInputError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    # 1. Check the inputs before the export's minutes.
+    _check_precision(precision)
     if vae is not None:
         vae.check()
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".fp32")
+
+    # 2. Export the fp32 reference.
     exported = export_artifact(
         source,
         work_dir,
@@ -551,6 +665,8 @@ def build_artifact(
         source_record=source_record,
         progress=progress,
     )
+
+    # 3. Make and gate the candidate.
     result = quantize_artifact(
         work_dir,
         out_dir,

@@ -1,12 +1,13 @@
 """Render one evaluation set with a reference and a candidate artifact, and compare them.
 
-Quality: both render the same prompts and seeds through openvino.genai (the worker's
-runtime) with f32 inference and ``CppStdGenerator`` seeds, so every difference is the
-candidate's own (quantization or precision). Per image: PSNR and SSIM
-(scikit-image) against the reference, and the mean absolute pixel difference.
+Quality: both render the same prompts and seeds through the worker's own pipeline class
+(:class:`worker.render.pipeline.GenaiPipeline`: openvino.genai, ``CppStdGenerator`` seeds)
+with f32 inference, so every difference is the candidate's own (quantization or
+precision). Per image: PSNR and SSIM (scikit-image) against the reference, and the mean
+absolute pixel difference.
 
-Speed: both are compiled again at the device's default precision (what a worker
-runs) and timed in the same run: UNet, VAE decoder and whole-pipeline time per image,
+Speed: both are compiled again by the same class at the device's default precision (what
+a worker runs) and timed in the same run: UNet, VAE decoder and whole-pipeline time per image,
 medians over ``speed_runs`` renders after one warm-up render.
 """
 
@@ -15,10 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lcm_fleet.artifact.kinds import InferencePrecision
+from worker.render.pipeline import CompileOptions, GenaiPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -103,38 +106,24 @@ def score(reference: Any, candidate: Any, prompt: str, seed: int) -> ImageScore:
     )
 
 
-def _pipeline(artifact: Path, spec: EvalSpec, config: dict[str, Any]) -> Any:
-    import openvino_genai as ov_genai
-
-    pipe = ov_genai.Text2ImagePipeline(str(artifact))
-    pipe.reshape(1, spec.height, spec.width, spec.guidance_scale)
-    pipe.compile("CPU", config=config)
-    return pipe
-
-
-def _generate(pipe: Any, spec: EvalSpec, prompt: str, seed: int) -> Any:
-    import openvino_genai as ov_genai
-
-    return pipe.generate(
-        prompt,
-        width=spec.width,
-        height=spec.height,
-        num_inference_steps=spec.steps,
-        guidance_scale=spec.guidance_scale,
-        generator=ov_genai.CppStdGenerator(seed),
+def _pipeline(artifact: Path, spec: EvalSpec, precision: InferencePrecision) -> GenaiPipeline:
+    """The worker's pipeline class on ``artifact`` (which may have no manifest yet)."""
+    options = CompileOptions(precision=precision)
+    return GenaiPipeline.for_folder(
+        artifact, spec.width, spec.height, spec.guidance_scale, options=options
     )
 
 
 def render_set(artifact: Path, spec: EvalSpec, label: str, progress: bool = True) -> list[Any]:
     """The evaluation set's images (f32 inference), in prompt-major, seed-minor order."""
-    import numpy as np
     from tqdm import tqdm
 
-    pipe = _pipeline(artifact, spec, {"INFERENCE_PRECISION_HINT": "f32"})
+    pipe = _pipeline(artifact, spec, InferencePrecision.F32)
     jobs = [(p, s) for p in spec.prompts for s in spec.seeds]
     images = []
     for prompt, seed in tqdm(jobs, desc=f"evaluate {label}", unit="image", disable=not progress):
-        images.append(np.array(_generate(pipe, spec, prompt, seed).data[0], copy=True))
+        pixels, _ = pipe.generate(prompt, seed, spec.steps, spec.guidance_scale)
+        images.append(pixels)
     return images
 
 
@@ -142,18 +131,18 @@ def measure_speed(artifact: Path, spec: EvalSpec, label: str, progress: bool = T
     """Median UNet, VAE and pipeline seconds per image at the device's default precision."""
     from tqdm import tqdm
 
-    pipe = _pipeline(artifact, spec, {})
-    _generate(pipe, spec, spec.prompts[0], 0)  # warm-up: the first generate is slower
+    pipe = _pipeline(artifact, spec, InferencePrecision.DEFAULT)
+    # Warm-up: the first generate is slower.
+    pipe.generate(spec.prompts[0], 0, spec.steps, spec.guidance_scale)
     unet, vae, total = [], [], []
     for run in tqdm(
         range(spec.speed_runs), desc=f"time {label}", unit="image", disable=not progress
     ):
-        t0 = time.perf_counter()
-        _generate(pipe, spec, spec.prompts[run % len(spec.prompts)], run)
-        total.append(time.perf_counter() - t0)
-        metrics = pipe.get_performance_metrics()
-        unet.append(sum(metrics.raw_metrics.unet_inference_durations) / 1e6)
-        vae.append(metrics.get_vae_decoder_infer_duration() / 1e3)
+        prompt = spec.prompts[run % len(spec.prompts)]
+        _, times = pipe.generate(prompt, run, spec.steps, spec.guidance_scale)
+        total.append(times.total_s)
+        unet.append(times.unet_s)
+        vae.append(times.vae_s)
     return Speed(
         unet_s=round(statistics.median(unet), 4),
         pipeline_s=round(statistics.median(total), 4),

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from lcm_fleet.artifact.manifest import sha256_file
-from model_build.build import describe_source
 from model_build.errors import BuildInputError
 from model_build.export import prepare_output_dir
+from model_build.sources import describe_source
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ standard library only at the top, heavy imports inside the functions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ from typing import Any
 
 from lcm_fleet.artifact.kinds import VaeDecoderKind, names
 from model_build.errors import BuildError, BuildInputError, QuantizeError
+from model_build.sources import describe_source
 
 logger = logging.getLogger(__name__)
 
@@ -260,19 +260,6 @@ def quantize(
 # --- taesd ----------------------------------------------------------------------------------
 
 
-def describe_taesd(source: str, revision: str) -> dict[str, Any]:
-    path = Path(source)
-    if path.exists():
-        from lcm_fleet.artifact.manifest import artifact_files, sha256_file
-
-        digest = hashlib.sha256()
-        for rel in artifact_files(path):
-            digest.update(rel.encode())
-            digest.update(sha256_file(path / rel).encode())
-        return {"kind": "local", "path": str(path.resolve()), "content_sha256": digest.hexdigest()}
-    return {"kind": "hub", "id": source, "revision": revision}
-
-
 def load_taesd(source: str, revision: str = "main") -> Any:
     """A diffusers AutoencoderTiny from a folder or a hub id (like any model of a build)."""
     from diffusers import AutoencoderTiny
@@ -389,7 +376,7 @@ def export_taesd(
     _write_part(out_part, model, config)
     return {
         "architecture": "diffusers AutoencoderTiny (TAESD), decoder only",
-        "source": describe_taesd(source, revision),
+        "source": describe_source(source, revision),
         "export": "torch -> openvino.convert_model, fp32, I/O of the optimum export",
         "io": actual,
         "conversion_max_abs_diff": error,

@@ -17,12 +17,14 @@ every other pass in reverse order; per configuration the report gives the median
 the best seconds per image and the median CPU seconds per image (this process's, all
 threads: the figure least moved by other work on a shared machine).
 
-The worker path renders with the worker's ``CppStdGenerator(seed)``; the batched paths
-with a generator that draws image ``i``'s noise from its own ``CppStdGenerator(seed_i)``,
-so image ``i`` of a batch gets exactly the latents and step noise of the worker's render
-with seed ``i``. The report gives the
-PSNR of each batched image against that render ("identical" when every pixel is equal),
-next to the PSNR of two unrelated seeds (what a broken batch would look like).
+The worker path renders through the worker's own class (``worker.render.pipeline.
+GenaiPipeline``: ``reshape(1, ...)``, ``CppStdGenerator(seed)``). The batched paths cannot
+(it compiles for batch 1), so they load genai's pipeline themselves, compiled with the
+worker's devices and properties (``CompileOptions``), and render with a generator that draws
+image ``i``'s noise from its own ``CppStdGenerator(seed_i)``, so image ``i`` of a batch
+gets exactly the latents and step noise of the worker's render with seed ``i``. The report
+gives the PSNR of each batched image against that render ("identical" when every pixel is
+equal), next to the PSNR of two unrelated seeds (what a broken batch would look like).
 
     python -m bench.batch.run                # full-size INT8 artifact, 512x512, 4 steps
     python -m bench.batch.run --artifact DIR --size 128 --runs 3   # e.g. the tiny model
@@ -142,39 +144,50 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import openvino_genai as ov_genai
 
+    from worker.render.pipeline import CompileOptions, GenaiPipeline, stage_times
+
     mode, batch, runs = spec["mode"], spec["batch"], spec["runs"]
     width, height, steps = spec["size"], spec["size"], spec["steps"]
     guidance = spec["guidance_scale"]
-    config = {"CACHE_DIR": spec["cache_dir"]} if spec["cache_dir"] else {}
+    options = CompileOptions(cache_dir=spec["cache_dir"])
     t0 = time.perf_counter()
-    pipe = ov_genai.Text2ImagePipeline(spec["model_dir"])
     if mode == "worker":
-        pipe.reshape(1, height, width, guidance)  # as worker.render.pipeline.GenaiPipeline does
-    pipe.compile("CPU", config=config)
+        # The worker's own class: reshape(1, ...), batch 1.
+        worker = GenaiPipeline.for_folder(
+            Path(spec["model_dir"]), width, height, guidance, options=options
+        )
+    else:
+        # The batched paths are what the worker's class cannot do (it reshapes for batch 1,
+        # see the module docstring): genai's pipeline without reshape, compiled as the
+        # worker compiles (same devices and properties).
+        pipe = ov_genai.Text2ImagePipeline(spec["model_dir"])
+        pipe.compile(*options.devices(), config=options.config())
     load_s = time.perf_counter() - t0
 
     def call(seeds: list[int]) -> tuple[Any, dict[str, float]]:
-        t, cpu = time.perf_counter(), time.process_time()
-        out = pipe.generate(
-            PROMPT,
-            width=width,
-            height=height,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            num_images_per_prompt=len(seeds),
-            # The worker's own generator for its batch-1 path.
-            generator=(
-                ov_genai.CppStdGenerator(seeds[0]) if mode == "worker" else seeded_generator(seeds)
-            ),
-        )
-        total, cpu = time.perf_counter() - t, time.process_time() - cpu
-        m = pipe.get_performance_metrics()
-        return np.array(out.data, copy=True), {
-            "total_s": total,
-            "cpu_s": cpu,
-            "text_encoder_s": sum(m.get_text_encoder_infer_duration().values()) / 1e3,
-            "unet_s": sum(m.raw_metrics.unet_inference_durations) / 1e6,
-            "vae_s": m.get_vae_decoder_infer_duration() / 1e3,
+        cpu = time.process_time()
+        if mode == "worker":
+            pixels, times = worker.generate(PROMPT, seeds[0], steps, guidance)
+            images = pixels[np.newaxis]
+        else:
+            t = time.perf_counter()
+            out = pipe.generate(
+                PROMPT,
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                num_images_per_prompt=len(seeds),
+                generator=seeded_generator(seeds),
+            )
+            times = stage_times(pipe, time.perf_counter() - t)
+            images = np.array(out.data, copy=True)
+        return images, {
+            "total_s": times.total_s,
+            "cpu_s": time.process_time() - cpu,
+            "text_encoder_s": times.text_encoder_s,
+            "unet_s": times.unet_s,
+            "vae_s": times.vae_s,
         }
 
     call([1000 + i for i in range(batch)])  # warm-up

@@ -186,19 +186,13 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
         guidance_scale=guidance,
     )
     calibration.check()
-    durations: dict[str, float] = {}
     with RssSampler() as sampler:
         t0 = time.perf_counter()
-        info = build.int8_candidate(
-            ir,
-            out,
-            calibration,
-            load_prompts("calibration"),
-            "calibration",
-            False,
-            durations,
+        candidate = build.int8_candidate(
+            ir, out, calibration, load_prompts("calibration"), "calibration", False
         )
         t1 = time.perf_counter()
+    durations = candidate.durations_s
     capture_end = t0 + durations["calibration_capture"]
     parent = read_manifest(ir)
     shape = {"width": spec["size"], "height": spec["size"], "batch": 1, "guidance_scale": guidance}
@@ -207,7 +201,7 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
         {
             "source": parent.derived_source(),
             "precision": "int8-unet",
-            **info,
+            **candidate.manifest_fields(),
             "quality": None,
             "bench": "benchmark artifact: random weights, quality gate not run",
             "build": {"durations_s": durations, "peak_rss_gib": peak_rss_gib()},
@@ -222,7 +216,7 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
         "capture_peak_rss_gib": sampler.peak_between(t0, capture_end),
         "nncf_peak_rss_gib": sampler.peak_between(capture_end, t1),
         "samples": spec["samples"],
-        "fake_quantize_count": info["fake_quantize_count"],
+        "fake_quantize_count": candidate.fake_quantize_count,
     }
 
 

@@ -1,9 +1,9 @@
 """Render reference-domain captions with a model and score their prompt adherence.
 
-A model is any of: a diffusers folder (PyTorch, fp32), an OpenVINO artifact folder (the
-worker's runtime, openvino.genai), or a folder of PNGs the fleet wrote (their captions
-come from the PNG text chunks). The split (which combinations training held out) comes
-from the model's ``reference.json``.
+A model is any of: a diffusers folder (PyTorch, fp32), an OpenVINO artifact folder
+(rendered by the worker's own pipeline class, openvino.genai), or a folder of PNGs the
+fleet wrote (their captions come from the PNG text chunks). The split (which combinations
+training held out) comes from the model's ``reference.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from model_build.errors import BuildInputError
 from model_build.reference.domain import Scene, Split, make_split, parse_caption
 from model_build.reference.scorer import ATTRIBUTES, AdherenceReport, score_renders
+from worker.render.pipeline import CompileOptions, GenaiPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +98,8 @@ def render_diffusers(
 def render_genai(
     artifact: Path, scenes: list[Scene], settings: EvalSettings, size: int | None = None
 ) -> list[tuple[Scene, Any]]:
-    """Renders through openvino.genai, as a worker renders (CppStdGenerator seeds), at
-    ``size`` or else the shape in the artifact's manifest."""
-    import numpy as np
-    import openvino_genai as ov_genai
-
+    """Renders through the worker's own pipeline class (openvino.genai, CppStdGenerator
+    seeds), at ``size`` or else the shape in the artifact's manifest."""
     if size is None:
         from lcm_fleet.artifact.manifest import read_manifest
 
@@ -111,22 +109,18 @@ def render_genai(
         width, height = shape.width, shape.height
     else:
         width = height = size
-    pipe = ov_genai.Text2ImagePipeline(str(artifact))
-    pipe.reshape(1, height, width, settings.guidance_scale)
-    config = {} if settings.precision == "default" else {"INFERENCE_PRECISION_HINT": "f32"}
-    pipe.compile("CPU", config=config)
+    pipe = GenaiPipeline.for_folder(
+        Path(artifact),
+        width,
+        height,
+        settings.guidance_scale,
+        options=CompileOptions(precision=settings.precision),
+    )
     out = []
     for scene in scenes:
         for seed in settings.seeds:
-            result = pipe.generate(
-                scene.caption,
-                width=width,
-                height=height,
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale,
-                generator=ov_genai.CppStdGenerator(seed),
-            )
-            out.append((scene, np.array(result.data[0], copy=True)))
+            pixels, _ = pipe.generate(scene.caption, seed, settings.steps, settings.guidance_scale)
+            out.append((scene, pixels))
     return out
 
 

@@ -121,14 +121,15 @@ def test_int8_weights_vae(vae_builds):
 def test_taesd_artifact_has_the_sd_decoders_interface(vae_builds):
     import openvino as ov
 
-    from model_build.vae_decoder import describe_taesd, io_signature
+    from model_build.sources import describe_source
+    from model_build.vae_decoder import io_signature
 
     path, fp32 = vae_builds["dirs"]["taesd"], vae_builds["fp32"]
     data = _manifest(path)
     assert data["precision"] == "fp32+vae-taesd"
     vae = data["vae_decoder"]
     assert vae["kind"] == "taesd"
-    assert vae["source"] == describe_taesd(str(vae_builds["taesd"]), "main")
+    assert vae["source"] == describe_source(str(vae_builds["taesd"]), "main")
     assert vae["conversion_max_abs_diff"] < 1e-3
     core = ov.Core()
     ours = io_signature(core.read_model(str(path / "vae_decoder/openvino_model.xml")))

@@ -1,5 +1,9 @@
 """The compiled openvino.genai pipeline, one per size class, each with a static shape.
 
+The one wrapper around genai's Text2ImagePipeline: the worker renders through it, and so
+do model_build's quality gate and reference evaluation and bench/, so a change to how a
+worker compiles or renders reaches every figure that judges it.
+
 Nothing here runs at import time. The worker's render process (worker/render/process.py)
 compiles its pipelines once when it starts, with the compile cache on.
 """
@@ -10,8 +14,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from lcm_fleet.artifact.kinds import InferencePrecision
 from worker.errors import ModelLoadError, RenderCancelled
 from worker.model.artifact import ServedModel
 
@@ -71,8 +77,54 @@ def compile_devices(device: str, text_encoder_device: str | None) -> tuple[str, 
     return (device,)
 
 
+@dataclass(frozen=True)
+class CompileOptions:
+    """How a pipeline is compiled: its devices and OpenVINO properties (the worker's LCM_*)."""
+
+    device: str = "CPU"
+    cache_dir: str = ""
+    #: INFERENCE_PRECISION_HINT; ``default`` lets the device choose (what a worker serves).
+    precision: str = InferencePrecision.DEFAULT
+    cpu_threads: int | None = None
+    cpu_pinning: bool | None = None
+    text_encoder_device: str | None = None
+
+    def devices(self) -> tuple[str, ...]:
+        return compile_devices(self.device, self.text_encoder_device)
+
+    def config(self) -> dict[str, Any]:
+        """genai's compile properties: the cache, the precision hint, CPU threads and pinning."""
+        config: dict[str, Any] = {}
+        if self.cache_dir:
+            config["CACHE_DIR"] = self.cache_dir
+        if self.precision != InferencePrecision.DEFAULT:
+            config["INFERENCE_PRECISION_HINT"] = str(self.precision)
+        if self.device.startswith("CPU"):
+            if self.cpu_threads:
+                config["INFERENCE_NUM_THREADS"] = self.cpu_threads
+            if self.cpu_pinning is not None:
+                config["ENABLE_CPU_PINNING"] = self.cpu_pinning
+        return config
+
+
+def stage_times(pipe: Any, total_s: float) -> StageTimes:
+    """The stage durations of ``pipe``'s last generate, from genai's performance metrics."""
+    m = pipe.get_performance_metrics()
+    text_ms = sum(m.get_text_encoder_infer_duration().values())
+    unet_us = sum(m.raw_metrics.unet_inference_durations)
+    vae_ms = m.get_vae_decoder_infer_duration()
+    return StageTimes(
+        text_encoder_s=text_ms / 1e3, unet_s=unet_us / 1e6, vae_s=vae_ms / 1e3, total_s=total_s
+    )
+
+
 class GenaiPipeline:
-    """openvino.genai Text2ImagePipeline, batch 1, compiled for one static size."""
+    """openvino.genai Text2ImagePipeline, batch 1, compiled for one static size.
+
+    ``GenaiPipeline(model, device, cache_dir, precision, ...)`` compiles a verified
+    artifact as the worker serves it; :meth:`for_folder` compiles any model folder, with or
+    without a manifest (model_build's gate: the fp32 IR, a candidate before its manifest).
+    """
 
     def __init__(
         self,
@@ -86,41 +138,73 @@ class GenaiPipeline:
         width: int | None = None,
         height: int | None = None,
     ) -> None:
+        options = CompileOptions(
+            device, cache_dir, precision, cpu_threads, cpu_pinning, text_encoder_device
+        )
+        self._compile(
+            Path(model.path),
+            width or model.width,
+            height or model.height,
+            model.guidance_scale,
+            model.cfg,
+            options,
+        )
+
+    @classmethod
+    def for_folder(
+        cls,
+        path: Path,
+        width: int,
+        height: int,
+        guidance_scale: float,
+        *,
+        cfg: bool = False,
+        options: CompileOptions | None = None,
+    ) -> GenaiPipeline:
+        """The pipeline of the model folder ``path`` at ``width`` x ``height``.
+
+        ``guidance_scale`` is compiled in (for a CFG UNet it sets the batch); ``cfg`` says
+        the UNet has no guidance embedding (it matters only to the checks of a job).
+        """
+        pipe = cls.__new__(cls)
+        pipe._compile(Path(path), width, height, guidance_scale, cfg, options or CompileOptions())
+        return pipe
+
+    def _compile(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        guidance_scale: float,
+        cfg: bool,
+        options: CompileOptions,
+    ) -> None:
         import openvino_genai as ov_genai
 
         self._ov_genai = ov_genai
-        self.width, self.height = width or model.width, height or model.height
-        self.guidance_scale, self.cfg = model.guidance_scale, model.cfg
-        config: dict[str, Any] = {}
-        if cache_dir:
-            config["CACHE_DIR"] = cache_dir
-        if precision != "default":
-            config["INFERENCE_PRECISION_HINT"] = precision
-        if device.startswith("CPU"):
-            if cpu_threads:
-                config["INFERENCE_NUM_THREADS"] = cpu_threads
-            if cpu_pinning is not None:
-                config["ENABLE_CPU_PINNING"] = cpu_pinning
+        self.path, self.options = path, options
+        self.width, self.height = width, height
+        self.guidance_scale, self.cfg = guidance_scale, cfg
         t0 = time.perf_counter()
         try:
-            pipe = ov_genai.Text2ImagePipeline(str(model.path))
+            pipe = ov_genai.Text2ImagePipeline(str(path))
             # Batch 1: a job's N images are N seeded calls (genai 2026.4 breaks LCM when
             # reshaped for num_images_per_prompt > 1). For an LCM the guidance is an UNet
             # input; for a CFG UNet it sets the batch (2 when guidance_scale > 1).
             pipe.reshape(1, self.height, self.width, self.guidance_scale)
-            pipe.compile(*compile_devices(device, text_encoder_device), config=config)
+            pipe.compile(*options.devices(), config=options.config())
         except Exception as e:
-            raise ModelLoadError(f"could not compile {model.path} on {device}: {e}") from e
+            raise ModelLoadError(f"could not compile {path} on {options.device}: {e}") from e
         self._pipe = pipe
         self.compile_s = time.perf_counter() - t0
         logger.info(
             "pipeline compiled on %s for %dx%d in %.1fs (cache %s, precision %s)",
-            device,
+            options.device,
             self.width,
             self.height,
             self.compile_s,
-            cache_dir or "off",
-            precision,
+            options.cache_dir or "off",
+            options.precision,
         )
 
     def generate(
@@ -169,10 +253,4 @@ class GenaiPipeline:
                 requested=bool(requested),
             )
         pixels = np.array(out.data[0], copy=True)
-        m = self._pipe.get_performance_metrics()
-        text_ms = sum(m.get_text_encoder_infer_duration().values())
-        unet_us = sum(m.raw_metrics.unet_inference_durations)
-        vae_ms = m.get_vae_decoder_infer_duration()
-        return pixels, StageTimes(
-            text_encoder_s=text_ms / 1e3, unet_s=unet_us / 1e6, vae_s=vae_ms / 1e3, total_s=total
-        )
+        return pixels, stage_times(self._pipe, total)
