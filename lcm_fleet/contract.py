@@ -29,6 +29,12 @@ TASK_RENDER = "lcm_fleet.render"
 #: Default queue of render jobs. Jobs that name a size go to that size's queue,
 #: ``lcm.render.512x512``, which only workers compiled for that size consume.
 QUEUE_RENDER = "lcm.render"
+#: Celery task name of a webhook delivery (producer/http/webhooks.py, the lcm-webhooks role):
+#: ``send_task(TASK_WEBHOOK, args=[kind, id, event], queue=QUEUE_WEBHOOKS)`` when a job or
+#: batch ends; ``kind`` is a :class:`WebhookKind`, ``event`` a :class:`WebhookEvent`.
+TASK_WEBHOOK = "lcm_fleet.webhook"
+#: Queue of webhook deliveries, consumed only by lcm-webhooks (never by render workers).
+QUEUE_WEBHOOKS = "lcm.webhooks"
 #: Message header with the submit time (Unix seconds), for the queue-wait measurement.
 HEADER_SUBMITTED_AT = "lcm_submitted_at"
 
@@ -41,6 +47,22 @@ class JobState(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+class WebhookKind(str, Enum):
+    """What a webhook delivery is about."""
+
+    JOB = "job"
+    BATCH = "batch"
+
+
+class WebhookEvent(str, Enum):
+    """The event a webhook reports (the body's ``event``)."""
+
+    JOB_SUCCEEDED = "job.succeeded"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELED = "job.canceled"
+    BATCH_FINISHED = "batch.finished"
 
 
 #: Celery settings that producers and workers must share.
