@@ -9,6 +9,7 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -101,8 +102,8 @@ def test_settings_have_units_and_bounds() -> None:
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
-    statuses: list[int] = []
-    seen: list[bytes] = []
+    statuses: ClassVar[list[int]] = []
+    seen: ClassVar[list[bytes]] = []
 
     def do_POST(self) -> None:
         self.seen.append(self.rfile.read(int(self.headers["Content-Length"])))
