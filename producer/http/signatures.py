@@ -56,8 +56,9 @@ def verify(
         return False
     if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
         return False
-    expected = _mac(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, c) for c in candidates)
+    expected = _mac(secret, timestamp, body).encode()
+    # Bytes: compare_digest refuses str with non-ASCII characters (a forged header may have them).
+    return any(hmac.compare_digest(expected, c.encode("utf-8", "replace")) for c in candidates)
 
 
 def gallery_sig(pepper: bytes | str, kind: str, record_id: str, exp: int) -> str:
@@ -71,4 +72,5 @@ def gallery_link_valid(
 ) -> bool:
     if exp < (time.time() if now is None else now):
         return False
-    return hmac.compare_digest(gallery_sig(pepper, kind, record_id, exp), sig)
+    expected = gallery_sig(pepper, kind, record_id, exp).encode()
+    return hmac.compare_digest(expected, sig.encode("utf-8", "replace"))

@@ -54,7 +54,7 @@ def test_verify_refuses_a_changed_timestamp_and_malformed_headers() -> None:
     mac = header.split("v1=")[1]
     moved = f"t=1700000001,v1={mac}"
     assert not verify(SECRET, moved, BODY, now=1_700_000_001)
-    for bad in ("", "t=,v1=", f"v1={mac}", "t=1700000000", "garbage", "t=abc,v1=00"):
+    for bad in ("", "t=,v1=", f"v1={mac}", "t=1700000000", "garbage", "t=abc,v1=00", "t=1,v1=é"):
         assert not verify(SECRET, bad, BODY, now=1_700_000_000)
 
 
@@ -74,6 +74,7 @@ def test_gallery_links_expire_and_bind_kind_and_id() -> None:
     assert not gallery_link_valid("pepper", "batch", "b1", exp + 1, sig)
     assert not gallery_link_valid("other", "batch", "b1", exp, sig)
     assert not gallery_link_valid("pepper", "batch", "b1", exp, sig, now=exp + 1)
+    assert not gallery_link_valid("pepper", "batch", "b1", exp, ":\u00f1\u00e9")  # not hex
 
 
 def test_retry_policy_retries_5xx_408_429_only() -> None:

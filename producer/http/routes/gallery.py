@@ -190,6 +190,8 @@ def _page(kind: Kind, record_id: str, data_path: str, image_prefix: str) -> HTML
     return HTMLResponse(html, headers={**SECURITY_HEADERS, "Content-Security-Policy": csp})
 
 
+# No response_class=HTMLResponse: FastAPI would then document the JSON error bodies as
+# text/html; the 200 is documented as HTML here.
 _PAGE_RESPONSES = {
     **responses(400, 403),
     200: {"content": {"text/html": {}}, "description": "The gallery page"},
@@ -198,7 +200,6 @@ _PAGE_RESPONSES = {
 
 @router.get(
     "/gallery/jobs/{job_id}",
-    response_class=HTMLResponse,
     responses=_PAGE_RESPONSES,
     summary="A job's gallery page (signed link)",
 )
@@ -210,7 +211,6 @@ def gallery_job_page(job_id: JobId, token: TokenDep, services: ServicesDep) -> H
 
 @router.get(
     "/gallery/batches/{batch_id}",
-    response_class=HTMLResponse,
     responses=_PAGE_RESPONSES,
     summary="A batch's gallery page (signed link)",
 )
