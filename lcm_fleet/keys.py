@@ -40,6 +40,11 @@ def batch_key(batch_id: str) -> str:
     return f"{BATCH_PREFIX}{batch_id}"
 
 
+def batch_webhooks_key(batch_id: str) -> str:
+    """List of the batch's webhook delivery attempts, oldest first."""
+    return f"{BATCH_PREFIX}{batch_id}:webhooks"
+
+
 def batch_jobs_key(batch_id: str) -> str:
     """List of the batch's job ids in submission order."""
     return f"{BATCH_PREFIX}{batch_id}:jobs"

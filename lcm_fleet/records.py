@@ -37,6 +37,7 @@ from lcm_fleet.keys import (
     IN_FLIGHT_PREFIX,
     batch_jobs_key,
     batch_key,
+    batch_webhooks_key,
     in_flight_key,
     job_key,
     job_webhooks_key,
@@ -486,7 +487,13 @@ class RecordStore:
         return _text(self.redis.hget(job_key(job_id), "cancel_requested") or "") == "1"
 
     def record_webhook(self, job_id: str, attempt: dict[str, Any]) -> None:
-        key = job_webhooks_key(job_id)
+        self._record_attempt(job_webhooks_key(job_id), attempt)
+
+    def record_batch_webhook(self, batch_id: str, attempt: dict[str, Any]) -> None:
+        self._record_attempt(batch_webhooks_key(batch_id), attempt)
+
+    def _record_attempt(self, key: str, attempt: dict[str, Any]) -> None:
+        """Append a webhook delivery attempt (the last 100 are kept, for the record's TTL)."""
         pipe = self.redis.pipeline()
         pipe.rpush(key, json.dumps(attempt, sort_keys=True))
         pipe.ltrim(key, -100, -1)
@@ -528,6 +535,10 @@ class RecordStore:
 
     def webhook_attempts(self, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(_text(x)) for x in self.redis.lrange(job_webhooks_key(job_id), 0, -1)]
+
+    def batch_webhook_attempts(self, batch_id: str) -> list[dict[str, Any]]:
+        raw = self.redis.lrange(batch_webhooks_key(batch_id), 0, -1)
+        return [json.loads(_text(x)) for x in raw]
 
     def get_batch(self, batch_id: str, owner: str = ANY_OWNER) -> BatchRecord | None:
         raw = {_text(k): _text(v) for k, v in self.redis.hgetall(batch_key(batch_id)).items()}

@@ -53,6 +53,8 @@ class ApiSettings(ProducerSettings):
     heartbeat_ttl_s: float = Field(default=30.0, ge=3, le=3600)
     #: Accept webhook URLs to loopback, link-local and private addresses (tests, one host).
     webhook_allow_private_urls: bool = False
+    #: Lifetime of a gallery link (POST /v1/jobs|batches/{id}/gallery-link; routes/gallery.py).
+    gallery_link_expires_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     #: How often GET /v1/jobs/{id}/events reads the record.
     events_poll_s: float = Field(default=0.15, gt=0, le=5)
     #: An event stream ends after this long even if its job has not.

@@ -26,3 +26,27 @@ def test_manifests_parse_and_match_the_code():
     (scaled,) = _docs("keda.yaml")
     assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == QUEUE_RENDER
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
+def test_api_manifests_run_the_console_scripts_with_the_pepper():
+    pyproject = (K8S.parents[1] / "pyproject.toml").read_text()  # tomllib is 3.11+
+    scripts = pyproject.split("[project.scripts]")[1].split("\n[")[0]
+    secret, api, service, webhooks = _docs("api.yaml")
+    assert secret["kind"] == "Secret" and set(secret["stringData"]) == {"LCM_API_KEY_PEPPER"}
+    for deployment, script in ((api, "lcm-api"), (webhooks, "lcm-webhooks")):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["command"][0] == script and f"\n{script} = " in scripts
+        refs = {r.get("secretRef", r.get("configMapRef"))["name"] for r in container["envFrom"]}
+        assert refs == {"lcm-fleet", "lcm-fleet-s3", secret["metadata"]["name"]}
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"] == labels
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (port,) = container["ports"]
+    assert int(env["LCM_API_PORT"]) == port["containerPort"] and env["LCM_API_HOST"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert service["spec"]["selector"] == api["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    (hooks,) = webhooks["spec"]["template"]["spec"]["containers"]
+    timeout = float({e["name"]: e["value"] for e in hooks["env"]}["LCM_WEBHOOK_TIMEOUT_S"])
+    assert webhooks["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > timeout
