@@ -237,12 +237,6 @@ class Manifest(ArtifactInfo):
         return sum(entry.bytes for entry in self.files.values())
 
     @property
-    def data(self) -> dict[str, Any]:
-        """The manifest as the dict in the file. For code not yet on the typed fields
-        (model_build/build.py); read the attributes instead."""
-        return self.as_dict()
-
-    @property
     def vae_decoder_kind(self) -> str:
         """The VAE decoder's kind as recorded; ``sd`` for artifacts without the record."""
         return self.vae_decoder.kind if self.vae_decoder is not None else VaeDecoderKind.SD.value

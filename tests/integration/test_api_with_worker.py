@@ -16,17 +16,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import ROOT, ApiProcess, WorkerProcess, api_env, start_api, stop_api
-
-#: The worker's side of the records (running, succeeded) is integrated separately (issue #12);
-#: until the worker writes them, a job's record stays queued and nothing can wait on it.
-WORKER_WRITES_RECORDS = any(
-    "open_records" in path.read_text() or "RecordStore" in path.read_text()
-    for path in (ROOT / "worker").rglob("*.py")
-)
-needs_worker_records = pytest.mark.skipif(
-    not WORKER_WRITES_RECORDS, reason="the worker does not move job records yet (issue #12)"
-)
+from tests.integration.conftest import ApiProcess, WorkerProcess, api_env, start_api, stop_api
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +66,6 @@ def test_a_bad_key_raises_authentication_error(openai_api: ApiProcess) -> None:
         bad.images.generate(prompt="x")
 
 
-@needs_worker_records
 def test_generate_waits_for_the_worker_and_returns_urls(
     client: openai.OpenAI, worker: WorkerProcess, tmp_path: Path
 ) -> None:
@@ -93,7 +82,6 @@ def test_generate_waits_for_the_worker_and_returns_urls(
     assert Image.open(io.BytesIO(png)).size == (128, 128) and hashlib.sha256(png).hexdigest()
 
 
-@needs_worker_records
 def test_a_job_is_followed_to_its_pngs(openai_api: ApiProcess, worker: WorkerProcess) -> None:
     key = openai_api.create_key("follower")
     with httpx.Client(

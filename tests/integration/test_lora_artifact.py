@@ -44,7 +44,7 @@ def lora_artifact(tmp_path_factory):
 
 
 def test_manifest_records_base_lora_and_scale(lora_artifact):
-    data = read_manifest(lora_artifact).data
+    data = read_manifest(lora_artifact).as_dict()
     source = data["source"]
     assert source["kind"] == "lcm-lora-fused" and source["lora_scale"] == 0.8
     assert (

@@ -13,7 +13,7 @@ from tests.integration.conftest import run_cli
 def test_int8_artifact_manifest(model_dirs):
     manifest = read_manifest(model_dirs["int8"])
     verify_files(model_dirs["int8"], manifest)
-    data = manifest.data
+    data = manifest.as_dict()
     assert data["precision"] == "int8-unet"
     q = data["quantization"]
     assert (q["model_type"], q["preset"], q["disable_bias_correction"]) == (

@@ -42,7 +42,7 @@ def test_gate_failure_exits_3_and_records_it(model_dirs, tmp_path):
     )
     assert out.returncode == 3, out.stderr
     assert "LCM_GATE_MIN_PSNR_DB=200.0" in out.stderr and "contact_sheet.png" in out.stderr
-    quality = read_manifest(tmp_path / "c").data["quality"]
+    quality = read_manifest(tmp_path / "c").as_dict()["quality"]
     assert quality["passed"] is False and quality["override"] is None
     # A worker refuses it.
     from worker.errors import ModelLoadError
@@ -73,7 +73,7 @@ def test_gate_override_is_recorded(model_dirs, tmp_path):
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    quality = read_manifest(tmp_path / "c").data["quality"]
+    quality = read_manifest(tmp_path / "c").as_dict()["quality"]
     assert quality["passed"] is False and quality["override"] == "checked by eye: ticket 42"
 
 
@@ -89,7 +89,7 @@ def test_fp32_candidate_is_identical(model_dirs, tmp_path):
         "1",
         "--no-progress",
     )
-    data = read_manifest(tmp_path / "c").data
+    data = read_manifest(tmp_path / "c").as_dict()
     assert data["precision"] == "fp32" and data["quality"]["mean_abs_diff_mean"] == 0.0
 
 

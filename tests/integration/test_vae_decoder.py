@@ -73,7 +73,7 @@ def vae_builds(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 def _manifest(path: Path) -> dict[str, Any]:
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    return manifest.data
+    return manifest.as_dict()
 
 
 def _fake_quantize(xml: Path) -> int:

@@ -9,7 +9,10 @@ from celery import Celery
 from lcm_fleet.contract import WIRE_CONFIG
 from worker.settings import WorkerSettings
 
-app = Celery("lcm_fleet_worker")
+#: The render task's module is named, not imported: the worker imports it at start
+#: (``include``), and the task module imports this one.
+TASK_MODULES = ("worker.consumer.tasks",)
+app = Celery("lcm_fleet_worker", include=list(TASK_MODULES))
 app.conf.update(WIRE_CONFIG)
 
 
@@ -41,7 +44,6 @@ def configure(settings: WorkerSettings) -> Celery:
     # One log line per job comes from the task itself; Celery's own success line
     # would repeat the whole result.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
-    # Register the task on this app (import for its side effect).
-    import worker.consumer.tasks  # noqa: F401
-
+    # Register the task now (the worker would at start), so that --check and tools see it.
+    app.loader.import_default_modules()
     return app

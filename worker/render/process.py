@@ -70,6 +70,9 @@ logger = logging.getLogger(__name__)
 
 #: How often at most the render process reports the running render's step to the worker.
 STEP_REPORT_S = 0.05
+#: How often at most the worker asks a running job's on_step (its record's cancel flag)
+#: between the render process's reports.
+CANCEL_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -318,18 +321,29 @@ class Renderer:
         try:
             self._conn.send(replace(request, report_steps=on_step is not None))
             cancel_sent = False
+            last = StepDone(0, request.steps)
             while True:
                 left = deadlines.hard_left()
-                if not self._conn.poll(None if left == float("inf") else max(0.0, left)):
-                    pid = self.pid
-                    self.kill()
-                    raise deadlines.hard_exceeded(
-                        f"while rendering; render process {self.index} (pid {pid}) was killed "
-                        "and is started again"
-                    )
-                reply: FromRenderProcess = self._conn.recv()
+                # With on_step, wake at least every CANCEL_POLL_S, so that a cancel is on the
+                # pipe before the running step ends (the render stops right after it).
+                wait = None if left == float("inf") else max(0.0, left)
+                if on_step is not None:
+                    wait = CANCEL_POLL_S if wait is None else min(wait, CANCEL_POLL_S)
+                if not self._conn.poll(wait):
+                    if deadlines.hard_left() > 0:
+                        reply: FromRenderProcess = last
+                    else:
+                        pid = self.pid
+                        self.kill()
+                        raise deadlines.hard_exceeded(
+                            f"while rendering; render process {self.index} (pid {pid}) was "
+                            "killed and is started again"
+                        )
+                else:
+                    reply = self._conn.recv()
                 if not isinstance(reply, StepDone):
                     break
+                last = reply
                 if on_step is not None and on_step(reply.step, reply.steps) and not cancel_sent:
                     self._conn.send(CancelRender())
                     cancel_sent = True
