@@ -164,3 +164,33 @@ def test_the_cli_reads_the_records(big_worker, tmp_path):
     records = open_records(settings)
     batch = records.get_batch(batch_id)
     assert batch is not None and batch.finished and batch.counts.succeeded == batch.total == 3
+
+
+def test_a_finished_job_with_a_webhook_url_queues_its_delivery(big_worker):
+    """The worker queues the webhook task by name for lcm-webhooks (tested in
+    test_webhooks.py); here nothing consumes lcm.webhooks, so the message stays to be read."""
+    import base64
+    import json
+
+    import redis
+
+    from lcm_fleet.contract import QUEUE_WEBHOOKS, Job
+    from producer.api import submit_job
+
+    _worker, settings = big_worker
+    hook = "http://127.0.0.1:9/hook"
+    h = submit_job(Job(prompt="with a webhook", seed=7), settings, webhook_url=hook)
+    h.wait(60)
+    client = redis.Redis.from_url(settings.redis_url)
+
+    def queued_delivery() -> list[Any] | None:
+        for raw in client.lrange(QUEUE_WEBHOOKS, 0, -1):
+            body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            if body[0] == ["job", h.job_id, "job.succeeded"]:
+                client.lrem(QUEUE_WEBHOOKS, 1, raw)  # no later test's lcm-webhooks delivers it
+                return list(body)
+        return None
+
+    assert _until("the webhook task was queued", queued_delivery, timeout_s=10)
+    record = h.record()
+    assert record is not None and record.webhook_url == hook
