@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import (
@@ -22,10 +21,11 @@ from pydantic import (
     model_validator,
 )
 
+from lcm_fleet.enums import TextEnum
 from lcm_fleet.errors import InvalidJob
 
 
-class JobState(str, Enum):
+class JobState(TextEnum):
     """Where a job is in its life. A worker's result is always ``succeeded``; the other
     states are what a job record may say before it (queued, running) or instead (failed,
     canceled)."""
@@ -36,18 +36,15 @@ class JobState(str, Enum):
     FAILED = "failed"
     CANCELED = "canceled"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class WebhookKind(str, Enum):
+class WebhookKind(TextEnum):
     """What a webhook delivery is about."""
 
     JOB = "job"
     BATCH = "batch"
 
 
-class WebhookEvent(str, Enum):
+class WebhookEvent(TextEnum):
     """The event a webhook reports (the body's ``event``)."""
 
     JOB_SUCCEEDED = "job.succeeded"

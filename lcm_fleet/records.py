@@ -27,12 +27,12 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lcm_fleet.contract import Job, JobResult, JobState
+from lcm_fleet.enums import TextEnum
 from lcm_fleet.keys import (
     IN_FLIGHT_PREFIX,
     batch_jobs_key,
@@ -132,7 +132,7 @@ class BatchRecord(BaseModel):
         return self.finished_at is not None
 
 
-class StartOutcome(str, Enum):
+class StartOutcome(TextEnum):
     """What :meth:`RecordStore.start` decided for a delivered job."""
 
     RUN = "run"
@@ -140,7 +140,7 @@ class StartOutcome(str, Enum):
     SKIP = "skip"
 
 
-class CancelOutcome(str, Enum):
+class CancelOutcome(TextEnum):
     CANCELED = "canceled"
     #: Running: it stops at its next denoising step.
     REQUESTED = "requested"

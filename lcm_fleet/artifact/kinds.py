@@ -6,10 +6,10 @@ compares equal to it.
 
 from __future__ import annotations
 
-from enum import Enum
+from lcm_fleet.enums import TextEnum
 
 
-class VaeDecoderKind(str, Enum):
+class VaeDecoderKind(TextEnum):
     """How an artifact's VAE decoder was made (``lcm-build --vae-decoder``).
 
     Every kind loads through genai's Text2ImagePipeline unchanged: model_build makes each
@@ -21,11 +21,8 @@ class VaeDecoderKind(str, Enum):
     INT8 = "int8"
     TAESD = "taesd"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class BuildPrecision(str, Enum):
+class BuildPrecision(TextEnum):
     """What ``lcm-build build --precision`` makes of the UNet (and, for fp16, every part)."""
 
     INT8 = "int8"
@@ -33,11 +30,8 @@ class BuildPrecision(str, Enum):
     FP16 = "fp16"
     FP32 = "fp32"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class InferencePrecision(str, Enum):
+class InferencePrecision(TextEnum):
     """OpenVINO's INFERENCE_PRECISION_HINT; ``default`` lets the device choose (bf16 where
     the CPU has it, f32 on AVX2)."""
 
@@ -46,10 +40,7 @@ class InferencePrecision(str, Enum):
     BF16 = "bf16"
     F16 = "f16"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-def names(kinds: type[Enum]) -> tuple[str, ...]:
+def names(kinds: type[TextEnum]) -> tuple[str, ...]:
     """The values of an enum, in order, for messages and argparse choices."""
     return tuple(str(k.value) for k in kinds)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from enum import Enum
 
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from lcm_fleet.backoff import Backoff
+from lcm_fleet.enums import TextEnum
 from lcm_fleet.errors import InvalidJob, TransientStorageError
 from worker.consumer.deliveries import JobAbandoned
 from worker.errors import JobCanceled, RendererLost
@@ -45,7 +45,7 @@ TIME_LIMITS: tuple[type[Exception], ...] = (SoftTimeLimitExceeded, TimeLimitExce
 CANCELED_BY: tuple[type[Exception], ...] = (JobCanceled,)
 
 
-class Outcome(str, Enum):
+class Outcome(TextEnum):
     """How a job ended on this worker: the ``outcome`` label of ``lcm_jobs_total``."""
 
     SUCCEEDED = "succeeded"
@@ -57,11 +57,8 @@ class Outcome(str, Enum):
     TIMED_OUT = "timed_out"
     CANCELED = "canceled"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Action(str, Enum):
+class Action(TextEnum):
     """What the task does with the exception."""
 
     #: ``Task.retry(countdown=...)``: the same job again later, one retry more.
@@ -70,9 +67,6 @@ class Action(str, Enum):
     REQUEUE = "requeue"
     #: Re-raise: the task fails and its message is acknowledged.
     FAIL = "fail"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

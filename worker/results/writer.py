@@ -134,19 +134,3 @@ class ResultWriter:
         self.store.put(result_key(self.prefix, job.job_id), body, "application/json")
         upload = sum(s.upload_s for s in stored) + time.perf_counter() - t1
         return TimedResult.of(result, durations.but(upload=upload))
-
-
-def store_result(
-    rendered: Rendered, store: ObjectStore, *, prefix: str, model_manifest_sha256: str, worker: str
-) -> JobResult:
-    """Store an already rendered job, one image after the other."""
-    writer = ResultWriter(
-        store,
-        rendered.job,
-        prefix=prefix,
-        model_manifest_sha256=model_manifest_sha256,
-        worker=worker,
-    )
-    for image in rendered.images:
-        writer.add(image, rendered.guidance_scale)
-    return writer.finish(rendered).result
