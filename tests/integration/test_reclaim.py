@@ -70,8 +70,12 @@ def test_jobs_of_a_killed_worker_are_rendered_by_the_next_one(
     service_env, model_dirs, producer_settings, tmp_path
 ):
     queue = f"lcm.reclaim.{uuid.uuid4().hex[:8]}"
+    # A database of its own: every worker gives back dead incarnations of its database, and
+    # the session's worker would otherwise take the give-back (and its log line) from ours.
+    redis_url = service_env["LCM_REDIS_URL"].rsplit("/", 1)[0] + "/13"
+    redis.Redis.from_url(redis_url).flushdb()
     env = worker_env(
-        service_env,
+        {**service_env, "LCM_REDIS_URL": redis_url},
         model_dirs["int8"],
         tmp_path,
         queue,
@@ -80,8 +84,10 @@ def test_jobs_of_a_killed_worker_are_rendered_by_the_next_one(
         LCM_UNIT="reclaim",
     )
     first = start_worker(env, tmp_path / "first.log")
-    settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
-    r = redis.Redis.from_url(service_env["LCM_REDIS_URL"])
+    settings = ProducerSettings(
+        **{**producer_settings.model_dump(), "queue": queue, "redis_url": redis_url}
+    )
+    r = redis.Redis.from_url(redis_url)
     try:
         jobs = [
             submit(f"held {n}", settings=settings, seed=n, width=512, height=512, steps=8)
