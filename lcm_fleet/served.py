@@ -150,13 +150,13 @@ def _warn_unadvertised(base: str, clock: Callable[[], float] = time.monotonic) -
 
 def unserved(served: ServedSet | None, mode: ServedSizeCheck, job: Job, queue: str) -> str | None:
     """Why ``job`` on ``queue`` would never be consumed, or None when it may be queued."""
-    if mode is ServedSizeCheck.OFF or served is None or served.consumers(queue):
+    if mode == ServedSizeCheck.OFF or served is None or served.consumers(queue):
         return None
     base = family_of(queue)
     sizes = served.sizes(base)
     size = _size_of(job)
     if not sizes:
-        if mode is ServedSizeCheck.AUTO:
+        if mode == ServedSizeCheck.AUTO:
             _warn_unadvertised(base)
             return None
         return (

@@ -137,7 +137,7 @@ def check_served(jobs: Sequence[Job], settings: ProducerSettings, queue: str | N
     """Refuse, before anything is queued, jobs whose queue no worker advertises consuming:
     :class:`lcm_fleet.served.UnservedSize` (an InvalidJob) names the sizes served. One cached
     read of the adverts for all of them (LCM_SERVED_SIZE_CHECK, LCM_SERVED_CACHE_S)."""
-    if settings.served_size_check is ServedSizeCheck.OFF or not jobs:
+    if settings.served_size_check == ServedSizeCheck.OFF or not jobs:
         return
     served = reader_for(settings.redis_url, settings.served_cache_s).read()
     targets = ((job, queue or queue_for(job, settings.queue)) for job in jobs)
