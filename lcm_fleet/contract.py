@@ -8,6 +8,9 @@ this module; it imports nothing heavy (no OpenVINO, torch or worker code).
 
 from __future__ import annotations
 
+import contextlib
+import re
+import reprlib
 import secrets
 import uuid
 from typing import Any, Literal
@@ -75,7 +78,9 @@ WIRE_CONFIG: dict[str, Any] = {
     "accept_content": ["json"],
     "result_accept_content": ["json"],
     "task_default_queue": QUEUE_RENDER,
-    "result_extended": True,
+    # Not extended: the result backend keeps a job's result or its (bounded) failure, never
+    # its arguments again, so an oversized message is not kept for LCM_RESULT_EXPIRES_S.
+    "result_extended": False,
 }
 
 # Limits of the contract. LCM renders in 1 to 8 steps; images are multiples of 8
@@ -87,12 +92,18 @@ IMAGES_MIN, IMAGES_MAX = 1, 8
 SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 2000
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: Control characters a prompt may hold: tab and the two line ends (LF, CR). Every other C0
+#: control (NUL, BEL, ESC, 0x01 ...), DEL, the C1 controls and lone surrogates are refused.
+PROMPT_CONTROLS_ALLOWED = "\t\n\r"
+#: Characters of a bad value that an error message quotes; the rest is counted, not repeated.
+QUOTE_MAX_CHARS = 60
 
 # What each field allows, spelled out for error messages.
 ALLOWED: dict[str, str] = {
     "job_id": "1-128 characters of letters, digits, '.', '_' or '-', starting with a letter "
     "or digit (default: a random id)",
-    "prompt": f"a non-empty text of at most {PROMPT_MAX_CHARS} characters",
+    "prompt": f"a non-empty text of at most {PROMPT_MAX_CHARS} characters, without control "
+    "characters (tab and line breaks are allowed)",
     "seed": f"an integer from 0 to {SEED_MAX} (default: random, recorded in the result)",
     "steps": f"an integer from {STEPS_MIN} to {STEPS_MAX} (LCM; default {STEPS_DEFAULT})",
     "guidance_scale": f"a number from {GUIDANCE_MIN} to {GUIDANCE_MAX} (default: the model's, "
@@ -103,6 +114,39 @@ ALLOWED: dict[str, str] = {
     "model serves (default: the model's size)",
     "num_images": f"an integer from {IMAGES_MIN} to {IMAGES_MAX} (default 1)",
 }
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = QUOTE_MAX_CHARS
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def quote(value: Any, limit: int = QUOTE_MAX_CHARS) -> str:
+    """A bad value as an error message shows it: its ``repr``, cut to about ``limit``
+    characters, with the length of what was cut (a 10 MB prompt is not repeated)."""
+    if isinstance(value, str | bytes):
+        if len(value) <= limit:
+            return repr(value)
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:limit]!r}... ({len(value)} {unit})"
+    text = _REPR.repr(value)  # bounded for containers of any size, without building it all
+    return text if len(text) <= 2 * limit else text[: 2 * limit] + "..."
+
+
+# Cc (C0, DEL, C1) but tab, LF and CR; and lone surrogates (Cs), which no UTF-8 can carry.
+_FORBIDDEN_IN_PROMPT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_NAMES = {0x00: " (NUL)", 0x07: " (BEL)", 0x08: " (BS)", 0x1B: " (ESC)", 0x7F: " (DEL)"}
+
+
+def control_character(text: str) -> tuple[int, str] | None:
+    """The position and name of the first character a prompt may not hold, if any."""
+    found = _FORBIDDEN_IN_PROMPT.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    what = "lone surrogate" if 0xD800 <= code <= 0xDFFF else "control character"
+    return found.start(), f"{what} U+{code:04X}{_CONTROL_NAMES.get(code, '')}"
 
 
 def new_job_id() -> str:
@@ -121,21 +165,29 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job_id: str = Field(default_factory=new_job_id, pattern=JOB_ID_PATTERN)
-    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
-    seed: int = Field(default_factory=random_seed, ge=0, le=SEED_MAX)
-    steps: int = Field(default=STEPS_DEFAULT, ge=STEPS_MIN, le=STEPS_MAX)
+    # Strict types: a bool is not a seed, "4" is not a step count (JSON numbers are what
+    # producers send; text cells are converted by job_fields_from_text first).
+    job_id: str = Field(default_factory=new_job_id, pattern=JOB_ID_PATTERN, strict=True)
+    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS, strict=True)
+    seed: int = Field(default_factory=random_seed, ge=0, le=SEED_MAX, strict=True)
+    steps: int = Field(default=STEPS_DEFAULT, ge=STEPS_MIN, le=STEPS_MAX, strict=True)
     #: None: the model's own (the worker records the value it used).
-    guidance_scale: float | None = Field(default=None, ge=GUIDANCE_MIN, le=GUIDANCE_MAX)
-    width: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX)
-    height: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX)
-    num_images: int = Field(default=1, ge=IMAGES_MIN, le=IMAGES_MAX)
+    guidance_scale: float | None = Field(
+        default=None, ge=GUIDANCE_MIN, le=GUIDANCE_MAX, strict=True
+    )
+    width: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX, strict=True)
+    height: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX, strict=True)
+    num_images: int = Field(default=1, ge=IMAGES_MIN, le=IMAGES_MAX, strict=True)
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
+    def _prompt_clean(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the prompt is blank")
+        found = control_character(value)
+        if found is not None:
+            index, what = found
+            raise ValueError(f"{what} at position {index} is not allowed in a prompt")
         return value
 
     @field_validator("width", "height")
@@ -169,6 +221,23 @@ def queue_for(job: Job, base: str) -> str:
     return size_queue(base, job.width, job.height)
 
 
+_INT_FIELDS = ("seed", "steps", "width", "height", "num_images")
+_FLOAT_FIELDS = ("guidance_scale",)
+
+
+def job_fields_from_text(cells: dict[str, str]) -> dict[str, Any]:
+    """A job's fields from text cells (a CSV row): numbers written as numbers become numbers;
+    anything else is left as text, for the strict contract to refuse naming the field."""
+    fields: dict[str, Any] = dict(cells)
+    for name, kind in (*((n, int) for n in _INT_FIELDS), *((n, float) for n in _FLOAT_FIELDS)):
+        text = cells.get(name)
+        if text is None:
+            continue
+        with contextlib.suppress(ValueError):  # not a number: refused, naming the field
+            fields[name] = kind(text)
+    return fields
+
+
 def _describe(error: dict[str, Any]) -> str:
     if not error.get("loc"):  # a rule across fields; its message names them
         return str(error.get("msg", "invalid job")).removeprefix("Value error, ")
@@ -180,7 +249,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"field '{loc}' is not part of a job; known fields: {', '.join(Job.model_fields)}"
     else:
         msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        problem = f"got {error.get('input')!r}: {msg}"
+        problem = f"got {quote(error.get('input'))}: {msg}"
     allowed = ALLOWED.get(field)
     return f"field '{loc}' {problem}" + (f"; allowed: {allowed}" if allowed else "")
 
@@ -192,7 +261,7 @@ def parse_job(payload: Any) -> Job:
     if not isinstance(payload, dict):
         raise InvalidJob(
             f"a job payload must be a JSON object with the fields {', '.join(Job.model_fields)}; "
-            f"got {type(payload).__name__}: {str(payload)[:200]!r}"
+            f"got {type(payload).__name__}: {quote(payload)}"
         )
     try:
         return Job.model_validate(payload)

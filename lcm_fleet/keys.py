@@ -19,6 +19,17 @@ DEAD_LETTER_KEY = f"{REDIS_PREFIX}:dead-letter"
 INCARNATION_PREFIX = f"{REDIS_PREFIX}:incarnation"
 #: Hash: incarnation id -> worker name, of every worker process that may hold messages.
 INCARNATIONS_KEY = f"{INCARNATION_PREFIX}s"
+#: Set of the incarnations that advertise what they serve (lcm_fleet/served.py); each one's
+#: advert is :func:`advert_key`, which expires LCM_HEARTBEAT_TTL_S after its last beat.
+ADVERTS_KEY = f"{REDIS_PREFIX}:adverts"
+#: Set of every queue a producer has published render jobs to (lcm_fleet/served.py), so that
+#: the queue-depth gauge and the workers' warnings see queues that nothing consumes.
+QUEUES_KEY = f"{REDIS_PREFIX}:queues"
+
+
+def advert_key(incarnation: str) -> str:
+    """JSON of what one worker incarnation serves: its queues, sizes and model."""
+    return f"{REDIS_PREFIX}:advert:{incarnation}"
 
 
 #: Prefix of job records (lcm_fleet/records.py): ``lcm-fleet:job:<id>``, a hash.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -36,6 +37,7 @@ from lcm_fleet.records import (
     Progress,
     RecordStore,
 )
+from lcm_fleet.served import ServedSizeCheck, reader_for, require_served
 from producer.errors import JobCanceled, JobFailed, JobTimeout, SubmitError
 from producer.queue import cached_client, cached_records
 from producer.settings import ProducerSettings
@@ -131,6 +133,17 @@ def handle(job_id: str, settings: ProducerSettings | None = None) -> JobHandle:
     return JobHandle(None, job_id, cached_client(settings), cached_records(settings))
 
 
+def check_served(jobs: Sequence[Job], settings: ProducerSettings, queue: str | None = None) -> None:
+    """Refuse, before anything is queued, jobs whose queue no worker advertises consuming:
+    :class:`lcm_fleet.served.UnservedSize` (an InvalidJob) names the sizes served. One cached
+    read of the adverts for all of them (LCM_SERVED_SIZE_CHECK, LCM_SERVED_CACHE_S)."""
+    if settings.served_size_check == ServedSizeCheck.OFF or not jobs:
+        return
+    served = reader_for(settings.redis_url, settings.served_cache_s).read()
+    targets = ((job, queue or queue_for(job, settings.queue)) for job in jobs)
+    require_served(served, settings.served_size_check, targets)
+
+
 def submit_job(
     job: Job,
     settings: ProducerSettings | None = None,
@@ -155,8 +168,10 @@ def submit_job(
     )
 
     target = queue or queue_for(job, settings.queue)
+    check_served([job], settings, queue)
 
     def publish() -> None:
+        reader_for(settings.redis_url, settings.served_cache_s).note_queue(target)
         records.create_job(job, owner, batch_id=batch_id, webhook_url=webhook_url)
         # A job id used before (a resubmitted job or bulk file) still has its old result in
         # the backend; drop it so that waiting on this submission sees this run's result.
@@ -209,4 +224,4 @@ def submit(
     return submit_job(job, settings=settings, queue=queue)
 
 
-__all__ = ["InvalidJob", "JobHandle", "handle", "submit", "submit_job"]
+__all__ = ["InvalidJob", "JobHandle", "check_served", "handle", "submit", "submit_job"]

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lcm_fleet.contract import Job, JobResult, parse_job
+from lcm_fleet.contract import Job, JobResult, job_fields_from_text, parse_job
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.records import LOCAL_OWNER
-from producer.api import JobHandle, submit_job
+from lcm_fleet.served import UnservedSize
+from producer.api import JobHandle, check_served, submit_job
 from producer.errors import JobFailed, JobTimeout, SubmitError
 from producer.queue import cached_records
 from producer.settings import ProducerSettings
@@ -129,7 +130,8 @@ def _csv_rows(text: str) -> Iterable[tuple[int, Any]]:
                 ),
             )
             continue
-        yield reader.line_num, {k: v.strip() for k, v in record.items() if v and v.strip()}
+        cells = {k: v.strip() for k, v in record.items() if v and v.strip()}
+        yield reader.line_num, job_fields_from_text(cells)
 
 
 def read_jobs_file(
@@ -230,6 +232,10 @@ def submit_rows(
     and the line to resume from.
     """
     settings = settings or ProducerSettings()
+    try:  # every row's size is served, or nothing is queued
+        check_served([row.job for row in rows], settings, queue)
+    except UnservedSize as e:
+        raise InvalidJob(f"line {rows[e.index].line}: {e}; nothing was submitted") from e
     handles: list[JobHandle] = []
     started = time.perf_counter()
     records = cached_records(settings) if batch_id is not None else None
@@ -244,6 +250,13 @@ def submit_rows(
             handle = submit_job(
                 row.job, settings=settings, queue=queue, owner=owner, batch_id=batch_id
             )
+        except UnservedSize as e:  # the last worker of its size stopped meanwhile
+            raise BulkSubmitError(
+                f"{len(handles)} of {len(rows)} job(s) were queued before line {row.line} "
+                f"(job {row.job.job_id}) was refused: {e}. Resubmit from line {row.line}",
+                handles,
+                row.line,
+            ) from e
         except SubmitError as e:
             raise BulkSubmitError(
                 f"{len(handles)} of {len(rows)} job(s) were queued before the broker failed "

@@ -23,7 +23,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lcm_fleet.contract import JobResult
+from lcm_fleet.contract import (
+    GUIDANCE_MAX,
+    GUIDANCE_MIN,
+    IMAGES_MAX,
+    IMAGES_MIN,
+    SEED_MAX,
+    SIZE_MAX,
+    SIZE_MIN,
+    SIZE_MULTIPLE,
+    STEPS_MAX,
+    STEPS_MIN,
+    JobResult,
+    quote,
+)
 from lcm_fleet.errors import InvalidJob
 from producer.errors import ProducerError
 from producer.settings import ProducerSettings
@@ -55,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", help="your own id (re-submitting it overwrites that job's images)")
     p.add_argument("--queue", help="queue name (default LCM_QUEUE)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print the S3 URIs")
-    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--timeout-s", type=_SECONDS, default=600.0)
     p.add_argument("--download", type=Path, metavar="DIR", help="wait, then download the PNGs here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -77,19 +90,19 @@ def _parser() -> argparse.ArgumentParser:
         help="submit the valid rows and list the invalid ones (default: submit nothing)",
     )
     p.add_argument(
-        "--from-line", type=int, default=1, metavar="N", help="skip rows before line N (resume)"
+        "--from-line", type=_LINE, default=1, metavar="N", help="skip rows before line N (resume)"
     )
     p.add_argument("--queue", help="queue name (default LCM_QUEUE, or the row's size class)")
     p.add_argument(
         "--ids-out", type=Path, metavar="FILE", help="write line, job_id, seed per job (JSONL)"
     )
     p.add_argument("--wait", action="store_true", help="wait for every job; exit 1 if any failed")
-    p.add_argument("--timeout-s", type=float, default=3600.0, help="for the whole batch")
+    p.add_argument("--timeout-s", type=_SECONDS, default=3600.0, help="for the whole batch")
     p.add_argument("--download", type=Path, metavar="DIR", help="wait, then download the PNGs here")
 
     p = sub.add_parser("wait", help="wait for a job's result")
     p.add_argument("job_id")
-    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--timeout-s", type=_SECONDS, default=600.0)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("status", help="print a job's state and progress")
@@ -98,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", help="show a job's progress until it ends")
     p.add_argument("job_id")
-    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--timeout-s", type=_SECONDS, default=600.0)
 
     p = sub.add_parser("cancel", help="cancel a job (a running one stops at its next step)")
     p.add_argument("job_id")
@@ -107,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("status", "watch", "cancel", "download"))
     p.add_argument("batch_id")
     p.add_argument("out", type=Path, nargs="?", help="download: the folder for the PNGs")
-    p.add_argument("--timeout-s", type=float, default=3600.0, help="watch: give up after")
+    p.add_argument("--timeout-s", type=_SECONDS, default=3600.0, help="watch: give up after")
     p.add_argument("--json", action="store_true", help="status: print the record as JSON")
 
     p = sub.add_parser("download", help="download a finished job's PNGs")
@@ -116,14 +129,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _number(kind: type[int] | type[float], low: float, high: float, hint: str = "") -> Any:
+    """An argparse type: ``kind`` within ``low..high``; its error carries the range (argparse
+    prefixes the option: ``argument --seed: 1.5 is not an integer in 0..4294967295``)."""
+    noun = "an integer" if kind is int else "a number"
+    span = f"{low:g}..{high:g}" if kind is float else f"{int(low)}..{int(high)}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{quote(text)} is not {noun} in {span}{hint}")
+        return value
+
+    return parse
+
+
+_SIZE_HINT = f" (a multiple of {SIZE_MULTIPLE})"
 _JOB_FIELDS = (
-    ("seed", int),
-    ("steps", int),
-    ("guidance_scale", float),
-    ("width", int),
-    ("height", int),
-    ("num_images", int),
+    ("seed", _number(int, 0, SEED_MAX)),
+    ("steps", _number(int, STEPS_MIN, STEPS_MAX)),
+    ("guidance_scale", _number(float, GUIDANCE_MIN, GUIDANCE_MAX)),
+    ("width", _number(int, SIZE_MIN, SIZE_MAX, _SIZE_HINT)),
+    ("height", _number(int, SIZE_MIN, SIZE_MAX, _SIZE_HINT)),
+    ("num_images", _number(int, IMAGES_MIN, IMAGES_MAX)),
 )
+#: --timeout-s: seconds, up to a week; --from-line: a line number.
+_SECONDS = _number(float, 0, 7 * 24 * 3600)
+_LINE = _number(int, 1, 10**9)
 
 
 def _add_job_fields(p: argparse.ArgumentParser, defaults: bool = False) -> None:

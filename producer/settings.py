@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from lcm_fleet.served import CACHE_S_DEFAULT, ServedSizeCheck
 from lcm_fleet.settings import ConnectionSettings
 
 
@@ -12,3 +13,8 @@ class ProducerSettings(ConnectionSettings):
     publish_attempts: int = Field(default=5, ge=1, le=20)
     publish_backoff_base_s: float = Field(default=0.2, gt=0)
     publish_backoff_cap_s: float = Field(default=5.0, gt=0)
+    #: Refuse jobs no worker would consume (lcm_fleet/served.py): ``auto`` once workers
+    #: advertise on the job's queue family, ``strict`` also before any does, ``off`` never.
+    served_size_check: ServedSizeCheck = ServedSizeCheck.AUTO
+    #: Seconds a producer reuses what it read of the workers' adverts.
+    served_cache_s: float = Field(default=CACHE_S_DEFAULT, ge=0, le=60)

@@ -181,12 +181,13 @@ def wait_for_render_processes(rt: Runtime) -> list[LoadReport]:
 def start_consumer(app: Any, rt: Runtime) -> Consumer:
     """Record the messages this worker holds and beat its heartbeat; give back the messages
     of workers whose heartbeat expired (worker/consumer/reclaim.py)."""
-    from worker.consumer import reclaim
+    from worker.consumer import advert, reclaim
 
     name = f"lcm-worker-{rt.settings.unit}@{socket.gethostname()}"
     holdings = reclaim.Holdings(rt.redis(), name, rt.settings.heartbeat_ttl_s)
     reclaim.install(holdings)
-    heartbeat = reclaim.Heartbeat(holdings, reclaim.kombu_restore(app))
+    served = advert.for_runtime(rt, rt.redis(), holdings.incarnation, name)
+    heartbeat = reclaim.Heartbeat(holdings, reclaim.kombu_restore(app), served)
     heartbeat.start()
     return Consumer(name, heartbeat)
 

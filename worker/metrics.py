@@ -93,7 +93,13 @@ def observe_load(loaded: Any) -> None:
 
 
 class QueueDepthCollector:
-    """``lcm_queue_depth{queue}``: messages waiting in each queue this worker consumes."""
+    """``lcm_queue_depth{queue}``: messages waiting in every lcm queue, consumed or not, and
+    ``lcm_queue_consumers{queue}``: the advertising workers that consume it.
+
+    The queues: this worker's own, every advertised one, the webhook queue, and every queue
+    producers have published to (lcm_fleet/served.py), so that a size nobody serves shows
+    its depth with 0 consumers.
+    """
 
     def __init__(self, redis_url: str, queues: Iterable[str]) -> None:
         self.redis_url = redis_url
@@ -103,19 +109,38 @@ class QueueDepthCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily(
+        from lcm_fleet.contract import QUEUE_WEBHOOKS
+        from lcm_fleet.served import known_queues, read_adverts
+
+        depth = GaugeMetricFamily(
             "lcm_queue_depth", "Messages waiting in the queue", labels=["queue"]
+        )
+        consumers = GaugeMetricFamily(
+            "lcm_queue_consumers",
+            "Live workers advertising that they consume the render queue",
+            labels=["queue"],
         )
         try:
             if self._client is None:
                 import redis
 
                 self._client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
-            for queue in self.queues:
-                family.add_metric([queue], float(self._client.llen(queue)))
+            served, _ = read_adverts(self._client)
+            render = sorted(
+                (set(self.queues) | served.queues() | known_queues(self._client)) - {QUEUE_WEBHOOKS}
+            )
+            pipe = self._client.pipeline()
+            for queue in [*render, QUEUE_WEBHOOKS]:
+                pipe.llen(queue)
+            counts = pipe.execute()
+            for queue, count in zip([*render, QUEUE_WEBHOOKS], counts, strict=True):
+                depth.add_metric([queue], float(count))
+            for queue in render:
+                consumers.add_metric([queue], float(len(served.consumers(queue))))
         except Exception as e:  # a scrape must not fail because Redis is briefly away
             logger.warning("queue depth unavailable: %s", e)
-        yield family
+        yield depth
+        yield consumers
 
 
 def serve(port: int, addr: str, redis_url: str, queues: list[str], info: dict[str, str]) -> None:

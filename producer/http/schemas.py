@@ -123,7 +123,7 @@ class ImagesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
-    n: int = Field(default=1, ge=IMAGES_MIN, le=IMAGES_MAX)
+    n: int = Field(default=1, ge=IMAGES_MIN, le=IMAGES_MAX, strict=True)
     #: WIDTHxHEIGHT; None: the model's size.
     size: str | None = Field(default=None, max_length=20)
     response_format: Literal["url", "b64_json"] = "url"

@@ -10,7 +10,8 @@ from typing import Any
 
 from lcm_fleet.contract import Job
 from lcm_fleet.keys import idempotency_key, job_key
-from producer.api import submit_job
+from lcm_fleet.served import UnservedSize
+from producer.api import check_served, submit_job
 from producer.errors import SubmitError
 from producer.http.auth import ApiKey
 from producer.http.errors import ApiError
@@ -84,6 +85,27 @@ def check_job_ids(services: Services, key: ApiKey, jobs: Sequence[Job], field: s
         )
 
 
+def unserved_error(error: UnservedSize, field: str | None = None) -> ApiError:
+    """400 for a job no worker would consume, naming the sizes served. ``field``: how the
+    request names the size (``size`` in the OpenAI body, ``jobs[3].width`` in a batch)."""
+    return ApiError(
+        400,
+        str(error),
+        param=field or error.field,
+        value=error.value,
+        allowed=error.allowed,
+        code="unserved_size",
+    )
+
+
+def check_served_jobs(services: Services, jobs: Sequence[Job], field: str = "jobs") -> None:
+    """Before a batch is queued: 400 naming the first job whose size no worker serves."""
+    try:
+        check_served(jobs, services.settings)
+    except UnservedSize as e:
+        raise unserved_error(e, f"{field}[{e.index}].{e.field}") from e
+
+
 def submit(
     services: Services,
     key: ApiKey,
@@ -91,6 +113,7 @@ def submit(
     *,
     batch_id: str | None = None,
     webhook_url: str | None = None,
+    size_field: str | None = None,
 ) -> None:
     try:
         submit_job(
@@ -100,6 +123,8 @@ def submit(
             batch_id=batch_id,
             webhook_url=webhook_url,
         )
+    except UnservedSize as e:
+        raise unserved_error(e, size_field) from e
     except SubmitError as e:
         logger.error("submit of job %s for key %s failed: %s", job.job_id, key.key_id, e)
         raise ApiError(

@@ -122,7 +122,9 @@ def test_sized_jobs_go_to_their_size_class(worker, producer_settings):
     served = submit("a cat", settings=producer_settings, width=128, height=128, seed=2)
     assert served.wait(60).width == 128  # the worker consumes its own size class
     other = f"{producer_settings.queue}.256x256"
-    h = submit("a cat", settings=producer_settings, width=256, height=256)
+    # No worker serves 256x256: refused at submit (test_served_sizes.py) unless asked to queue.
+    ahead = producer_settings.model_copy(update={"served_size_check": "off"})
+    h = submit("a cat", settings=ahead, width=256, height=256)
     time.sleep(1.0)
     assert r.llen(other) == 1 and h.state == "PENDING"  # waits for a 256x256 worker
     r.delete(other)

@@ -23,12 +23,15 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.worker.request import Request
 
 from lcm_fleet.keys import INCARNATIONS_KEY, alive_key, held_key
 from worker import metrics
+
+if TYPE_CHECKING:
+    from worker.consumer.advert import Advertiser
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +112,22 @@ def kombu_restore(app: Any) -> Callable[[Iterable[str]], None]:
 class Heartbeat:
     """Beats every third of the TTL and gives back what dead workers held."""
 
-    def __init__(self, holdings: Holdings, restore: Callable[[Iterable[str]], None]) -> None:
+    def __init__(
+        self,
+        holdings: Holdings,
+        restore: Callable[[Iterable[str]], None],
+        advert: Advertiser | None = None,
+    ) -> None:
         self.holdings = holdings
         self.restore = restore
+        self.advert = advert  # what this worker serves (worker/consumer/advert.py)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lcm-heartbeat", daemon=True)
 
     def tick(self) -> dict[str, list[str]]:
         self.holdings.beat()
+        if self.advert is not None:
+            self.advert.beat()
         given_back = reclaim_dead(self.holdings.redis, self.restore, self.holdings.incarnation)
         for worker, jobs in given_back.items():
             metrics.GIVEN_BACK.inc(len(jobs))
@@ -150,6 +161,8 @@ class Heartbeat:
         self._thread.join(timeout=5)
         try:
             self.holdings.close()
+            if self.advert is not None:
+                self.advert.close()
         except Exception as e:
             logger.warning("could not clear this worker's heartbeat at exit: %s", e)
 

@@ -23,7 +23,13 @@ from producer.http.deps import KeyDep, ServicesDep, scope_of
 from producer.http.errors import ApiError, from_validation, responses
 from producer.http.schemas import BatchAccepted, BatchCancelView, BatchRequest, BatchView
 from producer.http.services import Services
-from producer.http.submitting import check_in_flight, check_job_ids, check_webhook, submit
+from producer.http.submitting import (
+    check_in_flight,
+    check_job_ids,
+    check_served_jobs,
+    check_webhook,
+    submit,
+)
 from producer.http.views import batch_view
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -151,6 +157,7 @@ def _submit_batch(
     check_webhook(services, webhook_url)
     check_in_flight(services, key, len(jobs))
     check_job_ids(services, key, jobs, "jobs")
+    check_served_jobs(services, jobs)
     records = services.records
     records.create_batch(batch_id, key.key_id, webhook_url=webhook_url, source=source)
     try:

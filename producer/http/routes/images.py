@@ -93,7 +93,7 @@ def generate_images(
             error.param = "n"
         raise error from e
     check_in_flight(services, key, 1)
-    submit(services, key, job)
+    submit(services, key, job, size_field="size")
     services.metrics.submits.labels("images").inc()
     record = _wait(services, job.job_id, key.key_id, services.settings.openai_wait_timeout_s)
     if record is None or record.state is not JobState.SUCCEEDED:
