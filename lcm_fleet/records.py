@@ -565,7 +565,5 @@ class RecordStore:
 
 def open_records(settings: ConnectionSettings, socket_timeout_s: float = 10.0) -> RecordStore:
     """The record store of ``settings`` (its own Redis client; redis-py is thread-safe)."""
-    import redis
-
-    client = redis.Redis.from_url(settings.records_url, socket_timeout=socket_timeout_s)
+    client = settings.redis_client(settings.records_url, socket_timeout=socket_timeout_s)
     return RecordStore(client, settings.record_ttl_s)

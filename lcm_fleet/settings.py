@@ -8,6 +8,9 @@ builds its client (lcm_fleet/storage.py).
 
 from __future__ import annotations
 
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,6 +18,39 @@ from lcm_fleet.contract import QUEUE_RENDER
 from lcm_fleet.keys import normalise_prefix
 
 ENV_PREFIX = "LCM_"
+#: What a password in a printed URL becomes.
+MASK = "***"
+#: Query parameters of a URL whose values are never printed.
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token", "key", "api_key"})
+TLS_SCHEMES = frozenset({"rediss"})
+
+
+def masked_url(url: str | None) -> str:
+    """``url`` with its password (and any password-like query value) replaced by ``***``.
+
+    The one way lcm-fleet prints a Redis or S3 URL in a message or a log:
+    ``redis://:hunter2@host:6379/0`` becomes ``redis://:***@host:6379/0``. A value that
+    does not parse as a URL is masked whole after its scheme, never printed as it is.
+    """
+    if not url:
+        return str(url)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user, sep, _password = userinfo.partition(":")
+            netloc = f"{user}:{MASK}@{host}" if sep else f"{MASK}@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, MASK if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        scheme = url.split(":", 1)[0] if "://" in url else ""
+        return f"{scheme}://{MASK}" if scheme else MASK
 
 
 class ConnectionSettings(BaseSettings):
@@ -31,6 +67,13 @@ class ConnectionSettings(BaseSettings):
     record_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     #: Redis of the job and batch records; None: the broker's (LCM_REDIS_URL).
     records_redis_url: str | None = None
+    #: TLS to Redis (``rediss://`` URLs; plain ``redis://`` ignores these): the CA bundle
+    #: that signed the server's certificate (None: the system's), how strictly the
+    #: server's certificate is checked, and a client certificate and key for mutual TLS.
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_reqs: Literal["required", "optional", "none"] = "required"
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
 
     #: S3 endpoint; None means AWS's own endpoints.
     s3_endpoint_url: str | None = None
@@ -47,6 +90,50 @@ class ConnectionSettings(BaseSettings):
     @property
     def records_url(self) -> str:
         return self.records_redis_url or self.redis_url
+
+    def redis_ssl_kwargs(self, url: str | None = None) -> dict[str, Any]:
+        """redis-py's TLS arguments for ``url`` (default the broker's); {} unless rediss://."""
+        if urlsplit(url or self.redis_url).scheme not in TLS_SCHEMES:
+            return {}
+        kwargs: dict[str, Any] = {"ssl_cert_reqs": self.redis_tls_cert_reqs}
+        if self.redis_tls_ca_file:
+            kwargs["ssl_ca_certs"] = self.redis_tls_ca_file
+        if self.redis_tls_cert_file:
+            kwargs["ssl_certfile"] = self.redis_tls_cert_file
+        if self.redis_tls_key_file:
+            kwargs["ssl_keyfile"] = self.redis_tls_key_file
+        return kwargs
+
+    def redis_client(self, url: str | None = None, **kwargs: Any) -> Any:
+        """A redis-py client of ``url`` (default the broker's), TLS settings applied."""
+        import redis
+
+        target = url or self.redis_url
+        return redis.Redis.from_url(target, **self.redis_ssl_kwargs(target), **kwargs)
+
+    def celery_tls_config(self) -> dict[str, Any]:
+        """Celery settings for a ``rediss://`` broker and result backend; {} for redis://.
+
+        Celery refuses a rediss:// URL without ``ssl_cert_reqs``; these pass LCM_REDIS_TLS_*
+        instead of query-string parameters in the URL.
+        """
+        import ssl
+
+        if urlsplit(self.redis_url).scheme not in TLS_SCHEMES:
+            return {}
+        reqs = {
+            "required": ssl.CERT_REQUIRED,
+            "optional": ssl.CERT_OPTIONAL,
+            "none": ssl.CERT_NONE,
+        }[self.redis_tls_cert_reqs]
+        options: dict[str, Any] = {"ssl_cert_reqs": reqs}
+        if self.redis_tls_ca_file:
+            options["ssl_ca_certs"] = self.redis_tls_ca_file
+        if self.redis_tls_cert_file:
+            options["ssl_certfile"] = self.redis_tls_cert_file
+        if self.redis_tls_key_file:
+            options["ssl_keyfile"] = self.redis_tls_key_file
+        return {"broker_use_ssl": options, "redis_backend_use_ssl": dict(options)}
 
     @field_validator("s3_prefix")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from lcm_fleet.backoff import Backoff, call_with_backoff
 from lcm_fleet.errors import LcmError, StorageError, TransientStorageError
-from lcm_fleet.settings import ConnectionSettings
+from lcm_fleet.settings import ConnectionSettings, masked_url
 
 T = TypeVar("T")
 
@@ -184,7 +184,7 @@ class ObjectStore:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as e:
             raise StorageError(
-                f"cannot use bucket {self.bucket!r} at {self.endpoint}: {e}; check "
+                f"cannot use bucket {self.bucket!r} at {masked_url(self.endpoint)}: {e}; check "
                 "LCM_S3_BUCKET, LCM_S3_ENDPOINT_URL and the credentials, and create the bucket"
             ) from e
 

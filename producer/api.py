@@ -38,6 +38,7 @@ from lcm_fleet.records import (
     RecordStore,
 )
 from lcm_fleet.served import ServedSizeCheck, reader_for, require_served
+from lcm_fleet.settings import masked_url
 from producer.errors import JobCanceled, JobFailed, JobTimeout, SubmitError
 from producer.queue import cached_client, cached_records
 from producer.settings import ProducerSettings
@@ -193,7 +194,7 @@ def submit_job(
         with contextlib.suppress(Exception):  # the broker's Redis may hold the records too
             records.fail(job.job_id, f"not queued: the broker was unreachable ({e})")
         raise SubmitError(
-            f"could not reach the broker at {settings.redis_url} "
+            f"could not reach the broker at {masked_url(settings.redis_url)} "
             f"after {backoff.attempts} attempts: {e}; "
             "check LCM_REDIS_URL and that Redis is running"
         ) from e

@@ -17,6 +17,7 @@ from lcm_fleet.settings import ConnectionSettings
 def make_client(settings: ConnectionSettings) -> Celery:
     app = Celery("lcm_fleet_producer", broker=settings.redis_url, backend=settings.redis_url)
     app.conf.update(WIRE_CONFIG)
+    app.conf.update(settings.celery_tls_config())
     app.conf.update(
         task_default_queue=settings.queue,
         result_expires=settings.result_expires_s,

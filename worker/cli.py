@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lcm_fleet.settings import ENV_PREFIX
+from lcm_fleet.settings import ENV_PREFIX, masked_url
 from worker.errors import StartupError, WorkerError
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def configure_celery(settings: WorkerSettings) -> Any:
     from worker.consumer.app import configure
 
     app = configure(settings)
-    broker_guard.install(settings.redis_url)
+    broker_guard.install(settings.redis_url, **settings.redis_ssl_kwargs())
     return app
 
 
@@ -133,11 +133,11 @@ def check_broker(app: Any, rt: Runtime) -> str:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
     except Exception as e:
-        raise StartupError(f"broker {settings.redis_url} unreachable: {e}") from e
+        raise StartupError(f"broker {masked_url(settings.redis_url)} unreachable: {e}") from e
     return (
         f"ok: {rt.model.path} (sizes {format_sizes(rt.sizes)}), "
         f"bucket {settings.s3_bucket}, "
-        f"broker {settings.redis_url}"
+        f"broker {masked_url(settings.redis_url)}"
     )
 
 
@@ -161,6 +161,7 @@ def serve_metrics(rt: Runtime) -> None:
                 "shape": format_size(rt.sizes[0]),
                 "sizes": format_sizes(rt.sizes),
             },
+            settings.redis_ssl_kwargs(),
         )
     except OSError as e:
         raise StartupError(

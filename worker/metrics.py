@@ -101,8 +101,9 @@ class QueueDepthCollector:
     its depth with 0 consumers.
     """
 
-    def __init__(self, redis_url: str, queues: Iterable[str]) -> None:
+    def __init__(self, redis_url: str, queues: Iterable[str], **ssl_kwargs: Any) -> None:
         self.redis_url = redis_url
+        self.ssl_kwargs = ssl_kwargs
         self.queues = list(queues)
         self._client: Any = None
 
@@ -124,7 +125,9 @@ class QueueDepthCollector:
             if self._client is None:
                 import redis
 
-                self._client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
+                self._client = redis.Redis.from_url(
+                    self.redis_url, socket_timeout=2, **self.ssl_kwargs
+                )
             served, _ = read_adverts(self._client)
             render = sorted(
                 (set(self.queues) | served.queues() | known_queues(self._client)) - {QUEUE_WEBHOOKS}
@@ -143,13 +146,20 @@ class QueueDepthCollector:
         yield consumers
 
 
-def serve(port: int, addr: str, redis_url: str, queues: list[str], info: dict[str, str]) -> None:
+def serve(
+    port: int,
+    addr: str,
+    redis_url: str,
+    queues: list[str],
+    info: dict[str, str],
+    ssl_kwargs: dict[str, Any] | None = None,
+) -> None:
     """Serve /metrics from this process (a background thread)."""
     from prometheus_client import REGISTRY, start_http_server
     from prometheus_client.core import GaugeMetricFamily
 
     registry = REGISTRY
-    registry.register(QueueDepthCollector(redis_url, queues))
+    registry.register(QueueDepthCollector(redis_url, queues, **(ssl_kwargs or {})))
 
     class Info:
         def collect(self) -> Iterator[Any]:

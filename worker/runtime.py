@@ -152,9 +152,7 @@ class Runtime:
     def redis(self) -> Any:
         with self._lock:
             if self._redis is None:
-                import redis
-
-                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+                self._redis = self.settings.redis_client(socket_timeout=10)
             return self._redis
 
     def abort(self) -> None:

@@ -25,10 +25,7 @@ def _settings() -> ApiSettings:
 
 
 def _keys(settings: ApiSettings) -> KeyStore:
-    import redis
-
-    url = settings.records_url
-    return KeyStore(redis.Redis.from_url(url, socket_timeout=10), settings)
+    return KeyStore(settings.redis_client(settings.records_url, socket_timeout=10), settings)
 
 
 def _when(ts: float | None) -> str:

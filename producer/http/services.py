@@ -19,11 +19,11 @@ from producer.http.settings import ApiSettings
 class RateLimiter:
     """Requests per minute per key: the ``limits`` library's moving window, in Redis."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, ssl_kwargs: dict[str, Any] | None = None) -> None:
         from limits import storage, strategies
 
         self._storage = storage.RedisStorage(
-            redis_url, key_prefix=RATE_LIMIT_PREFIX, socket_timeout=5
+            redis_url, key_prefix=RATE_LIMIT_PREFIX, socket_timeout=5, **(ssl_kwargs or {})
         )
         self._limiter = strategies.MovingWindowRateLimiter(self._storage)
 
@@ -52,10 +52,7 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: ApiSettings, metrics: Metrics | None = None) -> Services:
-        import redis
-
-        records_url = settings.records_url
-        records_redis = redis.Redis.from_url(records_url, socket_timeout=10)
+        records_redis = settings.redis_client(settings.records_url, socket_timeout=10)
         store = ObjectStore.from_settings(settings)
         presigner = store.client
         if settings.s3_public_endpoint_url:
@@ -75,7 +72,7 @@ class Services:
             store=store,
             presigner=presigner,
             keys=KeyStore(records_redis, settings),
-            limiter=RateLimiter(settings.redis_url),
+            limiter=RateLimiter(settings.redis_url, settings.redis_ssl_kwargs()),
             metrics=metrics or Metrics(),
         )
 

@@ -353,6 +353,7 @@ def make_app(settings: WebhookSettings, deliverer: Deliverer | None = None) -> C
     """The lcm-webhooks Celery app with its one task. ``deliverer`` None: built on first use."""
     app = Celery("lcm_webhooks", broker=settings.redis_url)
     app.conf.update(WIRE_CONFIG)
+    app.conf.update(settings.celery_tls_config())
     app.conf.update(
         task_default_queue=QUEUE_WEBHOOKS,
         task_ignore_result=True,

@@ -17,6 +17,7 @@ app.conf.update(WIRE_CONFIG)
 
 
 def configure(settings: WorkerSettings) -> Celery:
+    app.conf.update(settings.celery_tls_config())
     app.conf.update(
         broker_url=settings.redis_url,
         result_backend=settings.redis_url,

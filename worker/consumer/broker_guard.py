@@ -79,14 +79,14 @@ def guarded_loads(
     return _loads
 
 
-def redis_dead_letter(redis_url: str) -> Callable[[str, str], None]:
+def redis_dead_letter(redis_url: str, **ssl_kwargs: Any) -> Callable[[str, str], None]:
     client: list[Any] = []
 
     def record(raw: str, reason: str) -> None:
         if not client:
             import redis
 
-            client.append(redis.Redis.from_url(redis_url, socket_timeout=5))
+            client.append(redis.Redis.from_url(redis_url, socket_timeout=5, **ssl_kwargs))
         entry = json.dumps({"at": time.time(), "reason": reason, "raw": raw[:100_000]})
         pipe = client[0].pipeline()
         pipe.lpush(DEAD_LETTER_KEY, entry)
@@ -96,13 +96,13 @@ def redis_dead_letter(redis_url: str) -> Callable[[str, str], None]:
     return record
 
 
-def install(redis_url: str) -> None:
+def install(redis_url: str, **ssl_kwargs: Any) -> None:
     """Wrap the Redis transport's decode of queue items (once per process)."""
     from kombu.transport import redis as kombu_redis
 
     current = getattr(kombu_redis, "loads")  # noqa: B009  (a module global, not typed)
     if getattr(current, "_lcm_fleet_guard", False):
         return
-    wrapped = guarded_loads(current, redis_dead_letter(redis_url))
+    wrapped = guarded_loads(current, redis_dead_letter(redis_url, **ssl_kwargs))
     wrapped._lcm_fleet_guard = True  # type: ignore[attr-defined]
     setattr(kombu_redis, "loads", wrapped)  # noqa: B010
