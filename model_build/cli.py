@@ -183,8 +183,42 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check an artifact's files against its manifest")
     p.add_argument("artifact", type=Path)
 
+    p = sub.add_parser(
+        "encrypt",
+        help="copy an artifact with its IR files encrypted (AES-256-GCM) for LCM_MODEL_KEY",
+    )
+    p.add_argument("artifact", type=Path, help="a built artifact (plaintext)")
+    p.add_argument("out", type=Path, help="the new, encrypted artifact folder")
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        help="file holding the base64 32-byte key (default: the LCM_MODEL_KEY variable); "
+        "make one with `openssl rand -base64 32 > model.key`",
+    )
+
     _registry_parsers(sub)
     return parser
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    from worker.errors import ModelLoadError
+    from worker.model.crypto import KEY_SETTING, encrypt_artifact, key_id, parse_key, read_key_file
+
+    try:
+        if args.key_file is not None:
+            key = read_key_file(args.key_file)
+        elif os.environ.get(KEY_SETTING):
+            key = parse_key(os.environ[KEY_SETTING])
+        else:
+            raise BuildInputError(
+                f"encrypt needs a key: --key-file FILE or {KEY_SETTING} "
+                "(make one with `openssl rand -base64 32 > model.key`)"
+            )
+        manifest = encrypt_artifact(args.artifact, args.out, key)
+    except ModelLoadError as e:
+        raise BuildInputError(str(e)) from e
+    print(f"encrypted {args.artifact} -> {args.out} (key id {key_id(key)}); {manifest}")
+    return 0
 
 
 def _evaluation(args: argparse.Namespace) -> EvalOptions:
@@ -297,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"tiny LoRA written to {build_tiny_lora(args.base, args.out, seed=args.seed)}")
         return 0
+    if args.command == "encrypt":
+        return _encrypt(args)
     if args.command == "verify":
         from lcm_fleet.artifact.manifest import read_manifest, verify_files
 

@@ -49,6 +49,9 @@ class WorkerSettings(ConnectionSettings):
     #: Required: no defaults for secrets.
     s3_access_key_id: SecretStr
     s3_secret_access_key: SecretStr
+    #: The AES-256 key (base64 of 32 bytes) of an encrypted artifact (`lcm-build encrypt`);
+    #: no default. Unset: only plaintext artifacts are served.
+    model_key: SecretStr | None = None
 
     #: Render processes, each with its own compiled pipelines (lcm-fleet runs one worker per
     #: socket or GPU instead); the worker keeps two jobs in flight per render process.

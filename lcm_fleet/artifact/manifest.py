@@ -200,6 +200,21 @@ class ModelInfo(Section):
     unet_cross_attention_dim: int | None = None
 
 
+class Encryption(Section):
+    """The artifact's IR files are encrypted at rest (worker/model/crypto.py).
+
+    ``files`` in the manifest hash the files as stored (``<name>.enc``, the ciphertext);
+    ``plaintext`` maps each original file's relative path to the sha256 of its decrypted
+    bytes, checked after decryption. ``key_id`` fingerprints the key (not the key).
+    """
+
+    algorithm: str
+    key_id: str
+    plaintext: dict[str, str] = Field(default_factory=dict)
+    #: The sha256 of the plaintext artifact's manifest it was made from.
+    plaintext_manifest_sha256: str | None = None
+
+
 class ArtifactInfo(Section):
     """What a build says about an artifact: everything in a manifest but the format, the
     tool versions and the files, which :func:`write_manifest` adds."""
@@ -215,6 +230,7 @@ class ArtifactInfo(Section):
     speed: Speed | None = None
     build: BuildRecord | None = None
     model: ModelInfo | None = None
+    encryption: Encryption | None = None
 
 
 class Manifest(ArtifactInfo):

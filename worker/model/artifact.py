@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from lcm_fleet.artifact.kinds import VaeDecoderKind, names
 from lcm_fleet.artifact.manifest import Manifest, Shape, read_manifest, verify_files
 from lcm_fleet.errors import ManifestError
@@ -33,6 +35,15 @@ class ServedModel:
     cfg: bool = False
     #: How the VAE decoder was made (``lcm-build --vae-decoder``).
     vae_decoder: VaeDecoderKind = VaeDecoderKind.SD
+    #: The key (base64, LCM_MODEL_KEY) of an encrypted artifact, checked against its
+    #: manifest; the pipeline decrypts the IR files in memory with it.
+    key: SecretStr | None = None
+
+    @property
+    def key_bytes(self) -> bytes | None:
+        from worker.model.crypto import parse_key
+
+        return parse_key(self.key.get_secret_value()) if self.key is not None else None
 
 
 def _unet_config(path: Path) -> dict[str, Any]:
@@ -93,11 +104,17 @@ def check_vae_decoder(manifest: Manifest, path: Path) -> VaeDecoderKind:
     return kind
 
 
-def open_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
+def open_artifact(
+    path: Path,
+    width: int | None = None,
+    height: int | None = None,
+    key: SecretStr | None = None,
+) -> ServedModel:
     """Read the manifest at ``path`` and check everything but the files' hashes.
 
-    The format and OpenVINO versions, the quality gate, the VAE decoder kind and the shape;
-    raise ModelLoadError on any mismatch. :func:`verify_files_of` checks the hashes (a
+    The format and OpenVINO versions, the quality gate, the VAE decoder kind, the shape,
+    and for an encrypted artifact that ``key`` is its key; raise ModelLoadError on any
+    mismatch. :func:`verify_files_of` checks the hashes (a
     worker does that while its render process compiles, and serves only after both).
     """
     path = Path(path)
@@ -113,6 +130,10 @@ def open_artifact(path: Path, width: int | None = None, height: int | None = Non
     check_versions(manifest)
     check_quality(manifest, path)
     vae_decoder = check_vae_decoder(manifest, path)
+    if manifest.encryption is not None or key is not None:
+        from worker.model.crypto import check_key, parse_key
+
+        check_key(manifest, parse_key(key.get_secret_value()) if key else None, path)
     shape = manifest.shape or Shape()
     w = width or shape.width
     h = height or shape.height
@@ -135,6 +156,7 @@ def open_artifact(path: Path, width: int | None = None, height: int | None = Non
         guidance_scale=guidance,
         cfg=cfg,
         vae_decoder=vae_decoder,
+        key=key if manifest.encryption is not None else None,
     )
 
 
@@ -155,8 +177,13 @@ def verify_files_of(model: ServedModel) -> None:
     )
 
 
-def verify_artifact(path: Path, width: int | None = None, height: int | None = None) -> ServedModel:
+def verify_artifact(
+    path: Path,
+    width: int | None = None,
+    height: int | None = None,
+    key: SecretStr | None = None,
+) -> ServedModel:
     """Read and verify the manifest at ``path``, hashes included; raise ModelLoadError."""
-    model = open_artifact(path, width, height)
+    model = open_artifact(path, width, height, key)
     verify_files_of(model)
     return model

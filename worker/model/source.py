@@ -76,7 +76,7 @@ def open_model(settings: WorkerSettings) -> ServedModel:
     """Pull if needed, then read and check the manifest; the files' hashes come later."""
     path = local_model_dir(settings)
     with _cached_copy_hint(settings, path):
-        return open_artifact(path, settings.width, settings.height)
+        return open_artifact(path, settings.width, settings.height, settings.model_key)
 
 
 def verify_model(settings: WorkerSettings, model: ServedModel) -> None:

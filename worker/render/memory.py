@@ -56,7 +56,7 @@ def weights_bytes(model_path: Path) -> int:
         f.stat().st_size
         for part in LOADED_PARTS
         if (Path(model_path) / part).is_dir()
-        for f in (Path(model_path) / part).glob("*.bin")
+        for f in (Path(model_path) / part).glob("*.bin*")  # .bin.enc: encrypted artifacts
     )
 
 

@@ -13,15 +13,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lcm_fleet.artifact.kinds import InferencePrecision
 from worker.errors import ModelLoadError, RenderCancelled
 from worker.model.artifact import ServedModel
 
+if TYPE_CHECKING:
+    from worker.model.crypto import Decryptor
+
 logger = logging.getLogger(__name__)
+
+#: The genai pipeline constructor of each diffusers pipeline class (model_index.json).
+PIPELINE_KINDS = {
+    "LatentConsistencyModelPipeline": "latent_consistency_model",
+    "StableDiffusionPipeline": "stable_diffusion",
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,48 @@ class CompileOptions:
         return config
 
 
+def pipeline_from_buffers(path: Path, decryptor: Decryptor) -> Any:
+    """genai's Text2ImagePipeline built from in-memory IR: each model's XML and weights read
+    (and decrypted) by ``decryptor``, handed over as a string and an ov.Tensor; the configs
+    read from their JSON files. Nothing decrypted touches the disk."""
+    import json
+
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    def ir(sub: str, stem: str = "openvino_model") -> tuple[str, Any]:
+        xml = decryptor.read(f"{sub}/{stem}.xml").decode("utf-8")
+        weights = np.frombuffer(decryptor.read(f"{sub}/{stem}.bin"), dtype=np.uint8)
+        return xml, ov.Tensor(weights)
+
+    index = json.loads((path / "model_index.json").read_text())
+    kind = PIPELINE_KINDS.get(str(index.get("_class_name")))
+    if kind is None:
+        raise ModelLoadError(
+            f"refusing to serve {path}: model_index.json names {index.get('_class_name')!r}; "
+            f"an encrypted artifact loads only as {', '.join(PIPELINE_KINDS)}"
+        )
+    tokenizer = ov_genai.Tokenizer(
+        *ir("tokenizer", "openvino_tokenizer"), *ir("tokenizer", "openvino_detokenizer")
+    )
+    vae_config = ov_genai.AutoencoderKL.Config(str(path / "vae_decoder" / "config.json"))
+    vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
+    text_encoder = ov_genai.CLIPTextModel(
+        *ir("text_encoder"),
+        ov_genai.CLIPTextModel.Config(str(path / "text_encoder" / "config.json")),
+        tokenizer,
+    )
+    unet = ov_genai.UNet2DConditionModel(
+        *ir("unet"),
+        ov_genai.UNet2DConditionModel.Config(str(path / "unet" / "config.json")),
+        vae_scale_factor,
+    )
+    vae = ov_genai.AutoencoderKL(*ir("vae_decoder"), vae_config)
+    scheduler = ov_genai.Scheduler.from_config(str(path / "scheduler" / "scheduler_config.json"))
+    return getattr(ov_genai.Text2ImagePipeline, kind)(scheduler, text_encoder, unet, vae)
+
+
 def stage_times(pipe: Any, total_s: float) -> StageTimes:
     """The stage durations of ``pipe``'s last generate, from genai's performance metrics."""
     m = pipe.get_performance_metrics()
@@ -141,6 +192,11 @@ class GenaiPipeline:
         options = CompileOptions(
             device, cache_dir, precision, cpu_threads, cpu_pinning, text_encoder_device
         )
+        decryptor = None
+        if model.manifest.encryption is not None:
+            from worker.model.crypto import Decryptor
+
+            decryptor = Decryptor(model.path, model.manifest.encryption, model.key_bytes)
         self._compile(
             Path(model.path),
             width or model.width,
@@ -148,6 +204,7 @@ class GenaiPipeline:
             model.guidance_scale,
             model.cfg,
             options,
+            decryptor,
         )
 
     @classmethod
@@ -160,14 +217,26 @@ class GenaiPipeline:
         *,
         cfg: bool = False,
         options: CompileOptions | None = None,
+        key: bytes | None = None,
     ) -> GenaiPipeline:
         """The pipeline of the model folder ``path`` at ``width`` x ``height``.
 
         ``guidance_scale`` is compiled in (for a CFG UNet it sets the batch); ``cfg`` says
         the UNet has no guidance embedding (it matters only to the checks of a job).
+        ``key``: the AES key of an encrypted artifact (its manifest says which files).
         """
+        decryptor = None
+        if key is not None:
+            from lcm_fleet.artifact.manifest import read_manifest
+            from worker.model.crypto import Decryptor, check_key
+
+            manifest = read_manifest(Path(path))
+            check_key(manifest, key, path)
+            decryptor = Decryptor(Path(path), manifest.encryption, key)
         pipe = cls.__new__(cls)
-        pipe._compile(Path(path), width, height, guidance_scale, cfg, options or CompileOptions())
+        pipe._compile(
+            Path(path), width, height, guidance_scale, cfg, options or CompileOptions(), decryptor
+        )
         return pipe
 
     def _compile(
@@ -178,6 +247,7 @@ class GenaiPipeline:
         guidance_scale: float,
         cfg: bool,
         options: CompileOptions,
+        decryptor: Decryptor | None = None,
     ) -> None:
         import openvino_genai as ov_genai
 
@@ -185,14 +255,24 @@ class GenaiPipeline:
         self.path, self.options = path, options
         self.width, self.height = width, height
         self.guidance_scale, self.cfg = guidance_scale, cfg
+        if decryptor is not None and options.cache_dir:
+            # A compile-cache blob holds the weights in the clear: none for an encrypted model.
+            logger.info("compile cache off for %s: its model files are encrypted", path)
+            options = replace(options, cache_dir="")
+            self.options = options
         t0 = time.perf_counter()
         try:
-            pipe = ov_genai.Text2ImagePipeline(str(path))
+            if decryptor is None:
+                pipe = ov_genai.Text2ImagePipeline(str(path))
+            else:
+                pipe = pipeline_from_buffers(path, decryptor)
             # Batch 1: a job's N images are N seeded calls (genai 2026.4 breaks LCM when
             # reshaped for num_images_per_prompt > 1). For an LCM the guidance is an UNet
             # input; for a CFG UNet it sets the batch (2 when guidance_scale > 1).
             pipe.reshape(1, self.height, self.width, self.guidance_scale)
             pipe.compile(*options.devices(), config=options.config())
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise ModelLoadError(f"could not compile {path} on {options.device}: {e}") from e
         self._pipe = pipe
