@@ -23,6 +23,39 @@ MASK = "***"
 #: Query parameters of a URL whose values are never printed.
 _SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token", "key", "api_key"})
 TLS_SCHEMES = frozenset({"rediss"})
+#: Settings whose values are never quoted in an error (any field whose name has one of these).
+_SECRET_WORDS = ("secret", "password", "pepper", "key", "token")
+#: The longest value an error quotes.
+QUOTE_MAX_CHARS = 80
+
+
+def quoted_input(field: str, value: object) -> str:
+    """`` (got ...)`` for a settings error about ``field``, or "" when it must not be shown.
+
+    Never a secret field's value, never a whole-object input (a model-level check gets every
+    setting, secrets included), URLs masked, long values cut.
+    """
+    if not field or isinstance(value, (dict, list, tuple)) or value is None:
+        return ""
+    if any(word in field.lower() for word in _SECRET_WORDS):
+        return ""
+    text = masked_url(value) if isinstance(value, str) and "://" in value else str(value)
+    if len(text) > QUOTE_MAX_CHARS:
+        text = text[:QUOTE_MAX_CHARS] + "..."
+    return f" (got {text!r})"
+
+
+def settings_problems(error: Any) -> list[str]:
+    """A pydantic ValidationError of a settings object as ``LCM_FIELD: message`` lines,
+    values quoted only by :func:`quoted_input`'s rules."""
+    lines = []
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        env = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        value = "" if err["type"] == "missing" else quoted_input(field, err.get("input"))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{env}: {msg}{value}")
+    return lines
 
 
 def masked_url(url: str | None) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from lcm_fleet.settings import ENV_PREFIX, masked_url
+from lcm_fleet.settings import masked_url, settings_problems
 from worker.errors import StartupError, WorkerError
 
 if TYPE_CHECKING:
@@ -38,13 +38,7 @@ logger = logging.getLogger("worker")
 
 
 def settings_error(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        env = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
-        value = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"  {env}: {msg}{value}")
+    lines = [f"  {line}" for line in settings_problems(e)]
     return "invalid worker settings:\n" + "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from pydantic import ValidationError
 
+from lcm_fleet.settings import settings_problems
 from producer.http.auth import KeyStore
 from producer.http.settings import ApiSettings
 
@@ -17,9 +18,8 @@ def _settings() -> ApiSettings:
     try:
         return ApiSettings()  # type: ignore[call-arg]  # the pepper comes from the environment
     except ValidationError as e:
-        missing = [".".join(str(p) for p in err["loc"]) for err in e.errors()]
         raise SystemExit(
-            f"lcm-api: settings are not valid ({', '.join(missing)}): {e}\n"
+            f"lcm-api: settings are not valid: {'; '.join(settings_problems(e))}\n"
             "LCM_API_KEY_PEPPER must be set (a long random secret, e.g. `openssl rand -hex 32`)"
         ) from None
 

@@ -38,6 +38,7 @@ from starlette.requests import Request
 
 from lcm_fleet.backoff import Backoff
 from lcm_fleet.contract import QUEUE_WEBHOOKS, TASK_WEBHOOK, WIRE_CONFIG, WebhookEvent, WebhookKind
+from lcm_fleet.settings import settings_problems
 from producer.http.auth import webhook_secret
 from producer.http.errors import ApiError
 from producer.http.services import Services
@@ -401,7 +402,7 @@ def _settings() -> WebhookSettings:
         return WebhookSettings()  # type: ignore[call-arg]  # the pepper comes from the environment
     except ValidationError as e:
         raise SystemExit(
-            f"lcm-webhooks: settings are not valid: {e}\n"
+            f"lcm-webhooks: settings are not valid: {'; '.join(settings_problems(e))}\n"
             "LCM_API_KEY_PEPPER must be set (the API's: webhook secrets derive from it)"
         ) from None
 

@@ -142,3 +142,29 @@ def test_decryptor_checks_the_plaintext_hash(tmp_path: Path) -> None:
     bad = good.model_copy(update={"plaintext": {rel: "0" * 64}})
     with pytest.raises(ModelLoadError, match="decrypts to sha256"):
         Decryptor(tmp_path, bad, KEY).read(rel)
+
+
+def test_settings_errors_quote_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from lcm_fleet.settings import settings_problems
+    from worker.settings import WorkerSettings
+
+    for name in ("LCM_MODEL", "LCM_MODEL_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LCM_S3_ACCESS_KEY_ID", "AKIDLEAK")
+    monkeypatch.setenv("LCM_S3_SECRET_ACCESS_KEY", "SECRETLEAK")
+    monkeypatch.setenv("LCM_MODEL_KEY", "MODELKEYLEAK")
+    monkeypatch.setenv("LCM_REDIS_URL", "redis://:PWLEAK@h/0")
+    with pytest.raises(ValidationError) as caught:
+        WorkerSettings()
+    text = "\n".join(settings_problems(caught.value))
+    assert "LCM_MODEL" in text
+    for secret in ("AKIDLEAK", "SECRETLEAK", "MODELKEYLEAK", "PWLEAK"):
+        assert secret not in text
+    monkeypatch.setenv("LCM_MODEL_DIR", "/x")
+    monkeypatch.setenv("LCM_CONCURRENCY", "x" * 500)
+    with pytest.raises(ValidationError) as caught:
+        WorkerSettings()
+    (line,) = settings_problems(caught.value)
+    assert line.startswith("LCM_CONCURRENCY:") and len(line) < 250
