@@ -168,3 +168,64 @@ def test_settings_errors_quote_no_secret(monkeypatch: pytest.MonkeyPatch) -> Non
         WorkerSettings()
     (line,) = settings_problems(caught.value)
     assert line.startswith("LCM_CONCURRENCY:") and len(line) < 250
+
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("lcm_fleet", "producer", "worker", "model_build")
+#: Files that build a redis-py client themselves, passing the TLS arguments they are given.
+OWN_CLIENTS = {"lcm_fleet/settings.py", "worker/consumer/broker_guard.py", "worker/metrics.py"}
+
+
+def _sources() -> list[tuple[str, str]]:
+    return [
+        (path.relative_to(ROOT).as_posix(), path.read_text())
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    ]
+
+
+def test_every_redis_client_gets_the_tls_settings() -> None:
+    offenders = [
+        rel for rel, text in _sources() if "Redis.from_url(" in text and rel not in OWN_CLIENTS
+    ]
+    assert not offenders, (
+        f"{offenders} build redis clients with Redis.from_url: use "
+        "settings.redis_client(url, ...) so that LCM_REDIS_TLS_* apply"
+    )
+
+
+def test_no_url_is_formatted_into_a_message_unmasked() -> None:
+    import re
+
+    pattern = re.compile(r"\{[\w.]*(redis_url|records_url|broker_url|endpoint_url)[^}]*\}")
+    offenders = [
+        f"{rel}:{number}: {line.strip()}"
+        for rel, text in _sources()
+        for number, line in enumerate(text.splitlines(), 1)
+        if pattern.search(line) and "masked_url(" not in line
+    ]
+    assert not offenders, offenders
+
+
+def test_the_worker_and_webhook_apps_are_configured_for_rediss(tmp_path: Path) -> None:
+    from producer.http.webhooks import WebhookSettings, make_app
+    from worker.consumer.app import app, configure
+    from worker.settings import WorkerSettings
+
+    tls = {"redis_url": "rediss://:pw@h:6380/0", "redis_tls_ca_file": "/ca.pem"}
+    hooks = make_app(WebhookSettings(api_key_pepper="p" * 32, **tls))  # type: ignore[arg-type]
+    assert hooks.conf.broker_use_ssl["ssl_ca_certs"] == "/ca.pem"
+    before = {key: app.conf.get(key) for key in app.conf}
+    worker = configure(
+        WorkerSettings(
+            model_dir=tmp_path,
+            s3_access_key_id="a",  # type: ignore[arg-type]
+            s3_secret_access_key="b",  # type: ignore[arg-type]
+            **tls,  # type: ignore[arg-type]
+        )
+    )
+    try:
+        assert worker.conf.broker_use_ssl["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+        assert worker.conf.redis_backend_use_ssl["ssl_ca_certs"] == "/ca.pem"
+    finally:  # the worker's app is a module global: leave it as other tests expect it
+        worker.conf.update(before)
