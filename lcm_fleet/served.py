@@ -38,6 +38,7 @@ from lcm_fleet.contract import Job
 from lcm_fleet.enums import TextEnum
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.keys import ADVERTS_KEY, QUEUES_KEY, advert_key
+from lcm_fleet.settings import ConnectionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -263,9 +264,7 @@ class ServedReader:
 
 
 @lru_cache(maxsize=8)
-def reader_for(redis_url: str, cache_s: float = CACHE_S_DEFAULT) -> ServedReader:
-    """One reader per Redis URL and cache time, per process."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+def reader_for(settings: ConnectionSettings, cache_s: float = CACHE_S_DEFAULT) -> ServedReader:
+    """One reader per broker (LCM_REDIS_URL, TLS settings applied) and cache time, per process."""
+    client = settings.redis_client(socket_connect_timeout=2, socket_timeout=5)
     return ServedReader(client, cache_s)

@@ -140,7 +140,7 @@ def check_served(jobs: Sequence[Job], settings: ProducerSettings, queue: str | N
     read of the adverts for all of them (LCM_SERVED_SIZE_CHECK, LCM_SERVED_CACHE_S)."""
     if settings.served_size_check == ServedSizeCheck.OFF or not jobs:
         return
-    served = reader_for(settings.redis_url, settings.served_cache_s).read()
+    served = reader_for(settings, settings.served_cache_s).read()
     targets = ((job, queue or queue_for(job, settings.queue)) for job in jobs)
     require_served(served, settings.served_size_check, targets)
 
@@ -172,7 +172,7 @@ def submit_job(
     check_served([job], settings, queue)
 
     def publish() -> None:
-        reader_for(settings.redis_url, settings.served_cache_s).note_queue(target)
+        reader_for(settings, settings.served_cache_s).note_queue(target)
         records.create_job(job, owner, batch_id=batch_id, webhook_url=webhook_url)
         # A job id used before (a resubmitted job or bulk file) still has its old result in
         # the backend; drop it so that waiting on this submission sees this run's result.
