@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
 from celery import Celery
 
-from lcm_fleet.contract import WIRE_CONFIG
+from lcm_fleet.contract import TASK_RENDER, WIRE_CONFIG
+from worker.consumer import broker_guard
+from worker.consumer.screen import ScreenPolicy
 from worker.settings import WorkerSettings
 
 #: The render task's module is named, not imported: the worker imports it at start
@@ -16,7 +19,21 @@ app = Celery("lcm_fleet_worker", include=list(TASK_MODULES))
 app.conf.update(WIRE_CONFIG)
 
 
-def configure(settings: WorkerSettings) -> Celery:
+#: The task names the worker's queues carry; anything else on them is dead-lettered.
+QUEUE_TASKS = frozenset({TASK_RENDER})
+
+
+def screen_policy(settings: WorkerSettings) -> ScreenPolicy:
+    return ScreenPolicy(
+        max_message_bytes=settings.max_message_bytes,
+        tasks=QUEUE_TASKS,
+        # An ETA (Celery's retry countdown) beyond the visibility timeout would be
+        # delivered a second time while the worker still holds it.
+        max_eta_ahead_s=float(settings.visibility_timeout_s - settings.task_time_limit_s),
+    )
+
+
+def configure(settings: WorkerSettings, worker_name: str | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.redis_url,
         result_backend=settings.redis_url,
@@ -34,13 +51,29 @@ def configure(settings: WorkerSettings) -> Celery:
         # No task_soft_time_limit/task_time_limit: the threads pool cannot enforce them;
         # the worker enforces LCM_TASK_SOFT_TIME_LIMIT_S/LCM_TASK_TIME_LIMIT_S itself
         # (worker/render/limits.py).
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # kombu's Redis transport, with the screen of queue items (worker/consumer/
+        # broker_guard.py); GuardedConsumer dead-letters what Celery still cannot take.
+        broker_transport="worker.consumer.broker_guard:Transport",
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            broker_guard.OPTION_POLICY: screen_policy(settings),
+            broker_guard.OPTION_MAX_ENTRIES: settings.dead_letter_max,
+            broker_guard.OPTION_WORKER: worker_name,
+        },
+        worker_consumer="worker.consumer.broker_guard:GuardedConsumer",
+        # Task events on, so that Flower and `celery events` see tasks without remote control.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=20,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
     )
+    if settings.redis_url.startswith("rediss://") and not app.conf.broker_use_ssl:
+        # kombu turns TLS on for a rediss:// URL only when it picks the transport from the
+        # URL; the guarded transport is named, so say it here (certificates checked).
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     # One log line per job comes from the task itself; Celery's own success line
     # would repeat the whole result.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
