@@ -74,9 +74,8 @@ def poison_worker(
     stop_worker(worker)
 
 
-def test_generated_poison_is_dead_lettered_once_and_the_worker_keeps_serving(
-    poison_worker: WorkerProcess, producer_settings: Any
-) -> None:
+def _throw_poison(worker: WorkerProcess, producer_settings: Any, examples: int) -> None:
+    poison_worker = worker
     r = redis.Redis.from_url(producer_settings.redis_url)
     settings_q = _settings(producer_settings, QUEUE)
     pushed: collections.Counter[str] = collections.Counter()
@@ -85,7 +84,7 @@ def test_generated_poison_is_dead_lettered_once_and_the_worker_keeps_serving(
     before = _dead_counts(r)
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
@@ -105,12 +104,29 @@ def test_generated_poison_is_dead_lettered_once_and_the_worker_keeps_serving(
     counts = _dead_counts(r) - before
     wrong = {s: (pushed[s], counts[s]) for s in pushed if counts[s] != pushed[s]}
     assert not wrong, f"{len(wrong)} of {len(pushed)} items not dead-lettered exactly once"
-    assert sum(pushed.values()) >= EXAMPLES * ITEMS[0]
+    assert sum(pushed.values()) >= examples * ITEMS[0]
     # Memory flat: no growth beyond noise from the first batch to the last.
     assert rss[-1] - rss[0] < 30 * 2**20, [x // 2**20 for x in rss]
     log = poison_worker.log_text()
     assert "Unrecoverable error" not in log
     assert "dead-lettered as" in log
+    kinds = collections.Counter(e.kind.value for e in DeadLetters(r).entries())
+    print(
+        f"\npoison: {sum(pushed.values())} items ({len(pushed)} distinct) between {len(rss)} "
+        f"good jobs; worker RSS {rss[0] / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MiB; "
+        f"kinds {dict(kinds)}"
+    )
+
+
+def test_generated_poison_is_dead_lettered_once_and_the_worker_keeps_serving(
+    poison_worker: WorkerProcess, producer_settings: Any
+) -> None:
+    _throw_poison(poison_worker, producer_settings, EXAMPLES)
+
+
+@pytest.mark.slow
+def test_more_generated_poison(poison_worker: WorkerProcess, producer_settings: Any) -> None:
+    _throw_poison(poison_worker, producer_settings, 10 * EXAMPLES)
 
 
 def test_dead_letter_cli_lists_shows_and_purges(
