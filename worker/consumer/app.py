@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
 from celery import Celery
 
 from lcm_fleet.contract import TASK_RENDER, WIRE_CONFIG
 from worker.consumer import broker_guard
-from worker.consumer.screen import ScreenPolicy
 from worker.settings import WorkerSettings
 
 #: The render task's module is named, not imported: the worker imports it at start
@@ -23,14 +23,17 @@ app.conf.update(WIRE_CONFIG)
 QUEUE_TASKS = frozenset({TASK_RENDER})
 
 
-def screen_policy(settings: WorkerSettings) -> ScreenPolicy:
-    return ScreenPolicy(
-        max_message_bytes=settings.max_message_bytes,
-        tasks=QUEUE_TASKS,
+def screen_options(settings: WorkerSettings) -> dict[str, Any]:
+    """The screen's policy (worker/consumer/screen.py), as broker transport options."""
+    return {
+        broker_guard.OPTION_MAX_MESSAGE_BYTES: settings.max_message_bytes,
+        broker_guard.OPTION_TASKS: sorted(QUEUE_TASKS),
         # An ETA (Celery's retry countdown) beyond the visibility timeout would be
         # delivered a second time while the worker still holds it.
-        max_eta_ahead_s=float(settings.visibility_timeout_s - settings.task_time_limit_s),
-    )
+        broker_guard.OPTION_MAX_ETA_AHEAD_S: float(
+            settings.visibility_timeout_s - settings.task_time_limit_s
+        ),
+    }
 
 
 def configure(settings: WorkerSettings, worker_name: str | None = None) -> Celery:
@@ -56,7 +59,7 @@ def configure(settings: WorkerSettings, worker_name: str | None = None) -> Celer
         broker_transport="worker.consumer.broker_guard:Transport",
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
-            broker_guard.OPTION_POLICY: screen_policy(settings),
+            **screen_options(settings),
             broker_guard.OPTION_MAX_ENTRIES: settings.dead_letter_max,
             broker_guard.OPTION_WORKER: worker_name,
         },

@@ -51,8 +51,11 @@ DEAD_LETTER_LOST = Counter(
     "Refused queue items that could not be written to the dead-letter list (logged instead)",
 )
 
-#: Transport options (broker_transport_options) the guard reads.
-OPTION_POLICY = "lcm_screen_policy"
+#: Transport options (broker_transport_options) the guard reads: plain values, so that
+#: Celery can print and serialise its configuration (``celery inspect conf``).
+OPTION_MAX_MESSAGE_BYTES = "lcm_max_message_bytes"
+OPTION_TASKS = "lcm_tasks"
+OPTION_MAX_ETA_AHEAD_S = "lcm_max_eta_ahead_s"
 OPTION_MAX_ENTRIES = "lcm_dead_letter_max"
 OPTION_WORKER = "lcm_worker_name"
 
@@ -119,8 +122,15 @@ class Channel(kombu_redis.Channel):
         return dict(client.transport_options or {})
 
     def _policy(self) -> ScreenPolicy | None:
-        policy = self._options().get(OPTION_POLICY)
-        return policy if isinstance(policy, ScreenPolicy) else None
+        """The screen's policy from the transport options; None (no screen) without them."""
+        options = self._options()
+        if OPTION_MAX_MESSAGE_BYTES not in options:
+            return None
+        return ScreenPolicy(
+            max_message_bytes=int(options[OPTION_MAX_MESSAGE_BYTES]),
+            tasks=frozenset(options.get(OPTION_TASKS) or ()),
+            max_eta_ahead_s=float(options.get(OPTION_MAX_ETA_AHEAD_S, 0.0)),
+        )
 
     def _dead_letter(self) -> DeadLetterSink:
         if self._sink is None:
