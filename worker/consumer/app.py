@@ -15,6 +15,7 @@ from worker.settings import WorkerSettings
 #: The render task's module is named, not imported: the worker imports it at start
 #: (``include``), and the task module imports this one.
 TASK_MODULES = ("worker.consumer.tasks",)
+logger = logging.getLogger(__name__)
 app = Celery("lcm_fleet_worker", include=list(TASK_MODULES))
 app.conf.update(WIRE_CONFIG)
 
@@ -36,7 +37,18 @@ def screen_options(settings: WorkerSettings) -> dict[str, Any]:
     }
 
 
+GUARDED_TRANSPORT = "worker.consumer.broker_guard:Transport"
+#: URL schemes of kombu's plain Redis transport, which the guarded transport extends.
+GUARDED_SCHEMES = ("redis", "rediss")
+
+
 def configure(settings: WorkerSettings, worker_name: str | None = None) -> Celery:
+    guarded = settings.redis_url.split("://", 1)[0] in GUARDED_SCHEMES
+    if not guarded:
+        logger.warning(
+            "LCM_REDIS_URL is not a redis:// or rediss:// URL: malformed queue items "
+            "are not screened (worker/consumer/broker_guard.py)"
+        )
     app.conf.update(
         broker_url=settings.redis_url,
         result_backend=settings.redis_url,
@@ -56,7 +68,7 @@ def configure(settings: WorkerSettings, worker_name: str | None = None) -> Celer
         # (worker/render/limits.py).
         # kombu's Redis transport, with the screen of queue items (worker/consumer/
         # broker_guard.py); GuardedConsumer dead-letters what Celery still cannot take.
-        broker_transport="worker.consumer.broker_guard:Transport",
+        broker_transport=GUARDED_TRANSPORT if guarded else None,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             **screen_options(settings),
