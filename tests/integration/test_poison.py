@@ -181,7 +181,10 @@ def test_events_reach_a_monitor_without_remote_control(
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
     assert ready.wait(10)
-    time.sleep(1.0)  # the receiver's queue is bound
+    # Bound once it hears anything (the worker's heartbeat comes every 2 s); at most 10 s.
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.1)
     h = submit("watched", settings=_settings(producer_settings, QUEUE), seed=8)
     assert h.wait(120).images
     deadline = time.monotonic() + 20
