@@ -110,7 +110,9 @@ def _throw_poison(worker: WorkerProcess, producer_settings: Any, examples: int) 
     log = poison_worker.log_text()
     assert "Unrecoverable error" not in log
     assert "dead-lettered as" in log
-    kinds = collections.Counter(e.kind.value for e in DeadLetters(r).entries())
+    kinds = collections.Counter(
+        e.kind.value for e in DeadLetters(r).entries() if e.sha256 in pushed
+    )
     print(
         f"\npoison: {sum(pushed.values())} items ({len(pushed)} distinct) between {len(rss)} "
         f"good jobs; worker RSS {rss[0] / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MiB; "
