@@ -8,6 +8,7 @@
     lcm status JOB_ID [--json]       lcm watch JOB_ID       lcm cancel JOB_ID
     lcm download JOB_ID DIR
     lcm batch status|watch|cancel BATCH_ID      lcm batch download BATCH_ID DIR
+    lcm dead-letter list|show ID|purge --yes    queue items the workers refused
 
 Connection settings come from LCM_* environment variables (LCM_REDIS_URL, LCM_S3_*).
 Exit codes: 0 done, 2 invalid input (nothing submitted), 1 a job failed, timed out, or the
@@ -38,6 +39,7 @@ from lcm_fleet.contract import (
     quote,
 )
 from lcm_fleet.errors import InvalidJob
+from producer import deadletter
 from producer.errors import ProducerError
 from producer.settings import ProducerSettings
 
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download a finished job's PNGs")
     p.add_argument("job_id")
     p.add_argument("out", type=Path)
+    deadletter.add_parser(sub)
     return parser
 
 
@@ -276,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
         from producer import watch
 
         return watch.run(args, settings)
+    if args.command == "dead-letter":
+        return deadletter.run(args, settings)
     if args.command == "download":
         for path in download(args.job_id, args.out, settings):
             print(path)

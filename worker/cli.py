@@ -6,6 +6,10 @@ or LCM_MODEL (NAME@VERSION / NAME@latest published with `lcm-build publish`, or 
 
     lcm-worker            verify, then serve until SIGTERM (the running job finishes first)
     lcm-worker --check    verify the artifact, storage and broker, then exit
+
+Exit codes (worker/exit_codes.py): 0 stopped by SIGTERM (or --check passed); 1 Celery stopped
+on an unrecoverable error; 2 settings, artifact or bucket refused; 3 a render process could not
+be started again; 4 Redis unreachable at start (within LCM_BROKER_CONNECT_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydantic import ValidationError
 
 from lcm_fleet.settings import masked_url, settings_problems
 from worker.errors import StartupError, WorkerError
+from worker.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from worker.consumer.reclaim import Heartbeat
@@ -77,6 +82,54 @@ def read_settings() -> WorkerSettings:
     return settings
 
 
+class BrokerUnreachable(StartupError):
+    """Redis did not answer at start within LCM_BROKER_CONNECT_TIMEOUT_S."""
+
+
+def wait_for_broker(settings: WorkerSettings, *, clock: Callable[[], float] | None = None) -> None:
+    """Ping Redis until it answers, for at most LCM_BROKER_CONNECT_TIMEOUT_S (capped,
+    jittered backoff between attempts); before anything is compiled or served."""
+    import time
+
+    import redis
+
+    from lcm_fleet.backoff import Backoff
+
+    timeout_s = settings.broker_connect_timeout_s
+    now = clock or time.monotonic
+    deadline = now() + timeout_s
+    backoff = Backoff(base_s=0.25, cap_s=5.0, attempts=1)
+    attempt = 0
+    while True:
+        left = deadline - now()
+        per_try = max(0.1, min(5.0, left))
+        client = settings.redis_client(socket_connect_timeout=per_try, socket_timeout=per_try)
+        try:
+            client.ping()
+            return
+        except (redis.RedisError, OSError) as e:
+            error = e
+        finally:
+            client.close()
+        left = deadline - now()
+        if left <= 0:
+            break
+        wait = min(left, backoff.delay(attempt))
+        attempt += 1
+        logger.warning(
+            "broker %s does not answer (%s); trying again in %.1fs",
+            masked_url(settings.redis_url),
+            error,
+            wait,
+        )
+        time.sleep(wait)
+    raise BrokerUnreachable(
+        f"cannot reach the broker at {masked_url(settings.redis_url)} within "
+        f"{timeout_s:g}s (LCM_BROKER_CONNECT_TIMEOUT_S): {error}; check LCM_REDIS_URL and "
+        "that Redis is running"
+    ) from error
+
+
 def open_model(settings: WorkerSettings) -> Runtime:
     """The model (pulled if needed; manifest, versions, gate, shape), installed as the runtime."""
     from worker import runtime
@@ -109,13 +162,15 @@ def verify(rt: Runtime, *, compile: bool) -> None:
     check_bucket(result_store(rt.settings))
 
 
+def worker_name(settings: WorkerSettings) -> str:
+    return f"lcm-worker-{settings.unit}@{socket.gethostname()}"
+
+
 def configure_celery(settings: WorkerSettings) -> Any:
-    from worker.consumer import broker_guard
+    """The Celery app, with the guard against malformed queue items (broker_guard.py)."""
     from worker.consumer.app import configure
 
-    app = configure(settings)
-    broker_guard.install(settings.redis_url, **settings.redis_ssl_kwargs())
-    return app
+    return configure(settings, worker_name(settings))
 
 
 def check_broker(app: Any, rt: Runtime) -> str:
@@ -127,7 +182,7 @@ def check_broker(app: Any, rt: Runtime) -> str:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
     except Exception as e:
-        raise StartupError(f"broker {masked_url(settings.redis_url)} unreachable: {e}") from e
+        raise BrokerUnreachable(f"broker {masked_url(settings.redis_url)} unreachable: {e}") from e
     return (
         f"ok: {rt.model.path} (sizes {format_sizes(rt.sizes)}), "
         f"bucket {settings.s3_bucket}, "
@@ -178,7 +233,7 @@ def start_consumer(app: Any, rt: Runtime) -> Consumer:
     of workers whose heartbeat expired (worker/consumer/reclaim.py)."""
     from worker.consumer import advert, reclaim
 
-    name = f"lcm-worker-{rt.settings.unit}@{socket.gethostname()}"
+    name = worker_name(rt.settings)
     holdings = reclaim.Holdings(rt.redis(), name, rt.settings.heartbeat_ttl_s)
     reclaim.install(holdings)
     served = advert.for_runtime(rt, rt.redis(), holdings.incarnation, name)
@@ -187,26 +242,29 @@ def start_consumer(app: Any, rt: Runtime) -> Consumer:
     return Consumer(name, heartbeat)
 
 
-def run_celery(app: Any, rt: Runtime, consumer: Consumer) -> None:
-    """Serve until SIGTERM (Celery's warm shutdown lets running jobs finish)."""
+def run_celery(app: Any, rt: Runtime, consumer: Consumer) -> int:
+    """Serve until SIGTERM (Celery's warm shutdown lets running jobs finish); Celery's exit
+    code: 0 after SIGTERM, 1 after an unrecoverable error."""
     settings = rt.settings
     try:
-        app.worker_main(
-            [
-                "worker",
-                # Threads: two jobs in flight per render process (worker/render/process.py).
-                "--pool=threads",
-                f"--concurrency={rt.threads}",
-                f"--loglevel={settings.log_level}",
-                f"--queues={','.join(rt.queues)}",
-                f"--hostname={consumer.name}",
-                "--without-gossip",
-                "--without-mingle",
-            ]
+        # app.Worker, as `celery worker` builds it: app.worker_main and app.start drop the
+        # worker's exit code.
+        worker = app.Worker(
+            # Threads: two jobs in flight per render process (worker/render/process.py).
+            pool_cls="threads",
+            concurrency=rt.threads,
+            loglevel=settings.log_level,
+            queues=list(rt.queues),
+            hostname=consumer.name,
+            without_gossip=True,
+            without_mingle=True,
         )
+        worker.start()
+        code = worker.exitcode
     finally:
         consumer.heartbeat.stop()
         rt.stop()
+    return 0 if code is None else int(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,34 +273,46 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # 1. settings, from LCM_* (and logging at their level)
         settings = read_settings()
-        # 2. open the model: pulled if needed; manifest, versions, quality gate, shape
+        # 2. the broker answers (within LCM_BROKER_CONNECT_TIMEOUT_S), before anything is
+        #    compiled or served
+        wait_for_broker(settings)
+        # 3. open the model: pulled if needed; manifest, versions, quality gate, shape
         rt = open_model(settings)
-        # 3. verify the artifact's files and the bucket; serving, the render process
+        # 4. verify the artifact's files and the bucket; serving, the render process
         #    compiles meanwhile
         verify(rt, compile=not invocation.check)
-        # 4. the Celery app, with the guard against malformed queue items
+        # 5. the Celery app, with the guard against malformed queue items
         app = configure_celery(settings)
         if invocation.check:
-            # 5. --check: the broker answers; report and exit
+            # 6. --check: the broker answers; report and exit
             print(check_broker(app, rt))
-            return 0
-        # 5. metrics endpoint
+            return ExitCode.OK
+        # 6. metrics endpoint
         serve_metrics(rt)
-        # 6. wait until the render processes have compiled their pipelines
+        # 7. wait until the render processes have compiled their pipelines
         wait_for_render_processes(rt)
+    except BrokerUnreachable as e:
+        print(f"lcm-worker: {e}", file=sys.stderr)
+        return ExitCode.BROKER
     except WorkerError as e:
         if rt is not None:
             rt.abort()  # the render processes served nothing; do not wait for them
         print(f"lcm-worker: {e}", file=sys.stderr)
-        return 2
-    # 7. record holdings, heartbeat, give back dead workers' jobs
+        return ExitCode.CONFIG
+    # 8. record holdings, heartbeat, give back dead workers' jobs
     consumer = start_consumer(app, rt)
-    # 8. serve until SIGTERM
-    run_celery(app, rt, consumer)
+    # 9. serve until SIGTERM
+    code = run_celery(app, rt, consumer)
     if rt.fatal:
         print(f"lcm-worker: stopped: {rt.fatal}", file=sys.stderr)
-        return 3
-    return 0
+        return ExitCode.RENDERER
+    if code != 0:
+        print(
+            f"lcm-worker: Celery stopped with exit code {code} (its 'Unrecoverable error' "
+            "line above says why)",
+            file=sys.stderr,
+        )
+    return code
 
 
 if __name__ == "__main__":

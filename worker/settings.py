@@ -76,6 +76,18 @@ class WorkerSettings(ConnectionSettings):
     retry_backoff_base_s: float = Field(default=5.0, gt=0)
     retry_backoff_cap_s: float = Field(default=120.0, gt=0)
 
+    #: Queue items longer than this (bytes) are refused before they are decoded and kept,
+    #: cut short, in the dead-letter list (a valid job is a few kilobytes).
+    max_message_bytes: int = Field(default=256 * 1024, ge=4096, le=64 * 1024 * 1024)
+    #: Entries the dead-letter list keeps (the oldest go first).
+    dead_letter_max: int = Field(default=10_000, ge=10, le=1_000_000)
+    #: Seconds the worker tries to reach Redis at start before it exits (code 4), before it
+    #: compiles anything or opens its metrics port.
+    broker_connect_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Celery task events (task-received/started/succeeded...), so that Flower and other
+    #: monitors see tasks without switching events on remotely.
+    task_events: bool = True
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     #: Prometheus /metrics port of this worker (0: off); lcm-fleet gives each unit its own.

@@ -171,7 +171,7 @@ def test_undecodable_queue_item_is_dead_lettered_and_worker_keeps_serving(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         entries = [json.loads(e) for e in r.lrange(DEAD_LETTER_KEY, 0, 50)]
-        if any(marker in e["raw"] for e in entries):
+        if any(marker in e["prefix"] and e["kind"] == "not_json" for e in entries):
             break
         time.sleep(0.2)
     else:

@@ -78,3 +78,11 @@ def test_config_exit_is_not_restarted():
     fleet = _fleet(2, max_restarts=3)
     _run_until(fleet, lambda f: not f.alive())
     assert fleet.members[0].starts == 1 and "code 2" in fleet.members[0].given_up
+
+
+def test_broker_unreachable_exit_is_restarted_without_giving_up():
+    fleet = _fleet(4, max_restarts=1, stable_s=60)
+    _run_until(fleet, lambda f: f.members[0].starts >= 5)
+    member = fleet.members[0]
+    assert member.starts >= 5 and member.given_up is None and fleet.alive()
+    fleet.stop()

@@ -1,108 +1,285 @@
-"""Keep one malformed queue item from stopping the worker.
+"""Keep every malformed queue item from stopping the worker: refuse it once, dead-letter it.
 
-kombu's Redis transport decodes each raw item it pops from the queue in the worker's
-main process; an item that is not a valid message envelope raises there and stops
-the whole worker (Celery: "Unrecoverable error"). The guard below wraps that decode:
-a bad item is logged, kept in the Redis list ``DEAD_LETTER_KEY`` with the reason
-(nothing is lost silently), and handed to Celery as an envelope without a task,
-which Celery rejects as an unknown message. Valid messages pass through unchanged.
+Three guards, each where kombu or Celery would otherwise raise in the worker's main process
+(worker/consumer/screen.py lists where each kind of item breaks):
+
+1. :class:`Channel`, kombu's Redis channel with one addition: the reply of each ``BRPOP``
+   (and ``RPOP``) that takes an item off a queue goes through :func:`screen` first, as a
+   redis-py response callback (``Redis.set_response_callback``) on the channel's clients. An
+   item over ``LCM_MAX_MESSAGE_BYTES`` is refused before it is decoded; an item refused is
+   written to the dead-letter list (lcm_fleet/dead_letter.py) and kombu sees an empty reply,
+   so it never enters kombu's unacknowledged set and is never restored at shutdown.
+   :class:`Transport` is kombu's Redis transport with this channel; the worker's app names
+   it as ``broker_transport`` (worker/consumer/app.py), so the URL stays ``redis://`` or
+   ``rediss://``.
+2. ``Transport._deliver``: what the screen passed and kombu still cannot build into a
+   message (it should not happen) is dead-lettered instead of raised.
+3. :class:`GuardedConsumer` (Celery's ``worker_consumer``): whatever Celery's task handler
+   raises for a message (other than a lost connection) dead-letters and drops that message;
+   the messages Celery itself refuses (unknown task, undecodable, invalid) are dead-lettered
+   too, so each bad item is in the list exactly once.
+
+Checked against the pinned kombu 5.7.0 and celery 5.7.0 (tests/unit/test_broker_guard.py
+runs the real kombu and Celery code on the screened items).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import socket
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from lcm_fleet.keys import DEAD_LETTER_KEY
+from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
+from prometheus_client import Counter
+
+from lcm_fleet.dead_letter import DEFAULT_MAX_ENTRIES, DeadLetterKind, DeadLetters, make_entry
+from worker.consumer.screen import Refusal, ScreenPolicy, screen, short
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_MAX = 10_000
+DEAD_LETTERED = Counter(
+    "lcm_dead_lettered_total",
+    "Queue items refused and kept in the dead-letter list, by kind",
+    ["kind"],
+)
+DEAD_LETTER_LOST = Counter(
+    "lcm_dead_letter_write_failures_total",
+    "Refused queue items that could not be written to the dead-letter list (logged instead)",
+)
+
+#: Transport options (broker_transport_options) the guard reads: plain values, so that
+#: Celery can print and serialise its configuration (``celery inspect conf``).
+OPTION_MAX_MESSAGE_BYTES = "lcm_max_message_bytes"
+OPTION_TASKS = "lcm_tasks"
+OPTION_MAX_ETA_AHEAD_S = "lcm_max_eta_ahead_s"
+OPTION_MAX_ENTRIES = "lcm_dead_letter_max"
+OPTION_WORKER = "lcm_worker_name"
+
+_WRITE_ATTEMPTS = 3
 
 
-def envelope_problem(payload: Any) -> str | None:
-    """Why ``payload`` is not a message envelope kombu can deliver, or None if it is."""
-    if isinstance(payload, list):
-        return None  # kombu's own (message, exchange, routing_key) restore records
-    if not isinstance(payload, dict):
-        return f"the queue item is a JSON {type(payload).__name__}, not a message envelope"
-    properties = payload.get("properties")
-    if "body" not in payload or not isinstance(properties, dict):
-        return "the envelope lacks 'body' or 'properties'"
-    if "delivery_tag" not in properties or not isinstance(properties.get("delivery_info"), dict):
-        return "the envelope's properties lack 'delivery_tag' or 'delivery_info'"
-    if not isinstance(payload.get("headers", {}), dict):
-        return "the envelope's 'headers' is not an object"
-    return None
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="surrogatepass")
+    return repr(value).encode()
 
 
-def _placeholder(reason: str) -> dict[str, Any]:
-    """An envelope without a task: Celery logs it as unknown and rejects it."""
-    return {
-        "body": "",
-        "headers": {"lcm_fleet_rejected": reason},
-        "content-type": "application/json",
-        "content-encoding": "utf-8",
-        "properties": {
-            "delivery_tag": f"lcm-fleet-rejected-{uuid.uuid4().hex}",
-            "delivery_info": {"exchange": "", "routing_key": ""},
-            "body_encoding": "utf-8",
-        },
-    }
+class DeadLetterSink:
+    """Writes refused items to the dead-letter list (a few attempts), counts and logs them."""
+
+    def __init__(
+        self, client: Callable[[], Any], max_entries: int, worker: str | None = None
+    ) -> None:
+        self.client, self.max_entries, self.worker = client, max_entries, worker
+
+    def __call__(self, raw: Any, refusal: Refusal, queue: str | None = None) -> None:
+        data = _bytes(raw)
+        entry = make_entry(data, refusal.kind, refusal.reason, queue=queue, worker=self.worker)
+        logger.error(
+            "refused a queue item from %s (%s, %d bytes, sha256 %s): %s; dead-lettered as %s",
+            queue or "a queue",
+            refusal.kind.value,
+            entry.size,
+            entry.sha256[:16],
+            refusal.reason,
+            entry.id,
+        )
+        DEAD_LETTERED.labels(kind=refusal.kind.value).inc()
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                DeadLetters(self.client(), self.max_entries).add(entry)
+                return
+            except Exception as e:
+                if attempt + 1 == _WRITE_ATTEMPTS:
+                    DEAD_LETTER_LOST.inc()
+                    logger.error(
+                        "could not write dead-letter entry %s (its first bytes: %s): %s",
+                        entry.id,
+                        short(entry.prefix, 200),
+                        e,
+                    )
+                    return
+                time.sleep(0.2 * (attempt + 1))
 
 
-def guarded_loads(
-    loads: Callable[[str], Any], dead_letter: Callable[[str, str], None]
-) -> Callable[[str], Any]:
-    def _loads(text: Any) -> Any:
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel; items popped off a queue are screened before kombu decodes them."""
+
+    _sink: DeadLetterSink | None = None
+
+    def _options(self) -> dict[str, Any]:
+        client: Any = self.connection.client
+        return dict(client.transport_options or {})
+
+    def _policy(self) -> ScreenPolicy | None:
+        """The screen's policy from the transport options; None (no screen) without them."""
+        options = self._options()
+        if OPTION_MAX_MESSAGE_BYTES not in options:
+            return None
+        return ScreenPolicy(
+            max_message_bytes=int(options[OPTION_MAX_MESSAGE_BYTES]),
+            tasks=frozenset(options.get(OPTION_TASKS) or ()),
+            max_eta_ahead_s=float(options.get(OPTION_MAX_ETA_AHEAD_S, 0.0)),
+        )
+
+    def _dead_letter(self) -> DeadLetterSink:
+        if self._sink is None:
+            options = self._options()
+            self._sink = DeadLetterSink(
+                self._create_plain_client,
+                int(options.get(OPTION_MAX_ENTRIES, DEFAULT_MAX_ENTRIES)),
+                options.get(OPTION_WORKER) or socket.gethostname(),
+            )
+        return self._sink
+
+    def _create_plain_client(self) -> Any:
+        return super()._create_client()  # type: ignore[misc]  # (not in kombu's stubs)
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        client = super()._create_client(asynchronous)  # type: ignore[misc]
+        policy = self._policy()
+        if policy is not None:
+            for command in ("BRPOP", "RPOP"):
+                original = client.response_callbacks.get(command)
+                client.set_response_callback(command, self._screened(command, original, policy))
+        return client
+
+    def _screened(
+        self, command: str, original: Callable[..., Any] | None, policy: ScreenPolicy
+    ) -> Callable[..., Any]:
+        def callback(response: Any, **options: Any) -> Any:
+            if original is not None:
+                response = original(response, **options)
+            if not response:
+                return response
+            if command == "BRPOP":
+                key, item = response[0], response[1]
+                queue: str | None = _text(key).rsplit(self.sep, 1)[0]
+            elif isinstance(response, bytes | str):
+                key, item, queue = None, response, None
+            else:
+                return response  # RPOP with a count: not how kombu calls it
+            try:
+                refusal = screen(_bytes(item), policy)
+            except Exception as e:  # the screen itself must never stop the worker
+                refusal = Refusal(DeadLetterKind.REFUSED, f"the screen failed on it: {e!r}")
+            if refusal is None:
+                return response
+            self._dead_letter()(item, refusal, queue)
+            return None  # kombu: nothing was popped (BRPOP is sent again)
+
+        return callback
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with the screening :class:`Channel`."""
+
+    Channel = Channel
+
+    def _deliver(self, message: Any, queue: str | None) -> None:
         try:
-            payload = loads(text)
+            super()._deliver(message, queue)
+        except self.connection_errors:
+            raise
         except Exception as e:
-            reason = f"not JSON: {e}"
-        else:
-            problem = envelope_problem(payload)
-            if problem is None:
-                return payload
-            reason = problem
-        raw = text if isinstance(text, str) else repr(text)
-        logger.error("rejected a malformed queue item (%s): %.200r", reason, raw)
-        try:
-            dead_letter(raw, reason)
-        except Exception:
-            logger.exception("could not record the malformed item in %s", DEAD_LETTER_KEY)
-        return _placeholder(reason)
+            # The screen passed it, and kombu could still not build it into a message.
+            for channel in self.channels or ():
+                if isinstance(channel, Channel):
+                    from kombu.utils.json import dumps
 
-    return _loads
+                    refusal = Refusal(DeadLetterKind.REFUSED, f"kombu could not take it: {e!r}")
+                    channel._dead_letter()(dumps(message), refusal, queue)
+                    return
+            raise
 
 
-def redis_dead_letter(redis_url: str, **ssl_kwargs: Any) -> Callable[[str, str], None]:
-    client: list[Any] = []
-
-    def record(raw: str, reason: str) -> None:
-        if not client:
-            import redis
-
-            client.append(redis.Redis.from_url(redis_url, socket_timeout=5, **ssl_kwargs))
-        entry = json.dumps({"at": time.time(), "reason": reason, "raw": raw[:100_000]})
-        pipe = client[0].pipeline()
-        pipe.lpush(DEAD_LETTER_KEY, entry)
-        pipe.ltrim(DEAD_LETTER_KEY, 0, DEAD_LETTER_MAX - 1)
-        pipe.execute()
-
-    return record
+def _no_client() -> Any:
+    raise RuntimeError("broker_guard.set_client_factory was not called (worker/consumer/app.py)")
 
 
-def install(redis_url: str, **ssl_kwargs: Any) -> None:
-    """Wrap the Redis transport's decode of queue items (once per process)."""
-    from kombu.transport import redis as kombu_redis
+_client_factory: Callable[[], Any] = _no_client
 
-    current = getattr(kombu_redis, "loads")  # noqa: B009  (a module global, not typed)
-    if getattr(current, "_lcm_fleet_guard", False):
-        return
-    wrapped = guarded_loads(current, redis_dead_letter(redis_url, **ssl_kwargs))
-    wrapped._lcm_fleet_guard = True  # type: ignore[attr-defined]
-    setattr(kombu_redis, "loads", wrapped)  # noqa: B010
+
+def set_client_factory(factory: Callable[[], Any]) -> None:
+    """How the consumer's dead-letter sink reaches Redis (the worker's settings, TLS included)."""
+    global _client_factory
+    _client_factory = factory
+
+
+def _raw_of(message: Any) -> bytes:
+    from kombu.utils.json import dumps
+
+    raw = getattr(message, "_raw", None)
+    try:
+        return _bytes(dumps(raw)) if raw is not None else _bytes(message.body)
+    except Exception:
+        return repr(raw).encode()
+
+
+class GuardedConsumer(Consumer):
+    """Celery's consumer; a message its task handler cannot take is dead-lettered and dropped."""
+
+    def _sink(self) -> DeadLetterSink:
+        sink = getattr(self, "_lcm_sink", None)
+        if sink is None:
+            app = self.app
+            options = app.conf.broker_transport_options or {}
+
+            sink = DeadLetterSink(
+                _client_factory,
+                int(options.get(OPTION_MAX_ENTRIES, DEFAULT_MAX_ENTRIES)),
+                options.get(OPTION_WORKER) or self.hostname,
+            )
+            self._lcm_sink = sink
+        return sink
+
+    def _refuse(self, message: Any, reason: str) -> None:
+        queue = None
+        with contextlib.suppress(Exception):
+            queue = (message.delivery_info or {}).get("routing_key")
+        self._sink()(_raw_of(message), Refusal(DeadLetterKind.REFUSED, reason), queue)
+        connection_errors: Any = getattr(self, "connection_errors", ())
+        if not getattr(message, "acknowledged", True):
+            try:
+                message.reject(requeue=False)
+            except connection_errors:
+                raise
+            except Exception as e:
+                logger.error("could not drop a refused message: %s", e)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handler = super().create_task_handler(*args, **kwargs)
+        connection_errors: Any = getattr(self, "connection_errors", ())
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as e:
+                self._refuse(message, f"Celery could not take it: {short(e, 300)}")
+                return None
+
+        return on_task_received
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._refuse(message, "not a Celery task message (no task header)")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._refuse(message, f"unknown task: {short(exc, 200)}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._refuse(message, f"invalid task message: {short(exc, 200)}")
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._refuse(message, f"undecodable: {short(exc, 200)}")

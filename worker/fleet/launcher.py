@@ -4,8 +4,12 @@ It discovers the NUMA nodes (from /sys) and OpenVINO's devices, starts one
 ``lcm-worker`` per unit with its device, its CPU affinity set to its socket's cores,
 OpenVINO's thread count and pinning matched to them, and a metrics port of its own;
 then it supervises: a worker that dies is started again after a capped, jittered
-backoff. A worker that exits with code 2 (bad settings or artifact) is not restarted,
-and one that keeps dying within ``stable_s`` is given up after ``max_restarts``.
+backoff. A worker that exits with code 2 (bad settings or artifact) is not restarted;
+one that exits with code 4 (Redis unreachable at start) is restarted after the backoff
+without counting towards giving up (Redis may come back); one that keeps dying otherwise
+within ``stable_s`` is given up after ``max_restarts`` (worker/exit_codes.py). Nothing on a
+queue makes a worker exit (worker/consumer/broker_guard.py), so no message makes a unit
+give up.
 SIGTERM or SIGINT is passed on to every worker (each finishes its running job).
 
 All other settings are the worker's own ``LCM_*`` variables, passed through.
@@ -24,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lcm_fleet.backoff import Backoff
+from worker.exit_codes import ExitCode
 from worker.fleet.topology import Unit, numa_nodes, openvino_devices, plan_units
 
 logger = logging.getLogger("worker.fleet.launcher")
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = int(ExitCode.CONFIG)
+EXIT_BROKER = int(ExitCode.BROKER)
 
 
 @dataclass
@@ -102,6 +108,18 @@ class Fleet:
                 if code == EXIT_CONFIG:
                     m.given_up = f"worker exited with code {code} (settings or artifact refused)"
                     logger.error("unit %s: %s; not restarting", m.unit.name, m.given_up)
+                    continue
+                if code == EXIT_BROKER:
+                    # The worker waited LCM_BROKER_CONNECT_TIMEOUT_S for Redis already.
+                    delay = self.backoff.ceiling(self.max_restarts)
+                    m.restart_at = now + delay
+                    logger.warning(
+                        "unit %s: worker could not reach Redis (exit code %d); starting it "
+                        "again in %.1fs",
+                        m.unit.name,
+                        code,
+                        delay,
+                    )
                     continue
                 m.failures = 1 if ran >= self.stable_s else m.failures + 1
                 if m.failures > self.max_restarts:
