@@ -43,16 +43,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
-    if workers == 1:
-        cmd = [sys.executable, "-m", "producer.http.cli", "serve", "--port", str(port)]
-        cmd += ["--no-access-log", "--log-level", "warning"]
-    else:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "producer.http.app:create_app"]
-        cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-        cmd += ["--no-access-log", "--log-level", "warning"]
+def start_api(
+    env: dict[str, str], port: int, workers: int, log: Path, root: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """``lcm-api serve`` of the code tree ``root`` (another checkout: a baseline)."""
+    cmd = [sys.executable, "-m", "producer.http.cli", "serve", "--port", str(port)]
+    cmd += ["--no-access-log", "--log-level", "warning"]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    env = {**env, "PYTHONPATH": str(root)}
     with open(log, "wb") as handle:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -69,11 +70,17 @@ def start_api(env: dict[str, str], port: int, workers: int, log: Path) -> subpro
 def run_locust(
     url: str, users: int, duration_s: int, env: dict[str, str], prefix: Path
 ) -> dict[str, Any]:
+    """One level; returns locust's figures and the CPU seconds locust itself used."""
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"]
     cmd += ["-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--host", url]
     cmd += ["--csv", str(prefix), "--only-summary"]
     cmd += ["--loglevel", "WARNING"]
+    before = os.times()
     subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=duration_s + 120)
+    after = os.times()
+    locust_cpu_s = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["Name"] != "Aggregated"]
     (row,) = rows
@@ -90,6 +97,7 @@ def run_locust(
         "p99_ms": float(row["99%"]),
         "max_ms": float(row["Max Response Time"]),
         "mean_ms": round(float(row["Average Response Time"]), 2),
+        "locust_cpu_s": round(locust_cpu_s, 1),
     }
 
 
@@ -152,6 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-levels", default="16,64", help="clients of the status polls")
     parser.add_argument("--duration-s", type=int, default=20, help="seconds per level")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn processes")
+    parser.add_argument(
+        "--api-root",
+        type=Path,
+        default=ROOT,
+        help="code tree the API runs from (e.g. a checkout of main, for a baseline)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="paced: submits/s offered by all clients together (locust constant_throughput); "
+        "0: closed loop, each client sends its next request when the last one is answered",
+    )
     parser.add_argument("--redis-url", default=os.environ.get("LCM_BENCH_REDIS_URL"))
     parser.add_argument("--s3-port", type=int, default=18633)
     parser.add_argument("--profile", action="store_true", help="py-spy on the largest level")
@@ -181,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
 
     # 2. The API and a key without limits.
-    api = start_api(env, port, args.api_workers, work / "api.log")
+    api = start_api(env, port, args.api_workers, work / "api.log", args.api_root)
     unlimited = ["--rate-per-minute", "1000000000", "--max-in-flight", "1000000000"]
     create = [sys.executable, "-m", "producer.http.cli", "keys", "create", "bench", "--quiet"]
     key = subprocess.run(
@@ -194,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": describe(),
         "setup": {
             "api_workers": args.api_workers,
+            "api_root": str(args.api_root),
+            "api_commit": subprocess.run(
+                ["git", "-C", str(args.api_root), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
+            "offered_per_s": args.rate or None,
             "duration_s": args.duration_s,
             "client": "locust FastHttpUser, closed loop (no wait), on the same machine",
             "redis": redis_url,
@@ -208,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             ids_file = work / f"ids-{users}.txt"
             lenv = {**env, "LCM_BENCH_KEY": key, "LCM_BENCH_MODE": "submit"}
             lenv["LCM_BENCH_IDS_OUT"] = str(ids_file)
+            if args.rate:
+                lenv["LCM_BENCH_USER_RATE"] = str(args.rate / users)
             load_before = os.getloadavg()
             spy = None
             if args.profile and users == max(levels):

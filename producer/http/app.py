@@ -52,7 +52,7 @@ def create_app(settings: ApiSettings | None = None, services: Services | None = 
             yield
         finally:
             if own:
-                app.state.services.close()
+                await app.state.services.aclose()
 
     app = FastAPI(
         title="lcm-fleet API",

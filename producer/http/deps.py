@@ -42,7 +42,7 @@ RecordsDep = Annotated[RecordStore, Depends(get_records)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def authenticate(
+async def authenticate(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
@@ -57,7 +57,7 @@ def authenticate(
             code="missing_api_key",
             headers=challenge,
         )
-    key = services.keys.verify(credentials.credentials)
+    key = await services.verified.verify(credentials.credentials)
     if key is None:  # never echo the key itself
         raise ApiError(
             401,
@@ -67,7 +67,7 @@ def authenticate(
             code="invalid_api_key",
             headers=challenge,
         )
-    retry_after = services.limiter.hit(key)
+    retry_after = await services.limiter.hit(key)
     if retry_after is not None:
         services.metrics.rate_limited.labels("rate").inc()
         raise ApiError(
