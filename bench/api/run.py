@@ -44,14 +44,25 @@ def free_port() -> int:
 
 
 def start_api(
-    env: dict[str, str], port: int, workers: int, log: Path, root: Path = ROOT
+    env: dict[str, str],
+    port: int,
+    workers: int,
+    log: Path,
+    root: Path = ROOT,
+    server: str = "lcm-api",
+    site: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``lcm-api serve`` of the code tree ``root`` (another checkout: a baseline)."""
-    cmd = [sys.executable, "-m", "producer.http.cli", "serve", "--port", str(port)]
+    """``lcm-api serve`` of the code tree ``root`` (another checkout: a baseline), or with
+    ``server="uvicorn"`` uvicorn's own CLI (without lcm-api's TCP_NODELAY protocol)."""
+    if server == "uvicorn":
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "producer.http.app:create_app"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    else:
+        cmd = [sys.executable, "-m", "producer.http.cli", "serve", "--port", str(port)]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
     cmd += ["--no-access-log", "--log-level", "warning"]
-    if workers > 1:
-        cmd += ["--workers", str(workers)]
-    env = {**env, "PYTHONPATH": str(root)}
+    env = {**env, "PYTHONPATH": str(root) + (f"{os.pathsep}{site}" if site else "")}
     with open(log, "wb") as handle:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -167,6 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         help="code tree the API runs from (e.g. a checkout of main, for a baseline)",
     )
     parser.add_argument(
+        "--api-site",
+        type=Path,
+        default=None,
+        help="more packages for the API only (e.g. `pip install --target DIR uvloop httptools`)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=("lcm-api", "uvicorn"),
+        default="lcm-api",
+        help="lcm-api serve, or uvicorn's own CLI (no TCP_NODELAY on its connections)",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -202,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
 
     # 2. The API and a key without limits.
-    api = start_api(env, port, args.api_workers, work / "api.log", args.api_root)
+    api = start_api(
+        env, port, args.api_workers, work / "api.log", args.api_root, args.server, args.api_site
+    )
     unlimited = ["--rate-per-minute", "1000000000", "--max-in-flight", "1000000000"]
     create = [sys.executable, "-m", "producer.http.cli", "keys", "create", "bench", "--quiet"]
     key = subprocess.run(
@@ -216,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {
             "api_workers": args.api_workers,
             "api_root": str(args.api_root),
+            "server": args.server,
+            "api_site": str(args.api_site) if args.api_site else None,
             "api_commit": subprocess.run(
                 ["git", "-C", str(args.api_root), "rev-parse", "--short", "HEAD"],
                 capture_output=True,

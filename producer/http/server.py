@@ -6,7 +6,8 @@ IPPROTO_TCP: the accepted connections then keep Nagle's algorithm, and a respons
 in two segments (headers, then body) waits for the client's delayed ACK, about 40 ms on
 Linux, on every request of a keep-alive connection. That was the 48 ms single-client stall
 of two processes (bench/results/api-20261202-1806-2workers). :class:`NoDelay` sets
-TCP_NODELAY on every connection, whoever bound the socket.
+TCP_NODELAY on every connection, whoever bound the socket. uvloop and httptools (the
+``api-fast`` extra) are used when installed, as uvicorn's ``auto`` does.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import contextlib
 import socket
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+try:  # what uvicorn's http="auto" picks: httptools when installed, else h11
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
+except ImportError:  # pragma: no cover - depends on the installed extras
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
 
 
-class NoDelay(H11Protocol):
-    """uvicorn's h11 protocol with TCP_NODELAY set on its connection."""
+class NoDelay(_Base):
+    """uvicorn's HTTP protocol with TCP_NODELAY set on each connection."""
 
     def connection_made(self, transport: Any) -> None:
         set_nodelay(transport.get_extra_info("socket"))
@@ -46,7 +50,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        http=NoDelay,
+        http="producer.http.server:NoDelay",  # by name: each process imports it
         log_level=log_level,
         # The access log has method, path and status; never headers, so never a key.
         access_log=access_log,
