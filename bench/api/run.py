@@ -112,6 +112,51 @@ def run_locust(
     }
 
 
+def api_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the API process and its children (uvicorn workers)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def redis_cpu_s(redis_url: str) -> float:
+    """CPU seconds of the Redis server so far (INFO cpu; a shared server counts all users)."""
+    import redis
+
+    info: Any = redis.Redis.from_url(redis_url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measured(api_pid: int, redis_url: str, *locust_args: Any) -> dict[str, Any]:
+    """:func:`run_locust`'s stats with the CPU seconds the API, Redis and locust used."""
+    api0, redis0, wall0 = api_cpu_s(api_pid), redis_cpu_s(redis_url), time.monotonic()
+    stats: dict[str, Any] = run_locust(*locust_args)
+    wall = time.monotonic() - wall0
+    stats["cpu"] = {
+        "wall_s": round(wall, 1),
+        "api_s": round(api_cpu_s(api_pid) - api0, 1),
+        "redis_s": round(redis_cpu_s(redis_url) - redis0, 1),
+        "locust_s": stats.pop("locust_cpu_s"),
+    }
+    if stats["requests"]:
+        stats["cpu"]["api_ms_per_request"] = round(
+            1000 * stats["cpu"]["api_s"] / stats["requests"], 2
+        )
+    return stats
+
+
 def check_and_clear(redis_url: str, queue: str, ids: list[str], owner: str) -> dict[str, Any]:
     """No job lost: each accepted id has a record, each queued one a message on the queue.
     Then the messages, records and the key's in-flight count are deleted for the next level."""
@@ -276,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
                 )
-            stats = run_locust(url, users, args.duration_s, lenv, work / f"submit-{users}")
+            stats = measured(
+                api.pid, redis_url, url, users, args.duration_s, lenv, work / f"submit-{users}"
+            )
             if spy is not None:
                 spy.wait(timeout=60)
             ids = ids_file.read_text().split() if ids_file.exists() else []
@@ -294,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             lenv = {**env, "LCM_BENCH_KEY": key, "LCM_BENCH_MODE": "poll"}
             lenv["LCM_BENCH_IDS_IN"] = str(poll_ids)
             load_before = os.getloadavg()
-            stats = run_locust(url, users, args.duration_s, lenv, work / f"poll-{users}")
+            stats = measured(
+                api.pid, redis_url, url, users, args.duration_s, lenv, work / f"poll-{users}"
+            )
             stats["load_before"] = [round(x, 2) for x in load_before]
             results["poll"].append(stats)
             print(json.dumps(stats), flush=True)
