@@ -237,3 +237,23 @@ def test_task_message_is_what_send_task_pushes() -> None:
     assert sent["properties"].pop("delivery_tag") != ours["properties"].pop("delivery_tag")
     assert ours == json.loads(json.dumps(sent))
     assert ours["headers"]["task"] == TASK_RENDER and ours["headers"]["id"] == "j-1"
+
+
+def test_connections_get_tcp_nodelay_even_from_a_protocol_0_socket() -> None:
+    """uvicorn's multi-process socket is ``socket.socket(AF_INET)`` (protocol 0), on whose
+    connections asyncio sets no TCP_NODELAY; lcm-api's protocol sets it on each."""
+    import socket
+
+    from producer.http.server import set_nodelay
+
+    with socket.socket(socket.AF_INET) as listener:
+        assert listener.proto == 0
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+                set_nodelay(accepted)
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.close()
