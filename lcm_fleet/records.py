@@ -159,6 +159,56 @@ class Transition:
     batch_finished: bool = False
 
 
+class SubmitStatus(TextEnum):
+    """What the submission script decided (:meth:`RecordStore.submit`)."""
+
+    #: Recorded as queued (and, given a message, published).
+    QUEUED = "queued"
+    #: The API key is revoked or gone: nothing changed.
+    REVOKED = "revoked"
+    #: The Idempotency-Key answered before: ``detail`` is the value stored with it.
+    EARLIER = "earlier"
+    #: The job id names another owner's job (``detail`` "other") or one of the owner's jobs
+    #: still in flight ("own").
+    ID_IN_USE = "id_in_use"
+    #: The owner has ``detail`` jobs in flight, as many as it may.
+    IN_FLIGHT = "in_flight"
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    status: SubmitStatus
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The HTTP API's checks, made by the submission script itself (atomically)."""
+
+    #: Redis key of the API key's hash: a revoked (or deleted) key submits nothing.
+    api_key: str | None = None
+    #: Queued + running jobs the owner may have; None: no limit (the CLI, the Python API).
+    max_in_flight: int | None = None
+    #: Refuse a job id that is another owner's, or one of the owner's still in flight.
+    refuse_used_id: bool = False
+    #: (Redis key, value, ttl_s) of an Idempotency-Key: an earlier answer wins, else it is
+    #: set with the record.
+    idempotency: tuple[str, str, int] | None = None
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """The broker message that the script pushes after the record (broker in this Redis)."""
+
+    #: The Redis list the workers consume.
+    queue: str
+    #: The transport's message (kombu's Redis envelope of a Celery task message).
+    payload: str
+    #: The result backend's key of the task id, deleted with the push (a reused id's old
+    #: result), or None.
+    result_key: str | None = None
+
+
 # Lua shared by the scripts: move the job at KEYS[1] from `cur` to `to`, count it in its
 # batch and in its owner's jobs in flight (queued + running: the HTTP API's per-key limit),
 # and mark the batch finished when its last job is. ARGV[1]: now, ARGV[2]: ttl,
@@ -240,38 +290,76 @@ return {'finished', cur}
 """
 )
 
-# KEYS[1]: job, ARGV[4]: batch id or '', ARGV[5...]: field, value pairs. A job recorded
-# again (a resubmitted id) leaves its old state's count in its old batch.
-_CREATE = (
+# The submission, in one round trip: the guards of the HTTP API (revoked key, an earlier
+# answer to the same Idempotency-Key, a job id in use, the owner's jobs in flight: checked and
+# counted atomically, so concurrent submits cannot overshoot the limit), the record, its
+# batch, and, when the broker is this Redis, the Celery message itself (LPUSH on the queue,
+# after the record: a worker never sees a job without one). A job recorded again (a
+# resubmitted id) leaves its old state's count in its old batch.
+#
+# KEYS: 1 job, 2 the owner's in-flight counter, 3 the Idempotency-Key's key or '', 4 the API
+# key's hash or '', 5 the batch or '', 6 the batch's job list or '', 7 the queue or '', 8 the
+# result backend's key of the task or ''.
+# ARGV (after the three of _MOVE): 4 owner, 5 max in flight (-1: no limit), 6 '1' to refuse a
+# job id in use, 7 the idempotency value, 8 its ttl, 9 the message or '', 10 batch id or '',
+# 11... field, value pairs of the record.
+_SUBMIT = (
     _MOVE
     + """
-local old = redis.call('HGET', KEYS[1], 'state')
-local old_batch = redis.call('HGET', KEYS[1], 'batch_id')
-if old and live[old] then in_flight(redis.call('HGET', KEYS[1], 'owner'), -1) end
-if old and old_batch and old_batch ~= '' then
-  local okey = ARGV[3] .. old_batch
+if KEYS[4] ~= '' then
+  local key = redis.call('HMGET', KEYS[4], 'digest', 'revoked_at')
+  if not key[1] or key[2] then return {'revoked', ''} end
+end
+if KEYS[3] ~= '' then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then return {'earlier', earlier} end
+end
+local old = redis.call('HMGET', KEYS[1], 'owner', 'state', 'batch_id')
+if ARGV[6] == '1' and old[1] and (old[1] ~= ARGV[4] or live[old[2]]) then
+  if old[1] == ARGV[4] then return {'id_in_use', 'own'} end
+  return {'id_in_use', 'other'}
+end
+local limit = tonumber(ARGV[5])
+if limit >= 0 then
+  local now = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if now < 0 then now = 0 end
+  if now + 1 > limit then return {'in_flight', tostring(now)} end
+end
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[8]) end
+if old[2] and live[old[2]] then in_flight(old[1], -1) end
+if old[2] and old[3] and old[3] ~= '' then
+  local okey = ARGV[3] .. old[3]
   if redis.call('EXISTS', okey) == 1 then
-    redis.call('HINCRBY', okey, old, -1)
+    redis.call('HINCRBY', okey, old[2], -1)
     redis.call('HINCRBY', okey, 'total', -1)
     local final = {succeeded=1, failed=1, canceled=1}
-    if final[old] then redis.call('HINCRBY', okey, 'done', -1) end
+    if final[old[2]] then redis.call('HINCRBY', okey, 'done', -1) end
   end
 end
 redis.call('DEL', KEYS[1])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-in_flight(redis.call('HGET', KEYS[1], 'owner'), 1)
-if ARGV[4] ~= '' then
-  local bkey = ARGV[3] .. ARGV[4]
-  redis.call('HINCRBY', bkey, 'queued', 1)
-  redis.call('HINCRBY', bkey, 'total', 1)
-  redis.call('EXPIRE', bkey, ARGV[2])
+in_flight(ARGV[4], 1)
+if ARGV[10] ~= '' then
+  redis.call('HINCRBY', KEYS[5], 'queued', 1)
+  redis.call('HINCRBY', KEYS[5], 'total', 1)
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
+  redis.call('RPUSH', KEYS[6], redis.call('HGET', KEYS[1], 'job_id'))
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
 end
-return 1
+if ARGV[9] ~= '' then
+  if KEYS[8] ~= '' then redis.call('DEL', KEYS[8]) end
+  redis.call('LPUSH', KEYS[7], ARGV[9])
+end
+return {'queued', ''}
 """
 )
 
 # KEYS[1]: job; ARGV[4..]: image, images, step, steps. Only while running.
+#: The submission script's source, for clients other than :class:`RecordStore`'s own (the
+#: HTTP API's asyncio client registers it; KEYS and ARGV from :meth:`RecordStore.submission`).
+SUBMIT_SCRIPT = _SUBMIT
+
 _PROGRESS = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[4], 'updated_at', ARGV[1])
@@ -297,6 +385,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def submit_outcome(out: Sequence[Any]) -> SubmitOutcome:
+    """The submission script's answer as a :class:`SubmitOutcome`."""
+    return SubmitOutcome(SubmitStatus(_text(out[0])), _text(out[1]) if len(out) > 1 else "")
+
+
 def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
@@ -309,7 +402,7 @@ class RecordStore:
         self.ttl_s = int(ttl_s)
         self._transition = redis.register_script(_TRANSITION)
         self._cancel = redis.register_script(_CANCEL)
-        self._create = redis.register_script(_CREATE)
+        self._submit = redis.register_script(_SUBMIT)
         self._progress = redis.register_script(_PROGRESS)
         self._seal = redis.register_script(_SEAL)
 
@@ -342,16 +435,19 @@ class RecordStore:
         pipe.expire(batch_key(batch_id), self.ttl_s)
         pipe.execute()
 
-    def create_job(
+    def submission(
         self,
         job: Job,
         owner: str,
         *,
         batch_id: str | None = None,
         webhook_url: str | None = None,
+        guards: Guards | None = None,
+        enqueue: Enqueue | None = None,
         now: float | None = None,
-    ) -> None:
-        """Record a job as queued (before it is published). A reused id starts afresh."""
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the submission script (:data:`SUBMIT_SCRIPT`), for any client."""
+        guards = guards or Guards()
         at = repr(time.time() if now is None else now)
         fields: dict[str, str] = {
             "job_id": job.job_id,
@@ -365,16 +461,65 @@ class RecordStore:
             fields["batch_id"] = batch_id
         if webhook_url:
             fields["webhook_url"] = webhook_url
-        flat = [x for pair in fields.items() for x in pair]
-        keys = [job_key(job.job_id)]
-        if batch_id:
-            pipe = self.redis.pipeline()
-            self._create(keys, [*self._argv(now), batch_id, *flat], client=pipe)
-            pipe.rpush(batch_jobs_key(batch_id), job.job_id)
-            pipe.expire(batch_jobs_key(batch_id), self.ttl_s)
-            pipe.execute()
-        else:
-            self._create(keys, [*self._argv(now), "", *flat])
+        idem_key, idem_value, idem_ttl = guards.idempotency or ("", "", 0)
+        keys = [
+            job_key(job.job_id),
+            in_flight_key(owner),
+            idem_key,
+            guards.api_key or "",
+            batch_key(batch_id) if batch_id else "",
+            batch_jobs_key(batch_id) if batch_id else "",
+            enqueue.queue if enqueue else "",
+            (enqueue.result_key or "") if enqueue else "",
+        ]
+        argv: list[Any] = [
+            *self._argv(now),
+            owner,
+            -1 if guards.max_in_flight is None else guards.max_in_flight,
+            "1" if guards.refuse_used_id else "0",
+            idem_value,
+            idem_ttl,
+            enqueue.payload if enqueue else "",
+            batch_id or "",
+            *(x for pair in fields.items() for x in pair),
+        ]
+        return keys, argv
+
+    def submit(
+        self,
+        job: Job,
+        owner: str,
+        *,
+        batch_id: str | None = None,
+        webhook_url: str | None = None,
+        guards: Guards | None = None,
+        enqueue: Enqueue | None = None,
+        now: float | None = None,
+    ) -> SubmitOutcome:
+        """Record a job as queued after ``guards`` pass, and push ``enqueue``: one script,
+        one round trip. A reused id starts afresh (unless ``guards`` refuse it)."""
+        keys, argv = self.submission(
+            job,
+            owner,
+            batch_id=batch_id,
+            webhook_url=webhook_url,
+            guards=guards,
+            enqueue=enqueue,
+            now=now,
+        )
+        return submit_outcome(self._submit(keys, argv))
+
+    def create_job(
+        self,
+        job: Job,
+        owner: str,
+        *,
+        batch_id: str | None = None,
+        webhook_url: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record a job as queued (before it is published). A reused id starts afresh."""
+        self.submit(job, owner, batch_id=batch_id, webhook_url=webhook_url, now=now)
 
     def seal_batch(self, batch_id: str, now: float | None = None) -> bool:
         """Every job of the batch is recorded; True if that finished it (all already done)."""

@@ -144,6 +144,13 @@ class ConnectionSettings(BaseSettings):
         target = url or self.redis_url
         return redis.Redis.from_url(target, **self.redis_ssl_kwargs(target), **kwargs)
 
+    def redis_async_client(self, url: str | None = None, **kwargs: Any) -> Any:
+        """A redis-py asyncio client of ``url`` (default the broker's), TLS settings applied."""
+        import redis.asyncio
+
+        target = url or self.redis_url
+        return redis.asyncio.Redis.from_url(target, **self.redis_ssl_kwargs(target), **kwargs)
+
     def celery_tls_config(self) -> dict[str, Any]:
         """Celery settings for a ``rediss://`` broker and result backend; {} for redis://.
 

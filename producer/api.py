@@ -33,14 +33,23 @@ from lcm_fleet.records import (
     ANY_OWNER,
     LOCAL_OWNER,
     CancelOutcome,
+    Enqueue,
+    Guards,
     JobRecord,
     Progress,
     RecordStore,
+    SubmitStatus,
 )
 from lcm_fleet.served import ServedSizeCheck, reader_for, require_served
 from lcm_fleet.settings import masked_url
-from producer.errors import JobCanceled, JobFailed, JobTimeout, SubmitError
-from producer.queue import cached_client, cached_records
+from producer.errors import JobCanceled, JobFailed, JobTimeout, SubmitError, SubmitRefused
+from producer.queue import (
+    broker_is_records,
+    cached_broker,
+    cached_client,
+    cached_records,
+    task_message,
+)
 from producer.settings import ProducerSettings
 
 logger = logging.getLogger(__name__)
@@ -145,6 +154,38 @@ def check_served(jobs: Sequence[Job], settings: ProducerSettings, queue: str | N
     require_served(served, settings.served_size_check, targets)
 
 
+def check_before_publish(job: Job, settings: ProducerSettings, queue: str | None = None) -> None:
+    """The one place for checks a validated job must pass before it is recorded and
+    published, on every path: :func:`submit_job` (this API, the CLI, bulk files) and the
+    HTTP API (producer/http/submitting.py calls it too, on its event loop: keep it quick).
+    Raise :class:`InvalidJob` (naming the field, the value and the fix) to refuse: today
+    a size no worker serves (:func:`check_served`, a cached read)."""
+    check_served([job], settings, queue)
+
+
+def publish_message(
+    job: Job, settings: ProducerSettings, queue: str, client: Celery | None = None
+) -> Enqueue:
+    """The job's Celery message for ``queue`` (sent by task name, ``TASK_RENDER``)."""
+    return task_message(
+        client or cached_client(settings),
+        TASK_RENDER,
+        [job.model_dump(mode="json")],
+        job.job_id,
+        queue,
+        {HEADER_SUBMITTED_AT: time.time()},
+    )
+
+
+def push_message(redis: Any, message: Enqueue) -> None:
+    """Push a message with a Redis client of the broker (when the records live elsewhere)."""
+    pipe = redis.pipeline(transaction=False)
+    if message.result_key:
+        pipe.delete(message.result_key)
+    pipe.lpush(message.queue, message.payload)
+    pipe.execute()
+
+
 def submit_job(
     job: Job,
     settings: ProducerSettings | None = None,
@@ -153,13 +194,18 @@ def submit_job(
     owner: str = LOCAL_OWNER,
     batch_id: str | None = None,
     webhook_url: str | None = None,
+    guards: Guards | None = None,
 ) -> JobHandle:
     """Record an already validated job as queued, then publish it.
 
     ``owner``: an API key id, or ``local`` for the CLI and this API; ``batch_id``: the
-    batch record it counts in (created with ``RecordStore.create_batch``).
+    batch record it counts in (created with ``RecordStore.create_batch``). With the records
+    in the broker's Redis (the default) the record and the message go in one script
+    (lcm_fleet/records.py), so a job is never queued without its record. ``guards``: the
+    HTTP API's checks (see :class:`Guards`); a refusal raises :class:`SubmitRefused`.
     """
     settings = settings or ProducerSettings()
+    check_before_publish(job, settings)
     client = cached_client(settings)
     records = cached_records(settings)
     backoff = Backoff(
@@ -169,22 +215,26 @@ def submit_job(
     )
 
     target = queue or queue_for(job, settings.queue)
-    check_served([job], settings, queue)
+    check_before_publish(job, settings, queue)
+    together = broker_is_records(settings)
 
     def publish() -> None:
         reader_for(settings, settings.served_cache_s).note_queue(target)
-        records.create_job(job, owner, batch_id=batch_id, webhook_url=webhook_url)
-        # A job id used before (a resubmitted job or bulk file) still has its old result in
-        # the backend; drop it so that waiting on this submission sees this run's result.
-        AsyncResult(job.job_id, app=client).forget()
-        client.send_task(
-            TASK_RENDER,
-            args=[job.model_dump(mode="json")],
-            task_id=job.job_id,
-            queue=target,
-            headers={HEADER_SUBMITTED_AT: time.time()},
-            retry=False,
+        # The message deletes the id's old result (a resubmitted job or bulk file), so that
+        # waiting on this submission sees this run's result.
+        message = publish_message(job, settings, target, client)
+        outcome = records.submit(
+            job,
+            owner,
+            batch_id=batch_id,
+            webhook_url=webhook_url,
+            guards=guards,
+            enqueue=message if together else None,
         )
+        if outcome.status is not SubmitStatus.QUEUED:
+            raise SubmitRefused(outcome)
+        if not together:
+            push_message(cached_broker(settings), message)
 
     try:
         call_with_backoff(
@@ -225,4 +275,12 @@ def submit(
     return submit_job(job, settings=settings, queue=queue)
 
 
-__all__ = ["InvalidJob", "JobHandle", "check_served", "handle", "submit", "submit_job"]
+__all__ = [
+    "InvalidJob",
+    "JobHandle",
+    "check_before_publish",
+    "check_served",
+    "handle",
+    "submit",
+    "submit_job",
+]

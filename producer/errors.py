@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lcm_fleet.records import SubmitOutcome
+
 
 class ProducerError(Exception):
     """Base of everything the producer raises."""
@@ -9,6 +14,14 @@ class ProducerError(Exception):
 
 class SubmitError(ProducerError):
     """The job could not be put on the queue (broker unreachable after retries)."""
+
+
+class SubmitRefused(ProducerError):
+    """The submission script refused the job (a guard of the HTTP API); nothing changed."""
+
+    def __init__(self, outcome: SubmitOutcome) -> None:
+        super().__init__(f"submission refused: {outcome.status.value} {outcome.detail}".strip())
+        self.outcome = outcome
 
 
 class JobFailed(ProducerError):

@@ -1,17 +1,29 @@
 """The producer's Celery client: publishes jobs by task name, reads results.
 
-It defines no tasks and never imports the worker.
+It defines no tasks and never imports the worker. Jobs are published by the submission
+script (lcm_fleet/records.py) in the same round trip as their record: :func:`task_message`
+builds the message with Celery's own task-message construction (protocol 2) and kombu's
+serializer, in the Redis transport's envelope, exactly as ``send_task`` would push it (a
+test compares the two), so a worker consumes it as any other.
 """
 
 from __future__ import annotations
 
+import base64
+import uuid
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
+from kombu.serialization import dumps
+from kombu.utils.json import dumps as json_dumps
 
 from lcm_fleet.contract import WIRE_CONFIG
-from lcm_fleet.records import RecordStore, open_records
+from lcm_fleet.records import Enqueue, RecordStore, open_records
 from lcm_fleet.settings import ConnectionSettings
+
+#: kombu's ``PERSISTENT_DELIVERY_MODE``: what a ``send_task`` to a Redis queue sets.
+_PERSISTENT = 2
 
 
 def make_client(settings: ConnectionSettings) -> Celery:
@@ -39,3 +51,64 @@ def cached_client(settings: ConnectionSettings) -> Celery:
 @lru_cache(maxsize=8)
 def cached_records(settings: ConnectionSettings) -> RecordStore:
     return open_records(settings)
+
+
+@lru_cache(maxsize=8)
+def cached_broker(settings: ConnectionSettings) -> Any:
+    """A plain Redis client of the broker (pushes messages when the records live elsewhere)."""
+    return settings.redis_client(socket_timeout=30)
+
+
+def broker_is_records(settings: ConnectionSettings) -> bool:
+    """True when the records live in the broker's Redis, so that one script can record a job
+    and push its message (else the message follows the record in a second round trip)."""
+    return settings.records_url == settings.redis_url
+
+
+def task_message(
+    client: Celery,
+    name: str,
+    args: list[Any],
+    task_id: str,
+    queue: str,
+    headers: dict[str, Any] | None = None,
+) -> Enqueue:
+    """The message ``client.send_task(name, args, task_id=..., queue=..., headers=...)``
+    would LPUSH on the Redis list ``queue``, without sending it (and without subscribing to
+    the result: the result backend still stores it, the worker decides that).
+
+    Celery's ``amqp.create_task_message`` makes the protocol-2 headers and body, kombu's
+    serializer encodes the body, and the envelope is kombu's virtual transport's
+    (``prepare_message`` + ``_inplace_augment_message``: base64 body, delivery info, tag)
+    for the anonymous exchange: a queue name as routing key, priority 0, no priority suffix.
+    """
+    message = client.amqp.create_task_message(
+        task_id, name, args, reply_to=client.thread_oid, ignore_result=None
+    )
+    message.headers.update(headers or {})
+    content_type, content_encoding, body = dumps(
+        message.body, serializer=client.conf.task_serializer
+    )
+    raw = body.encode(content_encoding) if isinstance(body, str) else body
+    properties = {
+        **message.properties,
+        "delivery_mode": _PERSISTENT,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": 0,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    envelope = {
+        "body": base64.b64encode(raw).decode("ascii"),
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": message.headers,
+        "properties": properties,
+    }
+    backend: Any = client.backend  # a KeyValueStoreBackend (Redis): celery-task-meta-<id>
+    result_key = backend.get_key_for_task(task_id)
+    return Enqueue(
+        queue=queue,
+        payload=json_dumps(envelope),
+        result_key=result_key.decode() if isinstance(result_key, bytes) else str(result_key),
+    )

@@ -1,7 +1,9 @@
 """Locust users of bench/api/run.py: submit jobs, or poll their status, back to back.
 
 Closed loop (no wait between requests): each user has one request in flight, so N users are
-N concurrent clients. ``LCM_BENCH_MODE`` picks ``submit`` or ``poll``; submitted ids go to
+N concurrent clients. With ``LCM_BENCH_USER_RATE`` each user paces itself to that many
+requests/s (locust's ``constant_throughput``), so N users offer N times that load.
+``LCM_BENCH_MODE`` picks ``submit`` or ``poll``; submitted ids go to
 ``LCM_BENCH_IDS_OUT`` (one per line) when the run stops; polls read ids from
 ``LCM_BENCH_IDS_IN``.
 """
@@ -12,9 +14,11 @@ import os
 import random
 from pathlib import Path
 
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, constant, constant_throughput, events, task
 
 MODE = os.environ.get("LCM_BENCH_MODE", "submit")
+#: Requests/s of each user (paced, an open-ish load); unset: closed loop.
+USER_RATE = float(os.environ.get("LCM_BENCH_USER_RATE") or 0)
 KEY = os.environ["LCM_BENCH_KEY"]
 ACCEPTED: list[str] = []
 POLL_IDS = (
@@ -25,7 +29,7 @@ POLL_IDS = (
 
 
 class Client(FastHttpUser):
-    wait_time = constant(0)
+    wait_time = constant_throughput(USER_RATE) if USER_RATE else constant(0)
 
     def on_start(self) -> None:
         self.headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}

@@ -43,16 +43,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
-    if workers == 1:
-        cmd = [sys.executable, "-m", "producer.http.cli", "serve", "--port", str(port)]
-        cmd += ["--no-access-log", "--log-level", "warning"]
-    else:
+def start_api(
+    env: dict[str, str],
+    port: int,
+    workers: int,
+    log: Path,
+    root: Path = ROOT,
+    server: str = "lcm-api",
+    site: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """``lcm-api serve`` of the code tree ``root`` (another checkout: a baseline), or with
+    ``server="uvicorn"`` uvicorn's own CLI (without lcm-api's TCP_NODELAY protocol)."""
+    if server == "uvicorn":
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "producer.http.app:create_app"]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-        cmd += ["--no-access-log", "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, "-m", "producer.http.cli", "serve", "--port", str(port)]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
+    cmd += ["--no-access-log", "--log-level", "warning"]
+    env = {**env, "PYTHONPATH": str(root) + (f"{os.pathsep}{site}" if site else "")}
     with open(log, "wb") as handle:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -69,11 +81,17 @@ def start_api(env: dict[str, str], port: int, workers: int, log: Path) -> subpro
 def run_locust(
     url: str, users: int, duration_s: int, env: dict[str, str], prefix: Path
 ) -> dict[str, Any]:
+    """One level; returns locust's figures and the CPU seconds locust itself used."""
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"]
     cmd += ["-u", str(users), "-r", str(users), "-t", f"{duration_s}s", "--host", url]
     cmd += ["--csv", str(prefix), "--only-summary"]
     cmd += ["--loglevel", "WARNING"]
+    before = os.times()
     subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=duration_s + 120)
+    after = os.times()
+    locust_cpu_s = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["Name"] != "Aggregated"]
     (row,) = rows
@@ -90,7 +108,53 @@ def run_locust(
         "p99_ms": float(row["99%"]),
         "max_ms": float(row["Max Response Time"]),
         "mean_ms": round(float(row["Average Response Time"]), 2),
+        "locust_cpu_s": round(locust_cpu_s, 1),
     }
+
+
+def api_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the API process and its children (uvicorn workers)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def redis_cpu_s(redis_url: str) -> float:
+    """CPU seconds of the Redis server so far (INFO cpu; a shared server counts all users)."""
+    import redis
+
+    info: Any = redis.Redis.from_url(redis_url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measured(api_pid: int, redis_url: str, *locust_args: Any) -> dict[str, Any]:
+    """:func:`run_locust`'s stats with the CPU seconds the API, Redis and locust used."""
+    api0, redis0, wall0 = api_cpu_s(api_pid), redis_cpu_s(redis_url), time.monotonic()
+    stats: dict[str, Any] = run_locust(*locust_args)
+    wall = time.monotonic() - wall0
+    stats["cpu"] = {
+        "wall_s": round(wall, 1),
+        "api_s": round(api_cpu_s(api_pid) - api0, 1),
+        "redis_s": round(redis_cpu_s(redis_url) - redis0, 1),
+        "locust_s": stats.pop("locust_cpu_s"),
+    }
+    if stats["requests"]:
+        stats["cpu"]["api_ms_per_request"] = round(
+            1000 * stats["cpu"]["api_s"] / stats["requests"], 2
+        )
+    return stats
 
 
 def check_and_clear(redis_url: str, queue: str, ids: list[str], owner: str) -> dict[str, Any]:
@@ -152,6 +216,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-levels", default="16,64", help="clients of the status polls")
     parser.add_argument("--duration-s", type=int, default=20, help="seconds per level")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn processes")
+    parser.add_argument(
+        "--api-root",
+        type=Path,
+        default=ROOT,
+        help="code tree the API runs from (e.g. a checkout of main, for a baseline)",
+    )
+    parser.add_argument(
+        "--api-site",
+        type=Path,
+        default=None,
+        help="more packages for the API only (e.g. `pip install --target DIR uvloop httptools`)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=("lcm-api", "uvicorn"),
+        default="lcm-api",
+        help="lcm-api serve, or uvicorn's own CLI (no TCP_NODELAY on its connections)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="paced: submits/s offered by all clients together (locust constant_throughput); "
+        "0: closed loop, each client sends its next request when the last one is answered",
+    )
     parser.add_argument("--redis-url", default=os.environ.get("LCM_BENCH_REDIS_URL"))
     parser.add_argument("--s3-port", type=int, default=18633)
     parser.add_argument("--profile", action="store_true", help="py-spy on the largest level")
@@ -181,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
 
     # 2. The API and a key without limits.
-    api = start_api(env, port, args.api_workers, work / "api.log")
+    api = start_api(
+        env, port, args.api_workers, work / "api.log", args.api_root, args.server, args.api_site
+    )
     unlimited = ["--rate-per-minute", "1000000000", "--max-in-flight", "1000000000"]
     create = [sys.executable, "-m", "producer.http.cli", "keys", "create", "bench", "--quiet"]
     key = subprocess.run(
@@ -194,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": describe(),
         "setup": {
             "api_workers": args.api_workers,
+            "api_root": str(args.api_root),
+            "server": args.server,
+            "api_site": str(args.api_site) if args.api_site else None,
+            "api_commit": subprocess.run(
+                ["git", "-C", str(args.api_root), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
+            "offered_per_s": args.rate or None,
             "duration_s": args.duration_s,
             "client": "locust FastHttpUser, closed loop (no wait), on the same machine",
             "redis": redis_url,
@@ -208,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             ids_file = work / f"ids-{users}.txt"
             lenv = {**env, "LCM_BENCH_KEY": key, "LCM_BENCH_MODE": "submit"}
             lenv["LCM_BENCH_IDS_OUT"] = str(ids_file)
+            if args.rate:
+                lenv["LCM_BENCH_USER_RATE"] = str(args.rate / users)
             load_before = os.getloadavg()
             spy = None
             if args.profile and users == max(levels):
@@ -219,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
                 )
-            stats = run_locust(url, users, args.duration_s, lenv, work / f"submit-{users}")
+            stats = measured(
+                api.pid, redis_url, url, users, args.duration_s, lenv, work / f"submit-{users}"
+            )
             if spy is not None:
                 spy.wait(timeout=60)
             ids = ids_file.read_text().split() if ids_file.exists() else []
@@ -237,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             lenv = {**env, "LCM_BENCH_KEY": key, "LCM_BENCH_MODE": "poll"}
             lenv["LCM_BENCH_IDS_IN"] = str(poll_ids)
             load_before = os.getloadavg()
-            stats = run_locust(url, users, args.duration_s, lenv, work / f"poll-{users}")
+            stats = measured(
+                api.pid, redis_url, url, users, args.duration_s, lenv, work / f"poll-{users}"
+            )
             stats["load_before"] = [round(x, 2) for x in load_before]
             results["poll"].append(stats)
             print(json.dumps(stats), flush=True)

@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -121,17 +122,20 @@ class KeyStore:
     def _raw(self, key_id: str) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.redis.hgetall(api_key_key(key_id)).items()}
 
+    def checked(self, key_id: str, digest: str, raw: dict[str, str]) -> ApiKey | None:
+        """The record if ``raw`` (the key's hash) is unrevoked and holds ``digest``."""
+        if not raw or raw.get("revoked_at"):
+            return None
+        if not hmac.compare_digest(raw.get("digest", ""), digest):
+            return None
+        return self._record(key_id, raw)
+
     def verify(self, key: str) -> ApiKey | None:
         """The record of a valid, unrevoked key; None for anything else."""
         key_id = split_key(key)
         if key_id is None:
             return None
-        raw = self._raw(key_id)
-        if not raw or raw.get("revoked_at"):
-            return None
-        if not hmac.compare_digest(raw.get("digest", ""), key_digest(self.settings, key)):
-            return None
-        return self._record(key_id, raw)
+        return self.checked(key_id, key_digest(self.settings, key), self._raw(key_id))
 
     def get(self, key_id: str) -> ApiKey | None:
         raw = self._raw(key_id)
@@ -147,3 +151,49 @@ class KeyStore:
         if not self.redis.exists(api_key_key(key_id)):
             return False
         return bool(self.redis.hsetnx(api_key_key(key_id), "revoked_at", repr(time.time())))
+
+
+class VerifiedKeys:
+    """:meth:`KeyStore.verify` on the event loop (an asyncio Redis client), each valid key's
+    record remembered for ``ttl_s`` (``LCM_API_KEY_CACHE_S``) by its digest, never the key.
+
+    A revoked key is refused at once by every submit (the submission script reads the key's
+    hash itself) and by everything else once its entry is older than ``ttl_s``. Invalid keys
+    are never remembered: each is looked up again.
+    """
+
+    def __init__(
+        self,
+        aredis: Any,
+        store: KeyStore,
+        ttl_s: float,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.aredis = aredis
+        self.store = store
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._seen: dict[str, tuple[float, ApiKey]] = {}
+
+    async def verify(self, key: str) -> ApiKey | None:
+        key_id = split_key(key)
+        if key_id is None:
+            return None
+        digest = key_digest(self.store.settings, key)
+        now = self.clock()
+        seen = self._seen.get(digest)
+        if seen is not None and now - seen[0] < self.ttl_s:
+            return seen[1]
+        fetched = await self.aredis.hgetall(api_key_key(key_id))
+        raw = {_text(k): _text(v) for k, v in fetched.items()}
+        record = self.store.checked(key_id, digest, raw)
+        if record is None:
+            self._seen.pop(digest, None)
+        elif self.ttl_s > 0:
+            if len(self._seen) >= self.max_entries:
+                self._seen.clear()
+            self._seen[digest] = (now, record)
+        return record

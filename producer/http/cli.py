@@ -37,20 +37,18 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from producer.http.app import create_app
+    from producer.http.server import serve
 
     settings = _settings()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
+    serve(
+        settings,
         host=args.host or settings.api_host,
         port=args.port if args.port is not None else settings.api_port,
+        workers=args.workers if args.workers is not None else settings.api_workers,
         log_level=args.log_level,
-        # The access log has method, path and status; never headers, so never a key.
         access_log=not args.no_access_log,
     )
     return 0
@@ -121,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
     serve.add_argument("--host", default=None, help="default LCM_API_HOST")
     serve.add_argument("--port", type=int, default=None, help="default LCM_API_PORT")
+    serve.add_argument(
+        "--workers", type=_positive, default=None, help="uvicorn processes; default LCM_API_WORKERS"
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)

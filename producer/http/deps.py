@@ -1,4 +1,8 @@
-"""Typed dependencies of the routes: the services, the caller's API key, what it may see."""
+"""Typed dependencies of the routes: the services, the caller's API key, what it may see.
+
+All are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+hand-off per dependency per request; these only read the app state or await Redis.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from producer.http.settings import ApiSettings
 _bearer = HTTPBearer(auto_error=False, description="An API key from `lcm-api keys create`")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -25,15 +29,15 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings(services: ServicesDep) -> ApiSettings:
+async def get_settings(services: ServicesDep) -> ApiSettings:
     return services.settings
 
 
-def get_records(services: ServicesDep) -> RecordStore:
+async def get_records(services: ServicesDep) -> RecordStore:
     return services.records
 
 
-def get_store(services: ServicesDep) -> ObjectStore:
+async def get_store(services: ServicesDep) -> ObjectStore:
     return services.store
 
 
@@ -42,7 +46,7 @@ RecordsDep = Annotated[RecordStore, Depends(get_records)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def authenticate(
+async def authenticate(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
@@ -57,7 +61,7 @@ def authenticate(
             code="missing_api_key",
             headers=challenge,
         )
-    key = services.keys.verify(credentials.credentials)
+    key = await services.verified.verify(credentials.credentials)
     if key is None:  # never echo the key itself
         raise ApiError(
             401,
@@ -67,7 +71,7 @@ def authenticate(
             code="invalid_api_key",
             headers=challenge,
         )
-    retry_after = services.limiter.hit(key)
+    retry_after = await services.limiter.hit(key)
     if retry_after is not None:
         services.metrics.rate_limited.labels("rate").inc()
         raise ApiError(

@@ -20,6 +20,9 @@ class ApiSettings(ProducerSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
+    #: uvicorn processes of ``lcm-api serve`` (one socket; each its own Redis clients and
+    #: key cache; /metrics then counts the process that answers it).
+    api_workers: int = Field(default=1, ge=1, le=64)
     #: Key of the HMAC-SHA256 that API keys are stored under and webhook secrets derive from.
     #: Required: changing it invalidates every key and every webhook secret.
     api_key_pepper: SecretStr
@@ -33,6 +36,10 @@ class ApiSettings(ProducerSettings):
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     #: Requests per minute of a key created without its own limit (moving window).
     default_rate_per_minute: int = Field(default=600, ge=1)
+    #: How long an API process remembers a verified key (by its digest). A revoked key
+    #: submits nothing from the moment it is revoked (the submission script checks it); its
+    #: other requests are refused within this many seconds. 0: look every key up each time.
+    api_key_cache_s: float = Field(default=2.0, ge=0, le=60)
     #: Queued + running jobs of a key created without its own limit.
     default_max_in_flight: int = Field(default=10_000, ge=1)
     #: Retry-After of a submit refused for too many jobs in flight.

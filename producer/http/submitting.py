@@ -1,24 +1,40 @@
-"""Submitting through the API: the checks before a job is queued, and idempotency."""
+"""Submitting through the API: the checks before a job is queued, and idempotency.
+
+POST /v1/jobs runs on the event loop and makes one Redis round trip for the job: the
+submission script (lcm_fleet/records.py) checks that the key is not revoked, answers an
+earlier Idempotency-Key, refuses a job id in use, checks and counts the key's jobs in
+flight, records the job and pushes its Celery message (producer/queue.py), atomically. The
+pre-publish checks of every path are ``producer.api.check_before_publish``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from lcm_fleet.contract import Job
-from lcm_fleet.keys import idempotency_key, job_key
+import anyio
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from lcm_fleet.contract import Job, queue_for
+from lcm_fleet.keys import api_key_key, idempotency_key, job_key
+from lcm_fleet.records import Guards, SubmitOutcome, SubmitStatus, submit_outcome
 from lcm_fleet.served import UnservedSize
-from producer.api import check_served, submit_job
-from producer.errors import SubmitError
+from producer.api import check_before_publish, check_served, publish_message, submit_job
+from producer.errors import SubmitError, SubmitRefused
 from producer.http.auth import ApiKey
 from producer.http.errors import ApiError
 from producer.http.services import Services
 from producer.http.webhook_urls import check_webhook_url
 
 logger = logging.getLogger(__name__)
+
+_TRANSIENT = (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_ALLOWED = f"1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters"
@@ -31,8 +47,58 @@ def check_webhook(services: Services, url: str | None, field: str = "webhook_url
         )
 
 
+def _in_flight_error(services: Services, key: ApiKey, now: int) -> ApiError:
+    services.metrics.rate_limited.labels("in_flight").inc()
+    retry = services.settings.in_flight_retry_after_s
+    return ApiError(
+        429,
+        f"key {key.key_id} has {now} job(s) queued or running and may have at most "
+        f"{key.max_in_flight}; retry after {retry} s",
+        param="jobs",
+        value=now,
+        allowed=f"at most {key.max_in_flight} jobs in flight",
+        code="too_many_jobs_in_flight",
+        headers={"Retry-After": str(retry)},
+    )
+
+
+def _id_in_use_error(name: str, job_id: str, own: bool) -> ApiError:
+    return ApiError(
+        409,
+        f"field '{name}' got {job_id!r}, which names a job that exists"
+        + (" and is still in flight" if own else "")
+        + "; allowed: an unused id, or none (a random one is given)",
+        param=name,
+        value=job_id,
+        allowed="an unused job id, or none",
+        code="job_id_in_use",
+    )
+
+
+def _revoked_error() -> ApiError:
+    return ApiError(
+        401,
+        "the API key is not valid (unknown, malformed or revoked)",
+        param="Authorization",
+        allowed="Bearer <API key>",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _queue_down(key: ApiKey, job: Job, e: BaseException) -> ApiError:
+    logger.error("submit of job %s for key %s failed: %s", job.job_id, key.key_id, e)
+    return ApiError(
+        503,
+        "the queue is unreachable; retry later",
+        code="queue_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
 def check_in_flight(services: Services, key: ApiKey, adding: int) -> None:
-    """429 while the key has too many jobs queued or running; 400 if it never could."""
+    """429 while the key has too many jobs queued or running; 400 if it never could.
+    (A read for a whole batch up front; each job's submission script checks again.)"""
     if adding > key.max_in_flight:
         raise ApiError(
             400,
@@ -45,18 +111,7 @@ def check_in_flight(services: Services, key: ApiKey, adding: int) -> None:
         )
     now = services.records.in_flight(key.key_id)
     if now + adding > key.max_in_flight:
-        services.metrics.rate_limited.labels("in_flight").inc()
-        retry = services.settings.in_flight_retry_after_s
-        raise ApiError(
-            429,
-            f"key {key.key_id} has {now} job(s) queued or running and may have at most "
-            f"{key.max_in_flight}; retry after {retry} s",
-            param="jobs",
-            value=now,
-            allowed=f"at most {key.max_in_flight} jobs in flight",
-            code="too_many_jobs_in_flight",
-            headers={"Retry-After": str(retry)},
-        )
+        raise _in_flight_error(services, key, now)
 
 
 def check_job_ids(services: Services, key: ApiKey, jobs: Sequence[Job], field: str) -> None:
@@ -73,16 +128,38 @@ def check_job_ids(services: Services, key: ApiKey, jobs: Sequence[Job], field: s
         if owner == key.key_id and state not in ("queued", "running"):
             continue
         name = f"{field}[{index}].job_id" if field != "job_id" else "job_id"
-        raise ApiError(
-            409,
-            f"field '{name}' got {job.job_id!r}, which names a job that exists"
-            + (" and is still in flight" if owner == key.key_id else "")
-            + "; allowed: an unused id, or none (a random one is given)",
-            param=name,
-            value=job.job_id,
-            allowed="an unused job id, or none",
-            code="job_id_in_use",
-        )
+        raise _id_in_use_error(name, job.job_id, owner == key.key_id)
+
+
+def guards_of(key: ApiKey, idem: Idempotency | None = None, job_id: str = "") -> Guards:
+    """The checks the submission script makes for ``key``: not revoked, its jobs in flight
+    (checked and counted at once), no job id in use, and the Idempotency-Key."""
+    return Guards(
+        api_key=api_key_key(key.key_id),
+        max_in_flight=key.max_in_flight,
+        refuse_used_id=True,
+        idempotency=idem.claim(job_id) if idem is not None else None,
+    )
+
+
+def refusal(
+    services: Services,
+    key: ApiKey,
+    job: Job,
+    outcome: SubmitOutcome,
+    idem: Idempotency | None = None,
+    field: str = "job_id",
+) -> str:
+    """The id an EARLIER outcome answers; the ApiError of any other refusal."""
+    if outcome.status is SubmitStatus.EARLIER and idem is not None:
+        return idem.answer(outcome.detail)
+    if outcome.status is SubmitStatus.IN_FLIGHT:
+        raise _in_flight_error(services, key, int(outcome.detail or 0))
+    if outcome.status is SubmitStatus.ID_IN_USE:
+        raise _id_in_use_error(field, job.job_id, outcome.detail == "own")
+    if outcome.status is SubmitStatus.REVOKED:
+        raise _revoked_error()
+    raise ApiError(500, f"the submission script answered {outcome.status.value!r}")
 
 
 def unserved_error(error: UnservedSize, field: str | None = None) -> ApiError:
@@ -113,8 +190,11 @@ def submit(
     *,
     batch_id: str | None = None,
     webhook_url: str | None = None,
+    field: str = "job_id",
     size_field: str | None = None,
 ) -> None:
+    """Submit from a worker thread (batches, the OpenAI endpoint): submit_job with the
+    key's guards."""
     try:
         submit_job(
             job,
@@ -122,17 +202,62 @@ def submit(
             owner=key.key_id,
             batch_id=batch_id,
             webhook_url=webhook_url,
+            guards=guards_of(key),
         )
     except UnservedSize as e:
         raise unserved_error(e, size_field) from e
+    except SubmitRefused as e:
+        refusal(services, key, job, e.outcome, field=field)
     except SubmitError as e:
-        logger.error("submit of job %s for key %s failed: %s", job.job_id, key.key_id, e)
-        raise ApiError(
-            503,
-            "the queue is unreachable; retry later",
-            code="queue_unavailable",
-            headers={"Retry-After": "5"},
-        ) from e
+        raise _queue_down(key, job, e) from e
+
+
+async def submit_async(
+    services: Services,
+    key: ApiKey,
+    job: Job,
+    *,
+    webhook_url: str | None = None,
+    idem: Idempotency | None = None,
+) -> tuple[str, bool]:
+    """POST /v1/jobs on the event loop: (job id, True) once recorded and queued in one
+    round trip (the submission script), or (the earlier id, False) for an Idempotency-Key
+    answered before. Refusals raise their ApiError; nothing changed then."""
+    settings = services.settings
+    try:
+        check_before_publish(job, settings)
+    except UnservedSize as e:
+        raise unserved_error(e) from e
+    message = publish_message(job, settings, queue_for(job, settings.queue))
+    keys, argv = services.records.submission(
+        job,
+        key.key_id,
+        webhook_url=webhook_url,
+        guards=guards_of(key, idem, job.job_id),
+        enqueue=message if services.abroker is None else None,
+    )
+    try:
+        outcome = submit_outcome(await services.submit_script(keys, argv))
+    except _TRANSIENT as e:
+        raise _queue_down(key, job, e) from e
+    if outcome.status is not SubmitStatus.QUEUED:
+        return refusal(services, key, job, outcome, idem), False
+    if services.abroker is not None:
+        try:
+            pipe = services.abroker.pipeline(transaction=False)
+            if message.result_key:
+                pipe.delete(message.result_key)
+            pipe.lpush(message.queue, message.payload)
+            await pipe.execute()
+        except _TRANSIENT as e:
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(
+                    services.records.fail,
+                    job.job_id,
+                    f"not queued: the broker was unreachable ({e})",
+                )
+            raise _queue_down(key, job, e) from e
+    return job.job_id, True
 
 
 def body_digest(body: Any) -> str:
@@ -154,13 +279,13 @@ class Idempotency:
                 allowed=IDEMPOTENCY_ALLOWED,
                 code="invalid_idempotency_key",
             )
-        self.redis = services.redis
         self.ttl_s = services.settings.idempotency_ttl_s
         self.rkey = idempotency_key(key.key_id, hashlib.sha256(header.encode()).hexdigest())
         self.header = header
         self.digest = body_digest(body)
 
-    def _answer(self, raw: bytes) -> str:
+    def answer(self, raw: str) -> str:
+        """The job id stored with the key; 409 if it was stored for another body."""
         stored = json.loads(raw)
         if stored["body"] != self.digest:
             raise ApiError(
@@ -174,17 +299,6 @@ class Idempotency:
             )
         return str(stored["id"])
 
-    def earlier(self) -> str | None:
-        """The id answered before for this key and body (409 for another body)."""
-        raw = self.redis.get(self.rkey)
-        return None if raw is None else self._answer(raw)
-
-    def reserve(self, job_id: str) -> str | None:
-        """Claim the key for ``job_id``; the id another request claimed it for, if one did."""
-        value = json.dumps({"body": self.digest, "id": job_id})
-        if self.redis.set(self.rkey, value, nx=True, ex=self.ttl_s):
-            return None
-        return self.earlier()
-
-    def release(self) -> None:
-        self.redis.delete(self.rkey)
+    def claim(self, job_id: str) -> tuple[str, str, int]:
+        """What the submission script stores for ``job_id`` unless it finds an earlier one."""
+        return self.rkey, json.dumps({"body": self.digest, "id": job_id}), self.ttl_s

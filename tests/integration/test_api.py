@@ -15,6 +15,9 @@ import pytest
 
 from tests.integration.conftest import ApiProcess, api_env, start_api, stop_api
 
+#: The API processes' LCM_API_KEY_CACHE_S here: a revoked key reads for at most this long.
+KEY_CACHE_S = 1.0
+
 
 @pytest.fixture(scope="module")
 def api(
@@ -22,7 +25,12 @@ def api(
 ) -> Iterator[ApiProcess]:
     tmp = tmp_path_factory.mktemp("api")
     # A queue no worker consumes: every job the tests submit stays queued.
-    env = api_env(service_env, f"lcm.test.api.{uuid.uuid4().hex[:8]}", LCM_MAX_BODY_BYTES="65536")
+    env = api_env(
+        service_env,
+        f"lcm.test.api.{uuid.uuid4().hex[:8]}",
+        LCM_MAX_BODY_BYTES="65536",
+        LCM_API_KEY_CACHE_S=str(KEY_CACHE_S),
+    )
     proc = start_api(env, tmp / "api.log")
     yield proc
     stop_api(proc)
@@ -105,7 +113,15 @@ def test_no_key_bad_key_revoked_key_are_401(api: ApiProcess) -> None:
         from tests.integration.conftest import run_cli
 
         run_cli("producer.http.cli", "keys", "revoke", key_id, env=api.env)
-        assert c.get("/v1/jobs/x").status_code == 401
+        # A submit is refused at once: the submission script reads the key's record itself.
+        refused = c.post("/v1/jobs", json={"prompt": "after revocation"})
+        assert refused.status_code == 401 and error_of(refused)["code"] == "invalid_api_key"
+        # Every other request once the process's cached check is older than its bound (the
+        # slack is for a loaded machine, not part of the bound).
+        deadline = time.monotonic() + KEY_CACHE_S + 10
+        while (got := c.get("/v1/jobs/x").status_code) != 401:
+            assert got == 404 and time.monotonic() < deadline
+            time.sleep(0.1)
     listing = run_cli("producer.http.cli", "keys", "list", env=api.env).stdout
     assert key_id in listing and doomed not in listing
 

@@ -170,3 +170,90 @@ def test_contract_rejections_keep_the_contract_message() -> None:
 def test_long_values_are_shortened_in_error_bodies() -> None:
     error = ApiError(400, "m", param="prompt", value="x" * 5000)
     assert len(error.body().error.value) == 200
+
+
+class FakeAsyncRedis:
+    """``hgetall`` of a FakeRedis, awaited, counting the lookups."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.lookups = 0
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        self.lookups += 1
+        return self.redis.hgetall(key)
+
+
+def test_verified_keys_are_remembered_for_their_bound_and_revocation_ends_them() -> None:
+    import asyncio
+
+    from producer.http.auth import VerifiedKeys
+
+    redis, now = FakeRedis(), [100.0]
+    store = KeyStore(redis, _settings())
+    record, key = store.create("alice")
+    aredis = FakeAsyncRedis(redis)
+    keys = VerifiedKeys(aredis, store, ttl_s=2.0, clock=lambda: now[0])
+
+    def verify(value: str) -> Any:
+        return asyncio.run(keys.verify(value))
+
+    assert verify(key) == record and verify(key) == record and aredis.lookups == 1
+    # A bad key is never remembered: each is looked up (and a malformed one never is).
+    bad = key[:-1] + ("A" if key[-1] != "A" else "B")
+    assert verify(bad) is None and verify(bad) is None and aredis.lookups == 3
+    assert verify("lcm_nothex_" + "x" * 43) is None and aredis.lookups == 3
+    store.revoke(record.key_id)
+    now[0] += 1.9  # still within the bound: the remembered answer
+    assert verify(key) == record and aredis.lookups == 3
+    now[0] += 0.2  # past it: looked up again, revoked
+    assert verify(key) is None and aredis.lookups == 4
+    assert verify(key) is None and aredis.lookups == 5
+    # ttl 0: every check looks the key up.
+    other, other_key = store.create("bob")
+    uncached = VerifiedKeys(aredis, store, ttl_s=0.0, clock=lambda: now[0])
+    assert asyncio.run(uncached.verify(other_key)) == other
+    assert asyncio.run(uncached.verify(other_key)) == other and aredis.lookups == 7
+
+
+def test_task_message_is_what_send_task_pushes() -> None:
+    """The message the submission script pushes is byte for byte the envelope that Celery's
+    send_task gives kombu's virtual transport, but for its delivery tag."""
+    import json
+
+    from celery import Celery
+
+    from lcm_fleet.contract import TASK_RENDER, WIRE_CONFIG
+    from producer.queue import task_message
+
+    app = Celery("test", broker="memory://", backend="cache+memory://")
+    app.conf.update(WIRE_CONFIG)
+    job = parse_job({"prompt": "a lighthouse, é", "seed": 3, "job_id": "j-1"})
+    args, headers = [job.model_dump(mode="json")], {"lcm_submitted_at": 12.5}
+    app.send_task(TASK_RENDER, args=args, task_id=job.job_id, queue="q1", headers=headers)
+    with app.connection_for_write() as conn:
+        sent = conn.default_channel._get("q1")
+    ours = json.loads(task_message(app, TASK_RENDER, args, job.job_id, "q1", headers).payload)
+    assert sent["properties"].pop("delivery_tag") != ours["properties"].pop("delivery_tag")
+    assert ours == json.loads(json.dumps(sent))
+    assert ours["headers"]["task"] == TASK_RENDER and ours["headers"]["id"] == "j-1"
+
+
+def test_connections_get_tcp_nodelay_even_from_a_protocol_0_socket() -> None:
+    """uvicorn's multi-process socket is ``socket.socket(AF_INET)`` (protocol 0), on whose
+    connections asyncio sets no TCP_NODELAY; lcm-api's protocol sets it on each."""
+    import socket
+
+    from producer.http.server import set_nodelay
+
+    with socket.socket(socket.AF_INET) as listener:
+        assert listener.proto == 0
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+                set_nodelay(accepted)
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.close()

@@ -161,8 +161,8 @@ def _submit_batch(
     records = services.records
     records.create_batch(batch_id, key.key_id, webhook_url=webhook_url, source=source)
     try:
-        for job in jobs:
-            submit(services, key, job, batch_id=batch_id)
+        for index, job in enumerate(jobs):
+            submit(services, key, job, batch_id=batch_id, field=f"jobs[{index}].job_id")
     except (ApiError, SubmitError):
         # Part of it is queued: cancel that part so that the batch is all or nothing.
         records.seal_batch(batch_id)

@@ -19,7 +19,7 @@ from producer.http.errors import ApiError, from_invalid_job, responses
 from producer.http.schemas import ImageData, ImagesRequest, ImagesResponse
 from producer.http.services import Services
 from producer.http.settings import parse_size
-from producer.http.submitting import check_in_flight, submit
+from producer.http.submitting import submit
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
 
@@ -92,7 +92,6 @@ def generate_images(
         elif error.param == "num_images":
             error.param = "n"
         raise error from e
-    check_in_flight(services, key, 1)
     submit(services, key, job, size_field="size")
     services.metrics.submits.labels("images").inc()
     record = _wait(services, job.job_id, key.key_id, services.settings.openai_wait_timeout_s)

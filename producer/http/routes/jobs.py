@@ -19,13 +19,7 @@ from producer.http.deps import KeyDep, ServicesDep, scope_of
 from producer.http.errors import ApiError, responses
 from producer.http.schemas import CancelView, JobAccepted, JobRequest, JobView
 from producer.http.services import Services
-from producer.http.submitting import (
-    Idempotency,
-    check_in_flight,
-    check_job_ids,
-    check_webhook,
-    submit,
-)
+from producer.http.submitting import Idempotency, check_webhook, submit_async
 from producer.http.views import job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -58,7 +52,7 @@ def _record(services: Services, key: KeyDep, job_id: str) -> JobRecord:
     responses=responses(400, 401, 409, 413, 429, 503),
     summary="Submit one job",
 )
-def create_job(
+async def create_job(
     body: JobRequest,
     request: Request,
     services: ServicesDep,
@@ -67,33 +61,17 @@ def create_job(
         str | None,
         Header(description="The same key and body return the same job; another body is 409"),
     ] = None,
-) -> JobAccepted:
+) -> Any:
     job = body.job()
     check_webhook(services, body.webhook_url)
-
-    def accepted(job_id: str) -> JobAccepted:
-        return JobAccepted(id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
-
     idem = None
     if idempotency_key is not None:
         idem = Idempotency(services, key, idempotency_key, body.model_dump(exclude_unset=True))
-        earlier = idem.earlier()
-        if earlier is not None:
-            return accepted(earlier)
-    check_job_ids(services, key, [job], "job_id")
-    check_in_flight(services, key, 1)
-    if idem is not None:
-        earlier = idem.reserve(job.job_id)
-        if earlier is not None:
-            return accepted(earlier)
-    try:
-        submit(services, key, job, webhook_url=body.webhook_url)
-    except BaseException:
-        if idem is not None:
-            idem.release()
-        raise
-    services.metrics.submits.labels("jobs").inc()
-    return accepted(job.job_id)
+    job_id, queued = await submit_async(services, key, job, webhook_url=body.webhook_url, idem=idem)
+    if queued:
+        services.metrics.submits.labels("jobs").inc()
+    accepted = JobAccepted(id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
 
 @router.get(
