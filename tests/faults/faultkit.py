@@ -208,9 +208,10 @@ def wait_finished(
     timeout_s: float,
     *,
     count: int | None = None,
+    workers: Sequence[WorkerProcess] = (),
 ) -> dict[str, JobRecord | None]:
-    """Poll the records until ``count`` (default: all) of ``ids`` are finished or time is up;
-    Redis being down meanwhile is ridden out."""
+    """Poll the records until ``count`` (default: all) of ``ids`` are finished, time is up,
+    or every one of ``workers`` (if given) has exited; Redis being down is ridden out."""
     want = len(ids) if count is None else count
     deadline = time.monotonic() + timeout_s
     while True:
@@ -218,6 +219,8 @@ def wait_finished(
         done = sum(1 for r in recs.values() if r is not None and r.finished)
         if done >= want or time.monotonic() >= deadline:
             return recs
+        if workers and all(w.proc.poll() is not None for w in workers):
+            return records_of(settings, ids)
         time.sleep(0.25)
 
 

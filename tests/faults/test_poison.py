@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from lcm_fleet.contract import TASK_RENDER
+from lcm_fleet.contract import TASK_RENDER, queue_for
 from lcm_fleet.keys import DEAD_LETTER_KEY
 from producer.api import submit
 from producer.queue import make_client
@@ -72,22 +72,25 @@ def _bad_items(template: dict[str, Any]) -> list[tuple[str, str, str]]:
     return items
 
 
-def _entries(r: redis.Redis) -> list[str]:
+def _entries(r: redis.Redis) -> list[tuple[str, list[str]]]:
+    """Each dead-letter entry as (its whole text, its top-level string values)."""
     out = []
     for raw in r.lrange(DEAD_LETTER_KEY, 0, -1):
+        text = raw.decode(errors="replace")
         try:
-            entry = json.loads(raw)
+            entry = json.loads(text)
         except ValueError:
-            out.append(raw.decode(errors="replace"))
+            out.append((text, [text]))
             continue
-        out.append(str(entry.get("raw", "")) if isinstance(entry, dict) else str(entry))
+        values = [v for v in entry.values() if isinstance(v, str)] if isinstance(entry, dict) else []
+        out.append((text, values))
     return out
 
 
-def _count(entries: list[str], marker: str) -> int:
-    if marker.startswith("["):  # the bare arrays: the whole item is the marker
-        return sum(e.strip() == marker for e in entries)
-    return sum(marker in e for e in entries)
+def _count(entries: list[tuple[str, list[str]]], marker: str) -> int:
+    if marker.startswith("["):  # the bare arrays: the item itself is the marker
+        return sum(any(v.strip() == marker for v in values) for _, values in entries)
+    return sum(marker in text for text, _ in entries)
 
 
 def test_poison_items_between_good_jobs(scenario, s3):
@@ -98,11 +101,13 @@ def test_poison_items_between_good_jobs(scenario, s3):
     good = []
     for i, (_, _, raw) in enumerate(bad):
         good.append(submit(f"good {i}", settings=sc.settings, seed=i, **JOB))
-        r.lpush(sc.settings.queue, raw)
+        job = good[-1].job
+        assert job is not None
+        r.lpush(queue_for(job, sc.settings.queue), raw)  # the good jobs' own queue
     good.append(submit("good last", settings=sc.settings, seed=99, **JOB))
     started = time.time()
     ids = [h.job_id for h in good]
-    recs = wait_finished(sc.settings, ids, JOB_SLACK_S)
+    recs = wait_finished(sc.settings, ids, JOB_SLACK_S, workers=[worker])
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         entries = _entries(r)

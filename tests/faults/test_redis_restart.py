@@ -13,7 +13,7 @@ import time
 
 import redis
 
-from lcm_fleet.contract import JobState
+from lcm_fleet.contract import JobState, queue_for
 from lcm_fleet.keys import result_key
 from producer.api import submit
 from tests.faults.faultkit import (
@@ -108,7 +108,9 @@ def test_redis_restart_without_persistence_loses_what_redis_held(scenario, s3, t
             tail = submit_batch(sc.settings, 6, "redis restart bare tail", **JOB)
             ids = first.ids + tail.ids
             r = redis.Redis.from_url(sc.settings.redis_url)
-            queued = _queued_ids(r, sc.settings.queue)
+            job = tail.handles[0].job
+            assert job is not None
+            queued = _queued_ids(r, queue_for(job, sc.settings.queue))
             before = records_of(sc.settings, ids)
             finished = {
                 j
