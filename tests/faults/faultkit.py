@@ -155,6 +155,18 @@ def held_jobs(r: redis.Redis, unit: str) -> dict[str, str]:
     return held
 
 
+def freeze_held(
+    worker: WorkerProcess, r: redis.Redis, unit: str, settings: ProducerSettings
+) -> tuple[dict[str, str], set[str]]:
+    """SIGSTOP the worker's main process, then read what it holds: (held, of those the jobs
+    not finished yet). Frozen, it can finish nothing more; kill it next."""
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    held = held_jobs(r, unit)
+    recs = records_of(settings, held.values())
+    unfinished = {j for j, rec in recs.items() if rec is None or not rec.finished}
+    return held, unfinished
+
+
 def succeeded_lines(workers: Iterable[WorkerProcess], job_id: str) -> int:
     return sum(f"job {job_id} succeeded" in ln for w in workers for ln in w.log_text().splitlines())
 

@@ -14,6 +14,7 @@ from tests.faults.faultkit import (
     JOB_SLACK_S,
     assert_clean,
     audit,
+    freeze_held,
     held_jobs,
     kill_worker,
     recovery_after,
@@ -44,7 +45,9 @@ def test_worker_killed_mid_batch_then_restarted(scenario, s3):
     first = sc.start_worker("first.log", env)
     batch = submit_batch(sc.settings, 10, "worker kill", **JOB)
     wait_succeeded(sc.settings, batch.ids, 3, JOB_SLACK_S)
-    held = _wait_held(redis.Redis.from_url(sc.settings.redis_url), "first")
+    r = redis.Redis.from_url(sc.settings.redis_url)
+    _wait_held(r, "first")
+    held, unfinished = freeze_held(first, r, "first", sc.settings)
     kill_worker(first)
     killed_at = time.time()
     second = sc.start_worker("second.log", {**env, "LCM_UNIT": "second"})
@@ -59,7 +62,8 @@ def test_worker_killed_mid_batch_then_restarted(scenario, s3):
         result,
         held_at_kill=len(held),
         restart_s=started_s,
-        recovery_s=recovery_after(result, held.values(), killed_at),
+        unfinished_at_kill=len(unfinished),
+        recovery_s=recovery_after(result, unfinished, killed_at),
         batch_done_after_kill_s=recovery_after(result, batch.ids, killed_at),
         given_back_lines=len(gave_back),
     )
@@ -101,21 +105,25 @@ def test_two_workers_one_killed(scenario, s3):
     survivor = sc.start_worker("survivor.log", {**env, "LCM_UNIT": "survivor"})
     batch = submit_batch(sc.settings, 12, "two workers", **JOB)
     wait_succeeded(sc.settings, batch.ids, 2, JOB_SLACK_S)
-    held = _wait_held(redis.Redis.from_url(sc.settings.redis_url), "victim")
+    r = redis.Redis.from_url(sc.settings.redis_url)
+    _wait_held(r, "victim")
+    held, unfinished = freeze_held(victim, r, "victim", sc.settings)
     kill_worker(victim)
     killed_at = time.time()
     recs = wait_finished(sc.settings, batch.ids, JOB_SLACK_S + 10 * TTL_S)
     result = audit(s3, sc.settings, batch.ids, records=recs)
-    recovery = recovery_after(result, held.values(), killed_at)
+    recovery = recovery_after(result, unfinished, killed_at)
     report(
         "two_workers_one_kill9",
         result,
         held_at_kill=len(held),
+        unfinished_at_kill=len(unfinished),
         recovery_s=recovery,
         batch_done_after_kill_s=recovery_after(result, batch.ids, killed_at),
     )
     assert_clean(result)
-    for job_id in held.values():
+    assert unfinished
+    for job_id in unfinished:
         rec = recs[job_id]
         assert rec is not None and rec.worker == f"{socket.gethostname()}:{survivor.proc.pid}"
     # Given back once the heartbeat expired: within the TTL plus slack for the jobs ahead.

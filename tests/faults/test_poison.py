@@ -82,7 +82,8 @@ def _entries(r: redis.Redis) -> list[tuple[str, list[str]]]:
         except ValueError:
             out.append((text, [text]))
             continue
-        values = [v for v in entry.values() if isinstance(v, str)] if isinstance(entry, dict) else []
+        fields = entry.values() if isinstance(entry, dict) else []
+        values = [v for v in fields if isinstance(v, str)]
         out.append((text, values))
     return out
 

@@ -41,6 +41,11 @@ def _own_redis(tmp_path, offset: int, aof: bool) -> RedisServer:
     return RedisServer(FAULTS_REDIS_PORT + offset, tmp_path / "redis", aof=aof).start()
 
 
+def _results(s3, settings) -> set[str]:
+    keys = list_keys(s3, settings.s3_bucket, settings.s3_prefix)
+    return {k for k in keys if k.endswith("/result.json")}
+
+
 def test_redis_restart_with_aof_loses_nothing(scenario, s3, tmp_path):
     server = _own_redis(tmp_path, AOF_PORT_OFFSET, aof=True)
     try:
@@ -51,6 +56,12 @@ def test_redis_restart_with_aof_loses_nothing(scenario, s3, tmp_path):
         batch = submit_batch(sc.settings, 10, "redis restart aof", **JOB)
         wait_succeeded(sc.settings, batch.ids, 3, JOB_SLACK_S)
         time.sleep(1.5)  # past appendfsync everysec: every accepted write is on disk
+        # Kill the moment one more job's result.json is stored: its bookkeeping after the
+        # upload (record, deliveries, acknowledgement) meets a Redis that is gone.
+        stored = _results(s3, sc.settings)
+        deadline = time.monotonic() + JOB_SLACK_S
+        while time.monotonic() < deadline and _results(s3, sc.settings) <= stored:
+            time.sleep(0.02)
         server.kill()
         killed_at = time.time()
         time.sleep(DOWN_S)
