@@ -26,7 +26,7 @@ from tests.faults.faultkit import (
 )
 
 TTL_S = 3.0
-JOB = {"width": 512, "height": 512, "steps": 4}
+JOB = {"width": 512, "height": 512, "steps": 2}
 
 
 def _wait_held(r: redis.Redis, unit: str, timeout_s: float = 60) -> dict[str, str]:

@@ -31,7 +31,7 @@ from tests.faults.faultkit import (
 )
 
 TTL_S = 3.0
-JOB = {"width": 512, "height": 512, "steps": 4}
+JOB = {"width": 512, "height": 512, "steps": 2}
 NETNS_PORT_OFFSET = 3
 
 

@@ -32,7 +32,7 @@ from tests.faults.faultkit import (
 )
 
 TTL_S = 5.0
-JOB = {"width": 512, "height": 512, "steps": 4}
+JOB = {"width": 512, "height": 512, "steps": 2}
 DOWN_S = 5.0
 AOF_PORT_OFFSET, BARE_PORT_OFFSET = 1, 2
 

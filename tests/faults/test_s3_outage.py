@@ -23,7 +23,7 @@ from tests.faults.faultkit import (
 )
 
 OUTAGE_S = 30.0
-JOB = {"width": 512, "height": 512, "steps": 4}
+JOB = {"width": 512, "height": 512, "steps": 2}
 #: The integration tier's fast-failing storage settings, dropped here.
 SHORT_RETRIES = (
     "LCM_UPLOAD_BACKOFF_BASE_S",
