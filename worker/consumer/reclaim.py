@@ -58,12 +58,29 @@ class Holdings:
     def release(self, tag: str) -> None:
         self.redis.hdel(held_key(self.incarnation), tag)
 
-    def close(self) -> None:
-        """A clean stop: Celery has put back what it had not started; forget the rest."""
+    def close(self) -> int:
+        """A clean stop: forget the heartbeat; forget the held list only when it is empty.
+
+        Celery has put back what it had not started and acknowledged what finished; a
+        message still held here was never acknowledged (Redis was away when its job ended),
+        so the list stays, under an incarnation with no heartbeat: the next worker gives
+        those messages back at its start. Returns how many were left that way.
+        """
+        held = int(self.redis.hlen(held_key(self.incarnation)))
         pipe = self.redis.pipeline()
-        pipe.delete(held_key(self.incarnation), alive_key(self.incarnation))
-        pipe.hdel(INCARNATIONS_KEY, self.incarnation)
+        pipe.delete(alive_key(self.incarnation))
+        if held:
+            logger.warning(
+                "stopping with %d message(s) never acknowledged; left for the next worker to "
+                "give back: %s",
+                held,
+                ", ".join(sorted(_text(j) for j in self.redis.hvals(held_key(self.incarnation)))),
+            )
+        else:
+            pipe.delete(held_key(self.incarnation))
+            pipe.hdel(INCARNATIONS_KEY, self.incarnation)
         pipe.execute()
+        return held
 
 
 def reclaim_dead(

@@ -1,0 +1,94 @@
+"""The broker's Redis as every role sees it: its address for messages, its transient faults,
+and whether it keeps what it is given (persistence).
+
+- :func:`masked_url`: a Redis URL with its password replaced by ``***``, for messages.
+- :data:`REDIS_TRANSIENT`: the redis-py errors worth retrying (connection lost, timeout,
+  Redis still loading its AOF after a restart).
+- :func:`persistence_problem` / :func:`warn_if_not_persistent`: ``CONFIG GET appendonly`` and
+  ``save``; a Redis with neither AOF nor RDB snapshots loses every queued job and record at
+  a restart, so workers and producers log a warning at start. A Redis that refuses CONFIG
+  (managed services often rename or disable it) is not warned about.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+#: redis-py errors worth retrying (BusyLoadingError, Redis loading its AOF, is a ConnectionError).
+REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparsable Redis URL>"
+
+
+def _config(client: Any, name: str) -> str:
+    raw = client.config_get(name)
+    value = raw.get(name, raw.get(name.encode(), "")) if isinstance(raw, dict) else ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def persistence_problem(client: Any) -> str | None:
+    """What a restart of this Redis would lose, or None (persistent, or CONFIG refused)."""
+    try:
+        appendonly = _config(client, "appendonly")
+        save = _config(client, "save")
+    except redis.exceptions.ResponseError:
+        return None  # CONFIG disabled or renamed: cannot tell
+    if appendonly.strip().lower() == "yes":
+        return None
+    if save.strip():
+        return (
+            f"has no AOF (appendonly no; RDB snapshots '{save}'): a restart loses every job "
+            "queued or finished since the last snapshot"
+        )
+    return (
+        "has no persistence (appendonly no, save ''): a restart loses every queued job, "
+        "every job record and every result"
+    )
+
+
+def warn_if_not_persistent(url: str, role: str, client: Any = None) -> str | None:
+    """Log a warning when the broker at ``url`` has no AOF; the warning, or None.
+
+    Never raises: a Redis that does not answer is reported by the caller's own checks.
+    """
+    own = client is None
+    try:
+        if own:
+            client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        problem = persistence_problem(client)
+    except Exception as e:
+        logger.debug("could not read the persistence settings of %s: %s", masked_url(url), e)
+        return None
+    finally:
+        if own and client is not None:
+            client.close()
+    if problem is None:
+        return None
+    message = (
+        f"{role}: the broker at {masked_url(url)} {problem}; run Redis with appendonly yes "
+        "and appendfsync everysec (docs/operations.md#redis-persistence)"
+    )
+    logger.warning(message)
+    return message
