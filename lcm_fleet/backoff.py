@@ -44,15 +44,17 @@ def call_with_backoff(
     transient: tuple[type[BaseException], ...],
     backoff: Backoff,
     what: str,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
     budget_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    give_up: Callable[[], bool] | None = None,
 ) -> T:
     """Call ``fn``; on a ``transient`` error wait and try again.
 
     Without ``budget_s``: ``backoff.attempts`` calls in all. With ``budget_s``: as many calls
     as fit in that many seconds from the first (the attempts do not count; a 30 s outage
-    does not use up a 300 s budget), each wait capped by what is left of it.
+    does not use up a 300 s budget), each wait capped by what is left of it. ``give_up()``
+    true (e.g. the job was abandoned) ends the retries at once.
 
     The last transient error propagates unchanged; any other error propagates at once.
     """
@@ -63,6 +65,8 @@ def call_with_backoff(
             return fn()
         except transient as e:
             wait = backoff.delay(attempt)
+            if give_up is not None and give_up():
+                raise
             if budget_s is None:
                 if attempt + 1 >= backoff.attempts:
                     raise

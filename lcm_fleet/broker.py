@@ -4,6 +4,8 @@ and whether it keeps what it is given (persistence).
 - :func:`masked_url`: a Redis URL with its password replaced by ``***``, for messages.
 - :data:`REDIS_TRANSIENT`: the redis-py errors worth retrying (connection lost, timeout,
   Redis still loading its AOF after a restart).
+- :func:`ride_out`: a call retried through a Redis outage for a time budget, then one line
+  (:class:`BrokerUnavailable`), never a traceback.
 - :func:`persistence_problem` / :func:`warn_if_not_persistent`: ``CONFIG GET appendonly`` and
   ``save``; a Redis with neither AOF nor RDB snapshots loses every queued job and record at
   a restart, so workers and producers log a warning at start. A Redis that refuses CONFIG
@@ -13,10 +15,16 @@ and whether it keeps what it is given (persistence).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+
+from lcm_fleet.backoff import Backoff, call_with_backoff
+from lcm_fleet.errors import LcmError
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +33,10 @@ REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
+
+
+#: Between calls while Redis is away (producers, the CLI).
+OUTAGE_BACKOFF = Backoff(base_s=0.2, cap_s=3.0)
 
 
 def masked_url(url: str) -> str:
@@ -92,3 +104,37 @@ def warn_if_not_persistent(url: str, role: str, client: Any = None) -> str | Non
     )
     logger.warning(message)
     return message
+
+
+class BrokerUnavailable(LcmError):
+    """Redis did not answer within the caller's deadline; the message names its (masked)
+    address and what to do."""
+
+
+def ride_out(
+    fn: Callable[[], T],
+    *,
+    url: str,
+    what: str,
+    budget_s: float,
+    transient: tuple[type[BaseException], ...] = REDIS_TRANSIENT,
+    backoff: Backoff = OUTAGE_BACKOFF,
+) -> T:
+    """Call ``fn``, retrying connection errors with capped, jittered backoff for ``budget_s``;
+    then :class:`BrokerUnavailable` (one line, the password masked)."""
+    try:
+        return call_with_backoff(
+            fn, transient=transient, backoff=backoff, what=what, budget_s=max(budget_s, 0.001)
+        )
+    except transient as e:
+        raise BrokerUnavailable(unreachable(url, e, budget_s)) from e
+
+
+def unreachable(url: str, error: BaseException, waited_s: float | None = None) -> str:
+    """The one line that says Redis does not answer."""
+    waited = f" for {waited_s:.0f}s" if waited_s else ""
+    detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return (
+        f"Redis at {masked_url(url)} did not answer{waited} ({type(error).__name__}: {detail}); "
+        "check LCM_REDIS_URL and that Redis is running"
+    )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,12 +174,13 @@ class ObjectStore:
     def uri(self, key: str) -> str:
         return s3_uri(self.bucket, key)
 
-    def retry(self, what: str, fn: Callable[[], T]) -> T:
+    def retry(self, what: str, fn: Callable[[], T], stop: threading.Event | None = None) -> T:
         """Call ``fn`` with bounded, jittered retries of transient faults; errors classified.
 
         Not found and permanent errors propagate at once; the last transient one after
-        ``backoff.attempts`` calls, or once ``budget_s`` seconds are spent. lcm-fleet's own
-        errors (e.g. a caller's check that a file changed) pass through unchanged.
+        ``backoff.attempts`` calls, or once ``budget_s`` seconds are spent, or once ``stop`` is
+        set (its waits end early too). lcm-fleet's own errors (e.g. a caller's check that a
+        file changed) pass through unchanged.
         """
 
         def once() -> T:
@@ -194,6 +197,8 @@ class ObjectStore:
             backoff=self.backoff,
             what=what,
             budget_s=self.budget_s,
+            sleep=time.sleep if stop is None else stop.wait,
+            give_up=None if stop is None else stop.is_set,
         )
 
     def check_bucket(self) -> None:
@@ -239,8 +244,12 @@ class ObjectStore:
         data: bytes,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        stop: threading.Event | None = None,
     ) -> str:
-        """Upload ``data`` with Content-MD5 and check the stored ETag; return the ETag."""
+        """Upload ``data`` with Content-MD5 and check the stored ETag; return the ETag.
+
+        ``stop`` set: no more retries (the caller abandoned the upload).
+        """
         md5 = hashlib.md5(data)
         extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
 
@@ -260,7 +269,7 @@ class ObjectStore:
                 )
             return etag
 
-        return self.retry(f"put {self.uri(key)}", once)
+        return self.retry(f"put {self.uri(key)}", once, stop)
 
     def upload_file(
         self,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.broker import BrokerUnavailable
 from lcm_fleet.contract import Job, JobResult, parse_job
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.records import LOCAL_OWNER
@@ -281,6 +282,8 @@ class BatchOutcome:
     results: dict[str, JobResult]
     failed: dict[str, str]
     unfinished: list[str]
+    #: Why waiting stopped early (Redis away past the deadline), or None.
+    broker_lost: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -293,7 +296,11 @@ def wait_all(handles: list[JobHandle], timeout_s: float, poll_s: float = 0.25) -
     results: dict[str, JobResult] = {}
     failed: dict[str, str] = {}
     unfinished: list[str] = []
+    lost: str | None = None
     for handle in handles:
+        if lost is not None:
+            unfinished.append(handle.job_id)
+            continue
         remaining = max(0.0, deadline - time.monotonic())
         try:
             results[handle.job_id] = handle.wait(timeout_s=remaining, poll_s=poll_s)
@@ -301,7 +308,10 @@ def wait_all(handles: list[JobHandle], timeout_s: float, poll_s: float = 0.25) -
             failed[handle.job_id] = e.reason
         except JobTimeout:
             unfinished.append(handle.job_id)
-    return BatchOutcome(results, failed, unfinished)
+        except BrokerUnavailable as e:  # Redis away past the deadline: stop waiting
+            lost = str(e)
+            unfinished.append(handle.job_id)
+    return BatchOutcome(results, failed, unfinished, lost)
 
 
 __all__ = [

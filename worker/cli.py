@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from lcm_fleet.broker import warn_if_not_persistent
 from lcm_fleet.settings import ENV_PREFIX
 from worker.errors import StartupError, WorkerError
 
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # 1. settings, from LCM_* (and logging at their level)
         settings = read_settings()
+        warn_if_not_persistent(settings.redis_url, "lcm-worker")
         # 2. open the model: pulled if needed; manifest, versions, quality gate, shape
         rt = open_model(settings)
         # 3. verify the artifact's files and the bucket; serving, the render process

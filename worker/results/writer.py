@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class ResultWriter:
         self.model_manifest_sha256, self.worker = model_manifest_sha256, worker
         self.executor = executor
         self._pending: list[Future[_Stored]] = []
+        #: Set when the job is abandoned: uploads still retrying give up.
+        self._stop = threading.Event()
 
     def _encode_upload(self, image: RenderedImage, guidance_scale: float) -> _Stored:
         job = self.job
@@ -67,7 +70,7 @@ class ResultWriter:
         )
         t1 = time.perf_counter()
         key = image_key(self.prefix, job.job_id, image.index)
-        self.store.put(key, data, "image/png")
+        self.store.put(key, data, "image/png", stop=self._stop)
         record = ImageRecord(
             index=image.index,
             seed=image.seed,
@@ -88,7 +91,9 @@ class ResultWriter:
             self._pending.append(self.executor.submit(self._encode_upload, image, guidance_scale))
 
     def abandon(self) -> None:
-        """After a failed render: let started uploads end (a retry overwrites them)."""
+        """After a failed render: uploads stop retrying; wait for the started ones to end
+        (so that :meth:`stored_keys` names every image that made it)."""
+        self._stop.set()
         for future in self._pending:
             future.cancel()
             if not future.cancelled():
