@@ -77,6 +77,7 @@ def call_with_backoff(
                     raise
                 wait = min(wait, left)
                 tried = f"attempt {attempt + 1}, {left:.0f}s of its {budget_s:.0f}s budget left"
-            logger.warning("%s failed (%s): %s; retrying in %.2fs", what, tried, e, wait)
+            if budget_s is None or attempt & (attempt + 1) == 0:  # budget: 1st, 2nd, 4th, 8th...
+                logger.warning("%s failed (%s): %s; retrying in %.2fs", what, tried, e, wait)
             sleep(wait)
             attempt += 1

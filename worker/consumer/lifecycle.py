@@ -95,6 +95,17 @@ class JobLifecycle:
             logger.warning("job %s: could not update its record: %s", self.job_id, e)
         return self._cancel
 
+    def cancelled(self) -> bool:
+        """The record's cancel flag (read at most every ``cancel_check_s``; Redis away: no)."""
+        now = self.clock()
+        if not self._cancel and now - self._checked >= self.cancel_check_s:
+            self._checked = now
+            try:
+                self._cancel = self.records.cancel_requested(self.job_id)
+            except Exception as e:
+                logger.warning("job %s: could not read its cancel flag: %s", self.job_id, e)
+        return self._cancel
+
     def succeeded(self, result: JobResult) -> None:
         self._ended(self.records.succeed(self.job_id, result), WebhookEvent.JOB_SUCCEEDED)
 

@@ -174,6 +174,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             executor=rt.uploads(),
             on_step=life.on_step,
             kept=life.kept,
+            cancelled=life.cancelled,
         )
     except AlreadySucceeded as e:
         logger.info("job %s: its record says succeeded (a redelivery); not rendered", task_id)
