@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -175,6 +176,9 @@ def _record_json(record: Any) -> str:
 
 
 def run(args: argparse.Namespace, settings: ProducerSettings) -> int:
+    if "watch" not in (args.command, getattr(args, "action", None)):
+        # One line if Redis stays away, not one per retry (watch shows its retries).
+        logging.getLogger("lcm_fleet.backoff").setLevel(logging.ERROR)
     records: Any = Patient(cached_records(settings), settings.records_url)
     if args.command == "batch":
         return _run_batch(args, records, settings)
