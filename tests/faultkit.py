@@ -11,6 +11,7 @@ their own, so that killing them touches no other test's (or helper's) services:
     s3 = OwnS3(services_state)   # the session's SeaweedFS: stop() and start() it
     with s3.down():              # stopped inside the block, started again after it
         ...
+    s3.hang(); s3.resume()       # SIGSTOP / SIGCONT: a hung S3
 
 Fixtures: ``own_redis`` (a function-scoped OwnRedis on LCM_TEST_OWN_REDIS_PORT, default 16380)
 and ``session_s3`` (OwnS3 over the integration tier's session S3); import them into a test
@@ -20,6 +21,7 @@ module (``from tests.faultkit import own_redis``) to use them.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,6 +96,19 @@ class OwnS3:
         self.services.start(
             self.state, s3_port=self.port, redis_url=self.redis_url, bucket=self.bucket
         )
+
+    def _pid(self) -> int:
+        pid = self.services._running_pid(Path(self.state) / "weed.pid", "weed")
+        if pid is None:
+            raise AssertionError(f"no weed of {self.state} runs")
+        return int(pid)
+
+    def hang(self) -> None:
+        """SIGSTOP: S3 accepts connections and answers nothing (a hung server)."""
+        os.kill(self._pid(), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self._pid(), signal.SIGCONT)
 
     @contextmanager
     def down(self) -> Iterator[None]:

@@ -2,18 +2,23 @@
 
 - S3 away for ~30 s with jobs queued: every upload retries in place on the time budget
   (LCM_STORAGE_RETRY_BUDGET_S), so every job succeeds, once, without a task retry.
-- A job that ends without a result leaves no unlisted objects: the images it stored are
-  removed, or, when they cannot be removed, listed in its record (``partial_keys``).
+- A job that ends without a result leaves no unlisted objects: a timed-out job's images are
+  removed; a cancelled job's are listed in its record (``partial_keys``), S3 away or not.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+
+import pytest
 
 from lcm_fleet.contract import JobState
 from lcm_fleet.keys import image_key
 from producer.api import submit
+from producer.settings import ProducerSettings
 from tests.faultkit import OwnS3, session_s3, wait_until  # noqa: F401  (a fixture)
+from tests.integration.conftest import start_worker, stop_worker, worker_env
 
 OUTAGE_S = 30.0
 
@@ -48,24 +53,58 @@ def test_jobs_queued_during_a_30s_s3_outage_all_succeed(
     assert "budget left" in log
 
 
-def _cancel_after_first_image(handle, s3, bucket: str) -> None:
-    key = image_key("", handle.job_id, 0)
-    wait_until(lambda: key in _objects(s3, bucket, handle.job_id), 120, f"{key} stored")
-    handle.cancel()
-    wait_until(
-        lambda: (r := handle.record()) is not None and r.finished, 120, "the job's end recorded"
+SOFT_LIMIT_S = 20
+
+
+@pytest.fixture
+def limited_worker(service_env, model_dirs, tmp_path):
+    """A worker of its own with a 20 s soft limit (512x512: seconds per image)."""
+    queue = f"lcm.orphans.{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        service_env,
+        model_dirs["int8"],
+        tmp_path,
+        queue,
+        LCM_SIZES="512x512",
+        LCM_TASK_SOFT_TIME_LIMIT_S=str(SOFT_LIMIT_S),
+        LCM_TASK_TIME_LIMIT_S=str(2 * SOFT_LIMIT_S),
+        LCM_UNIT="orphans",
     )
+    worker = start_worker(env, tmp_path / "worker.log")
+    yield worker, queue
+    stop_worker(worker)
 
 
-def test_a_cancelled_job_removes_the_images_it_had_stored(worker, producer_settings, s3):
-    bucket = producer_settings.s3_bucket
-    handle = submit("stopped half way", settings=producer_settings, num_images=4, steps=8)
-    _cancel_after_first_image(handle, s3, bucket)
+def test_a_timed_out_job_removes_the_images_it_had_stored(
+    limited_worker,
+    producer_settings,
+    s3,
+    session_s3: OwnS3,  # noqa: F811
+):
+    worker, queue = limited_worker
+    settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
+    bucket = settings.s3_bucket
+    started = time.monotonic()
+    handle = submit(
+        "too slow to store", settings=settings, width=512, height=512, steps=8, num_images=3
+    )
+    first = image_key("", handle.job_id, 0)
+    wait_until(lambda: first in _objects(s3, bucket, handle.job_id), 60, f"{first} stored")
+    # S3 hangs while the next images upload: the job cannot finish within its soft limit.
+    session_s3.hang()
+    try:
+        time.sleep(max(0.0, SOFT_LIMIT_S + 3 - (time.monotonic() - started)))
+    finally:
+        session_s3.resume()  # the hung upload ends; then the job's cleanup runs
+    wait_until(
+        lambda: (r := handle.record()) is not None and r.finished, 60, "the job's end recorded"
+    )
     record = handle.record()
-    assert record is not None and record.state is JobState.CANCELED
-    assert record.partial_keys == ()
-    assert _objects(s3, bucket, handle.job_id) == []
-    assert f"job {handle.job_id} ended without a result; removed the" in worker.log_text()
+    assert record is not None and record.state is JobState.FAILED
+    assert "soft time limit" in (record.reason or "")
+    assert _objects(s3, bucket, handle.job_id) == [] and record.partial_keys == ()
+    removed = [ln for ln in worker.log_text().splitlines() if "ended without a result" in ln]
+    assert len(removed) == 1 and handle.job_id in removed[0] and "removed the" in removed[0]
 
 
 def test_images_that_cannot_be_removed_are_listed_in_the_record(
@@ -78,6 +117,8 @@ def test_images_that_cannot_be_removed_are_listed_in_the_record(
     handle = submit("stopped with S3 away", settings=producer_settings, num_images=4, steps=8)
     key = image_key("", handle.job_id, 0)
     wait_until(lambda: key in _objects(s3, bucket, handle.job_id), 120, f"{key} stored")
+    # Cancelled while S3 is away: it stops waiting for its uploads at the cancel, and keeps
+    # (listed) what it had stored.
     with session_s3.down():
         handle.cancel()
         wait_until(
@@ -86,5 +127,5 @@ def test_images_that_cannot_be_removed_are_listed_in_the_record(
     record = handle.record()
     assert record is not None and record.state is JobState.CANCELED
     stored = _objects(s3, bucket, handle.job_id)
-    assert stored and set(stored) <= set(record.partial_keys)
+    assert stored and set(stored) == set(record.partial_keys)
     assert "left in storage, listed in partial_keys" in (record.reason or "")

@@ -18,8 +18,9 @@ Redis going away does not strand a job (docs/operations.md#redis-persistence):
 - a delivery whose record already says ``succeeded`` (the acknowledgement was lost) returns
   that result without rendering.
 
-A job that ends without a result (failed for good, timed out, cancelled) removes the images
-it had stored; the ones it could not remove are listed in its record (``partial_keys``).
+A job that fails for good or times out removes the images it had stored; the ones it could
+not remove are listed in its record (``partial_keys``). A cancelled job keeps the images it
+had finished, listed in its record (the HTTP API serves them as ``partial_images``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from worker.consumer import report
 from worker.consumer.app import app
 from worker.consumer.deliveries import count_delivery, forget_deliveries
 from worker.consumer.lifecycle import AlreadySucceeded, JobLifecycle
-from worker.consumer.policy import CANCELED_BY, NEVER_RETRY, Action, RetryPolicy, decide
+from worker.consumer.policy import (
+    CANCELED_BY,
+    NEVER_RETRY,
+    Action,
+    Outcome,
+    RetryPolicy,
+    decide,
+)
 from worker.consumer.reclaim import HeldRequest
 from worker.errors import WorkerError
 from worker.job import run_job
@@ -191,7 +199,11 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         decision = decide(e, retries, policy)
         report.failed(task_id, decision, e, _size(job, checked, slots))
         left = None
-        if decision.action is Action.FAIL and life.kept:
+        if (
+            decision.action is Action.FAIL
+            and decision.outcome is not Outcome.CANCELED
+            and life.kept
+        ):
             left = remove_partial(rt.store(), settings.s3_prefix, task_id, life.kept)
         if job is not None:
             life.failed(decision, e, left)

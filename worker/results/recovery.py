@@ -5,10 +5,11 @@
   ``result.json`` is there and verifies (:func:`stored_result`): same job, same model, every
   image present with the sha256 and size the result names. Anything less and the job is
   rendered again, which overwrites the same keys (idempotent).
-- A job that ends without a result (failed for good, timed out, cancelled) removes the
-  images it had stored (:func:`remove_partial`, best effort); the keys it could not remove
-  are returned, so that the job's record lists them. Nothing is removed when the job's
-  ``result.json`` exists: another delivery of the same job succeeded with those keys.
+- A job that ends without a result and without being asked to stop (failed for good, timed
+  out) removes the images it had stored (:func:`remove_partial`, best effort); the keys it
+  could not remove are returned, so that the job's record lists them. Nothing is removed
+  when the job's ``result.json`` exists: another delivery of the same job succeeded with
+  those keys.
 """
 
 from __future__ import annotations
