@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lcm_fleet.broker import BrokerUnavailable
+from lcm_fleet.broker import BrokerUnavailable, ride_out
 from lcm_fleet.contract import Job, JobResult, parse_job
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.records import LOCAL_OWNER
@@ -43,6 +43,8 @@ _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 MAX_PROBLEMS_SHOWN = 20
 #: Rows in one file (a job holds up to 8 images; larger batches are split by the caller).
 MAX_ROWS = 100_000
+#: How long creating, reading or sealing a batch record rides out a Redis outage.
+BATCH_RECORD_BUDGET_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -234,12 +236,20 @@ def submit_rows(
     handles: list[JobHandle] = []
     started = time.perf_counter()
     records = cached_records(settings) if batch_id is not None else None
+
+    def patient(fn: Callable[[], Any], what: str) -> Any:
+        """A batch record call through a Redis outage (BrokerUnavailable after the budget)."""
+        return ride_out(fn, url=settings.records_url, what=what, budget_s=BATCH_RECORD_BUDGET_S)
+
     if (
         records is not None
         and batch_id is not None
-        and (new_batch or records.get_batch(batch_id) is None)
+        and (new_batch or patient(lambda: records.get_batch(batch_id), "reading the batch") is None)
     ):
-        records.create_batch(batch_id, owner, webhook_url=webhook_url, source=source)
+        patient(
+            lambda: records.create_batch(batch_id, owner, webhook_url=webhook_url, source=source),
+            f"creating batch {batch_id}",
+        )
     for row in rows:
         try:
             handle = submit_job(
@@ -257,7 +267,15 @@ def submit_rows(
         if on_submitted is not None:
             on_submitted(row, handle)
     if records is not None and batch_id is not None:
-        records.seal_batch(batch_id)
+        try:
+            patient(lambda: records.seal_batch(batch_id), f"sealing batch {batch_id}")
+        except BrokerUnavailable as e:
+            raise BrokerUnavailable(
+                f"all {len(handles)} job(s) of batch {batch_id} are queued, but the batch "
+                f"could not be sealed: {e}; its jobs run regardless (follow them with `lcm "
+                f"status JOB_ID`), and resubmitting the file with --from-line "
+                f"{rows[-1].line + 1 if rows else 1} seals it"
+            ) from e
     logger.info("submitted %d job(s) in %.2fs", len(handles), time.perf_counter() - started)
     return handles
 

@@ -186,7 +186,13 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
             source=str(args.file),
         )
     except BulkSubmitError as e:
-        print(f"lcm: {e}", file=sys.stderr)
+        print(
+            f"lcm: {e}. Batch {bulk.batch_id}: resume with `lcm submit-file {args.file} "
+            f"--from-line {e.next_line}"
+            + (f" --batch-id {args.batch_id}" if args.batch_id else "")
+            + f"`, follow it with `lcm batch status {bulk.batch_id}`",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if ids_out is not None:
