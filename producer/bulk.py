@@ -239,7 +239,8 @@ def submit_rows(
 
     def patient(fn: Callable[[], Any], what: str) -> Any:
         """A batch record call through a Redis outage (BrokerUnavailable after the budget)."""
-        return ride_out(fn, url=settings.records_url, what=what, budget_s=BATCH_RECORD_BUDGET_S)
+        url = str(getattr(settings, "records_url", ""))
+        return ride_out(fn, url=url, what=what, budget_s=BATCH_RECORD_BUDGET_S)
 
     if (
         records is not None
