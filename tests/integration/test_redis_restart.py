@@ -73,8 +73,15 @@ def test_job_stored_while_redis_is_down_reaches_succeeded(
             num_images=3,
         )  # fmt: skip
         other = submit("queued behind it", settings=settings, width=512, height=512, steps=2)
-        wait_for_log(worker, f"[{handle.job_id}] received", timeout_s=60)
-        own_redis.kill()  # mid-render: progress writes fail (logged), the render goes on
+        # Rendering (its record shows a step), so Redis goes away mid-render: progress writes
+        # fail (logged), the render goes on.
+        wait_until(
+            lambda: (r := handle.record()) is not None and r.progress is not None,
+            60,
+            f"job {handle.job_id} rendering",
+            poll_s=0.02,
+        )
+        own_redis.kill()
         # Redis stays away until the job's objects are all stored, and a little longer.
         wait_until(lambda: _stored(s3, bucket, handle.job_id), 120, "result.json stored")
         time.sleep(3)
@@ -108,3 +115,39 @@ def test_job_stored_while_redis_is_down_reaches_succeeded(
     # Nothing left held: every message was acknowledged before the clean stop.
     r = own_redis.client()
     assert not [i for i in r.hkeys(INCARNATIONS_KEY) if r.hlen(held_key(i.decode()))]
+
+
+def test_job_received_as_redis_dies_runs_once_redis_is_back(
+    own_redis: OwnRedis,  # noqa: F811
+    service_env,
+    model_dirs,
+    producer_settings,
+    tmp_path,
+):
+    """Killed at the job's receipt (before or just after it starts): its message, whose
+    acknowledgement or start Redis missed, is given back when Redis returns, not an hour
+    later, and the job succeeds."""
+    queue = f"lcm.restart.{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        {**service_env, "LCM_REDIS_URL": own_redis.url},
+        model_dirs["int8"],
+        tmp_path,
+        queue,
+        LCM_SIZES="512x512",
+        LCM_HEARTBEAT_TTL_S="3",
+        LCM_UNIT="receipt",
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
+    settings = _settings(producer_settings, own_redis.url, queue)
+    try:
+        handle = submit("caught at the door", settings=settings, width=512, height=512, steps=2)
+        wait_for_log(worker, f"[{handle.job_id}] received", timeout_s=60)
+        own_redis.kill()
+        time.sleep(3)
+        own_redis.start()
+        result = handle.wait(timeout_s=120)
+        assert [i.index for i in result.images] == [0]
+        assert _state(settings, handle.job_id) is JobState.SUCCEEDED
+    finally:
+        code = stop_worker(worker)
+    assert code == 0

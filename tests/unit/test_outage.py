@@ -289,3 +289,31 @@ def test_an_abandoned_upload_stops_retrying():
     with pytest.raises(TransientStorageError):
         store.put("k", b"d", "image/png", stop=stop)
     assert fails == [1]
+
+
+def test_messages_whose_end_redis_missed_are_given_back_on_the_next_beat():
+    from worker.consumer import reclaim
+
+    class Held:
+        def __init__(self):
+            self.released = []
+
+        def release(self, tag):
+            self.released.append(tag)
+
+    held = Held()
+    reclaim._missed.update({"t2", "t1"})
+    restored: list[str] = []
+    assert reclaim.settle_missed(held, restored.extend) == ["t1", "t2"]
+    assert restored == ["t1", "t2"] and held.released == ["t1", "t2"] and not reclaim._missed
+
+    def down(tags):
+        raise ConnectionError("still away")
+
+    reclaim._missed.add("t3")
+    try:
+        with pytest.raises(ConnectionError):
+            reclaim.settle_missed(held, down)
+        assert reclaim._missed == {"t3"}  # kept for the beat after
+    finally:
+        reclaim._missed.clear()
