@@ -44,26 +44,40 @@ def call_with_backoff(
     transient: tuple[type[BaseException], ...],
     backoff: Backoff,
     what: str,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    give_up: Callable[[], bool] | None = None,
 ) -> T:
-    """Call ``fn``; on a ``transient`` error wait and try again, ``backoff.attempts`` times in all.
+    """Call ``fn``; on a ``transient`` error wait and try again.
+
+    Without ``budget_s``: ``backoff.attempts`` calls in all. With ``budget_s``: as many calls
+    as fit in that many seconds from the first (the attempts do not count; a 30 s outage
+    does not use up a 300 s budget), each wait capped by what is left of it. ``give_up()``
+    true (e.g. the job was abandoned) ends the retries at once.
 
     The last transient error propagates unchanged; any other error propagates at once.
     """
-    for attempt in range(backoff.attempts):
+    started = clock()
+    attempt = 0
+    while True:
         try:
             return fn()
         except transient as e:
-            if attempt + 1 >= backoff.attempts:
-                raise
             wait = backoff.delay(attempt)
-            logger.warning(
-                "%s failed (attempt %d of %d): %s; retrying in %.2fs",
-                what,
-                attempt + 1,
-                backoff.attempts,
-                e,
-                wait,
-            )
+            if give_up is not None and give_up():
+                raise
+            if budget_s is None:
+                if attempt + 1 >= backoff.attempts:
+                    raise
+                tried = f"attempt {attempt + 1} of {backoff.attempts}"
+            else:
+                left = budget_s - (clock() - started)
+                if left <= 0:
+                    raise
+                wait = min(wait, left)
+                tried = f"attempt {attempt + 1}, {left:.0f}s of its {budget_s:.0f}s budget left"
+            if budget_s is None or attempt & (attempt + 1) == 0:  # budget: 1st, 2nd, 4th, 8th...
+                logger.warning("%s failed (%s): %s; retrying in %.2fs", what, tried, e, wait)
             sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
+            attempt += 1

@@ -3,7 +3,9 @@
 ``ObjectStore`` is one bucket: every put is verified (Content-MD5 on the way in and the
 ETag on the way back; a multi-part upload by HEAD of its size and ``x-amz-meta-sha256``),
 every error is classified once as transient (worth retrying) or permanent, and every call
-is retried with capped, jittered backoff a bounded number of times. Secrets are unwrapped
+is retried with capped, jittered backoff a bounded number of times, or (``budget_s``, the
+worker's LCM_STORAGE_RETRY_BUDGET_S) for a bounded time, so that an outage shorter than
+the budget costs a job only its wait. Secrets are unwrapped
 once, in :meth:`ObjectStore.from_settings`. boto3 is imported only where a client is made.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,14 +135,26 @@ def classify(error: BaseException, what: str) -> StorageError:
 class ObjectStore:
     """One bucket of an S3 store, with verified writes and bounded, classified retries."""
 
-    def __init__(self, client: Any, bucket: str, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        backoff: Backoff | None = None,
+        budget_s: float | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.backoff = backoff or DEFAULT_BACKOFF
+        #: Retry transient faults of one call for this many seconds (None: backoff.attempts).
+        self.budget_s = budget_s
 
     @classmethod
     def from_settings(
-        cls, settings: ConnectionSettings, backoff: Backoff | None = None, client: Any = None
+        cls,
+        settings: ConnectionSettings,
+        backoff: Backoff | None = None,
+        client: Any = None,
+        budget_s: float | None = None,
     ) -> ObjectStore:
         """The store of ``settings``' bucket; its credentials, or boto3's default chain."""
         if client is None:
@@ -148,7 +164,7 @@ class ObjectStore:
                 key_id.get_secret_value() if key_id is not None else None,
                 secret.get_secret_value() if secret is not None else None,
             )
-        return cls(client, settings.s3_bucket, backoff)
+        return cls(client, settings.s3_bucket, backoff, budget_s)
 
     @property
     def endpoint(self) -> str:
@@ -158,12 +174,13 @@ class ObjectStore:
     def uri(self, key: str) -> str:
         return s3_uri(self.bucket, key)
 
-    def retry(self, what: str, fn: Callable[[], T]) -> T:
+    def retry(self, what: str, fn: Callable[[], T], stop: threading.Event | None = None) -> T:
         """Call ``fn`` with bounded, jittered retries of transient faults; errors classified.
 
         Not found and permanent errors propagate at once; the last transient one after
-        ``backoff.attempts`` calls. lcm-fleet's own errors (e.g. a caller's check that a file
-        changed) pass through unchanged.
+        ``backoff.attempts`` calls, or once ``budget_s`` seconds are spent, or once ``stop`` is
+        set (its waits end early too). lcm-fleet's own errors (e.g. a caller's check that a
+        file changed) pass through unchanged.
         """
 
         def once() -> T:
@@ -175,7 +192,13 @@ class ObjectStore:
                 raise classify(e, what) from e
 
         return call_with_backoff(
-            once, transient=(TransientStorageError,), backoff=self.backoff, what=what
+            once,
+            transient=(TransientStorageError,),
+            backoff=self.backoff,
+            what=what,
+            budget_s=self.budget_s,
+            sleep=time.sleep if stop is None else stop.wait,
+            give_up=None if stop is None else stop.is_set,
         )
 
     def check_bucket(self) -> None:
@@ -221,8 +244,12 @@ class ObjectStore:
         data: bytes,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        stop: threading.Event | None = None,
     ) -> str:
-        """Upload ``data`` with Content-MD5 and check the stored ETag; return the ETag."""
+        """Upload ``data`` with Content-MD5 and check the stored ETag; return the ETag.
+
+        ``stop`` set: no more retries (the caller abandoned the upload).
+        """
         md5 = hashlib.md5(data)
         extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
 
@@ -242,7 +269,7 @@ class ObjectStore:
                 )
             return etag
 
-        return self.retry(f"put {self.uri(key)}", once)
+        return self.retry(f"put {self.uri(key)}", once, stop)
 
     def upload_file(
         self,
@@ -326,6 +353,13 @@ class ObjectStore:
                 check(dest)
 
         self.retry(f"download {self.uri(key)}", once)
+
+    def delete(self, key: str) -> None:
+        """Remove the object (a missing one is no error: S3 answers 204 either way)."""
+        self.retry(
+            f"delete {self.uri(key)}",
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
+        )
 
     def list(self, prefix: str) -> tuple[list[str], list[dict[str, Any]]]:
         """(sub-prefixes, objects) directly under ``prefix``."""

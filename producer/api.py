@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lcm_fleet.backoff import Backoff, call_with_backoff
+from lcm_fleet.broker import OUTAGE_BACKOFF, BrokerUnavailable, unreachable
 from lcm_fleet.contract import (
     HEADER_SUBMITTED_AT,
     TASK_RENDER,
@@ -106,32 +107,60 @@ class JobHandle:
         """
         result = self._async
         deadline = time.monotonic() + timeout_s
+        outage: BaseException | None = None
+        attempt = 0
         while True:
-            record = self.record()
-            if record is not None and record.finished:
-                if record.result is not None:
-                    return record.result
-                if record.state is JobState.CANCELED:
-                    raise JobCanceled(self.job_id, record.reason or "canceled")
-                if record.state is JobState.FAILED and record.reason:
-                    raise JobFailed(self.job_id, record.reason)
-            state = result.state
-            if state == "SUCCESS":
-                return JobResult.model_validate(result.result)
-            if state == "FAILURE":
-                info = result.info
-                reason = (
-                    f"{type(info).__name__}: {info}"
-                    if isinstance(info, BaseException)
-                    else str(info)
+            try:
+                done = self._poll(result)
+            except _TRANSIENT as e:  # Redis away: ride it out until the deadline
+                if outage is None:
+                    logger.warning(
+                        "job %s: Redis away while waiting (%s); retrying", self.job_id, e
+                    )
+                outage, attempt = e, attempt + 1
+                if time.monotonic() >= deadline:
+                    raise BrokerUnavailable(
+                        f"job {self.job_id}: {unreachable(self._url, e, timeout_s)}; the job "
+                        f"stays queued or running: wait again with `lcm wait {self.job_id}`"
+                    ) from e
+                time.sleep(
+                    min(OUTAGE_BACKOFF.delay(attempt), max(0.0, deadline - time.monotonic()))
                 )
-                raise JobFailed(self.job_id, reason)
+                continue
+            outage, attempt = None, 0
+            if done is not None:
+                return done
             if time.monotonic() >= deadline:
                 raise JobTimeout(
-                    f"job {self.job_id} not finished after {timeout_s:.0f}s (state {state}); "
-                    "it may still be queued or running: wait again with its id"
+                    f"job {self.job_id} not finished after {timeout_s:.0f}s (state "
+                    f"{result.state}); it may still be queued or running: wait again with its id"
                 )
             time.sleep(poll_s)
+
+    def _poll(self, result: AsyncResult) -> JobResult | None:
+        """The result once the job finished; JobFailed / JobCanceled; None while it runs."""
+        record = self.record()
+        if record is not None and record.finished:
+            if record.result is not None:
+                return record.result
+            if record.state is JobState.CANCELED:
+                raise JobCanceled(self.job_id, record.reason or "canceled")
+            if record.state is JobState.FAILED and record.reason:
+                raise JobFailed(self.job_id, record.reason)
+        state = result.state
+        if state == "SUCCESS":
+            return JobResult.model_validate(result.result)
+        if state == "FAILURE":
+            info = result.info
+            reason = (
+                f"{type(info).__name__}: {info}" if isinstance(info, BaseException) else str(info)
+            )
+            raise JobFailed(self.job_id, reason)
+        return None
+
+    @property
+    def _url(self) -> str:
+        return str(self._client.conf.broker_url or "")
 
     def __repr__(self) -> str:
         return f"JobHandle(job_id={self.job_id!r})"

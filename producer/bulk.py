@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.broker import BrokerUnavailable, ride_out
 from lcm_fleet.contract import Job, JobResult, job_fields_from_text, parse_job
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.records import LOCAL_OWNER
@@ -43,6 +44,8 @@ _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 MAX_PROBLEMS_SHOWN = 20
 #: Rows in one file (a job holds up to 8 images; larger batches are split by the caller).
 MAX_ROWS = 100_000
+#: How long creating, reading or sealing a batch record rides out a Redis outage.
+BATCH_RECORD_BUDGET_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -239,12 +242,21 @@ def submit_rows(
     handles: list[JobHandle] = []
     started = time.perf_counter()
     records = cached_records(settings) if batch_id is not None else None
+
+    def patient(fn: Callable[[], Any], what: str) -> Any:
+        """A batch record call through a Redis outage (BrokerUnavailable after the budget)."""
+        url = str(getattr(settings, "records_url", ""))
+        return ride_out(fn, url=url, what=what, budget_s=BATCH_RECORD_BUDGET_S)
+
     if (
         records is not None
         and batch_id is not None
-        and (new_batch or records.get_batch(batch_id) is None)
+        and (new_batch or patient(lambda: records.get_batch(batch_id), "reading the batch") is None)
     ):
-        records.create_batch(batch_id, owner, webhook_url=webhook_url, source=source)
+        patient(
+            lambda: records.create_batch(batch_id, owner, webhook_url=webhook_url, source=source),
+            f"creating batch {batch_id}",
+        )
     for row in rows:
         try:
             handle = submit_job(
@@ -269,7 +281,15 @@ def submit_rows(
         if on_submitted is not None:
             on_submitted(row, handle)
     if records is not None and batch_id is not None:
-        records.seal_batch(batch_id)
+        try:
+            patient(lambda: records.seal_batch(batch_id), f"sealing batch {batch_id}")
+        except BrokerUnavailable as e:
+            raise BrokerUnavailable(
+                f"all {len(handles)} job(s) of batch {batch_id} are queued, but the batch "
+                f"could not be sealed: {e}; its jobs run regardless (follow them with `lcm "
+                f"status JOB_ID`), and resubmitting the file with --from-line "
+                f"{rows[-1].line + 1 if rows else 1} seals it"
+            ) from e
     logger.info("submitted %d job(s) in %.2fs", len(handles), time.perf_counter() - started)
     return handles
 
@@ -294,6 +314,8 @@ class BatchOutcome:
     results: dict[str, JobResult]
     failed: dict[str, str]
     unfinished: list[str]
+    #: Why waiting stopped early (Redis away past the deadline), or None.
+    broker_lost: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -306,7 +328,11 @@ def wait_all(handles: list[JobHandle], timeout_s: float, poll_s: float = 0.25) -
     results: dict[str, JobResult] = {}
     failed: dict[str, str] = {}
     unfinished: list[str] = []
+    lost: str | None = None
     for handle in handles:
+        if lost is not None:
+            unfinished.append(handle.job_id)
+            continue
         remaining = max(0.0, deadline - time.monotonic())
         try:
             results[handle.job_id] = handle.wait(timeout_s=remaining, poll_s=poll_s)
@@ -314,7 +340,10 @@ def wait_all(handles: list[JobHandle], timeout_s: float, poll_s: float = 0.25) -
             failed[handle.job_id] = e.reason
         except JobTimeout:
             unfinished.append(handle.job_id)
-    return BatchOutcome(results, failed, unfinished)
+        except BrokerUnavailable as e:  # Redis away past the deadline: stop waiting
+            lost = str(e)
+            unfinished.append(handle.job_id)
+    return BatchOutcome(results, failed, unfinished, lost)
 
 
 __all__ = [

@@ -13,7 +13,8 @@
 Connection settings come from LCM_* environment variables (LCM_REDIS_URL, LCM_S3_*).
 Exit codes: 0 done, 2 invalid input (nothing submitted), 1 a job failed, timed out, or the
 queue is unreachable (submit-file: the jobs queued before are listed, with the line to
-resume from).
+resume from). Redis away: reads and waits retry within their deadline, then one line names
+the (masked) Redis address and what to resume; never a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.broker import BrokerUnavailable, unreachable, warn_if_not_persistent
 from lcm_fleet.contract import (
     GUIDANCE_MAX,
     GUIDANCE_MIN,
@@ -42,6 +44,17 @@ from lcm_fleet.errors import InvalidJob
 from producer import deadletter
 from producer.errors import ProducerError
 from producer.settings import ProducerSettings
+
+
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError
+
+    from lcm_fleet.broker import REDIS_TRANSIENT
+
+    return (*REDIS_TRANSIENT, OperationalError)
+
+
+_BROKER_DOWN = _broker_errors()
 
 
 def _print_result(result: JobResult, as_json: bool) -> None:
@@ -211,7 +224,13 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
             source=str(args.file),
         )
     except BulkSubmitError as e:
-        print(f"lcm: {e}", file=sys.stderr)
+        print(
+            f"lcm: {e}. Batch {bulk.batch_id}: resume with `lcm submit-file {args.file} "
+            f"--from-line {e.next_line}"
+            + (f" --batch-id {args.batch_id}" if args.batch_id else "")
+            + f"`, follow it with `lcm batch status {bulk.batch_id}`",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if ids_out is not None:
@@ -226,6 +245,15 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
     if not (args.wait or args.download):
         return 0
     outcome = wait_all(handles, args.timeout_s)
+    if outcome.broker_lost is not None:
+        print(
+            f"lcm: stopped waiting: {outcome.broker_lost}. {len(handles)} job(s) of batch "
+            f"{bulk.batch_id} are queued ({len(outcome.results)} succeeded, "
+            f"{len(outcome.failed)} failed before); once Redis answers follow them with "
+            f"`lcm batch status {bulk.batch_id}` or `lcm batch watch {bulk.batch_id}`",
+            file=sys.stderr,
+        )
+        return 1
     for job_id, reason in outcome.failed.items():
         print(f"lcm: job {job_id} failed: {reason}", file=sys.stderr)
     if outcome.unfinished:
@@ -254,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
     from producer.settings import ProducerSettings
 
     settings = ProducerSettings()
+    if args.command in ("submit", "submit-file"):
+        warn_if_not_persistent(settings, "lcm")
     if args.command == "submit":
         fields = _job_fields(args)
         if args.job_id is not None:
@@ -295,9 +325,19 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidJob as e:
         print(f"lcm: {e}", file=sys.stderr)
         return 2
-    except ProducerError as e:
+    except (ProducerError, BrokerUnavailable) as e:
         print(f"lcm: {e}", file=sys.stderr)
         return 1
+    except _BROKER_DOWN as e:
+        print(f"lcm: {unreachable(_redis_url(), e)}", file=sys.stderr)
+        return 1
+
+
+def _redis_url() -> str:
+    try:
+        return ProducerSettings().redis_url
+    except Exception:
+        return "(LCM_REDIS_URL)"
 
 
 if __name__ == "__main__":

@@ -2,17 +2,23 @@
 
 All of them read the job and batch records (lcm_fleet/records.py), the same records the
 HTTP API reads. The CLI talks to Redis directly, so it sees every owner's jobs.
+
+Redis away: ``status`` and ``cancel`` retry for ``STATUS_BUDGET_S`` and ``watch`` until its
+own timeout (capped, jittered backoff), then say so in one line naming the (masked) Redis
+address and exit 1 (lcm_fleet/broker.py), never with a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.broker import REDIS_TRANSIENT, ride_out
 from lcm_fleet.contract import JobState
 from lcm_fleet.records import BatchRecord, CancelOutcome, JobRecord, RecordStore
 from producer.queue import cached_records
@@ -20,6 +26,38 @@ from producer.settings import ProducerSettings
 
 #: How often ``watch`` reads the record.
 POLL_S = 0.2
+#: How long ``status`` and ``cancel`` ride out a Redis outage before they give up.
+STATUS_BUDGET_S = 10.0
+
+
+class Patient:
+    """A record store whose reads and cancels ride out a Redis outage for ``budget_s``
+    (``watch`` moves the budget to its own deadline)."""
+
+    def __init__(self, records: RecordStore, url: str, budget_s: float = STATUS_BUDGET_S) -> None:
+        self.records, self.url, self.budget_s = records, url, budget_s
+        self.deadline: float | None = None
+
+    def _left(self) -> float:
+        if self.deadline is None:
+            return self.budget_s
+        return max(0.001, self.deadline - time.monotonic())
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.records, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return ride_out(
+                lambda: method(*args, **kwargs),
+                url=self.url,
+                what=f"reading the records ({name})",
+                budget_s=self._left(),
+                transient=REDIS_TRANSIENT,
+            )
+
+        return call
 
 
 def _expired_hint(what: str, ident: str, settings: ProducerSettings) -> str:
@@ -73,15 +111,21 @@ def _steps_done(record: JobRecord) -> tuple[int, int]:
     return (progress.image - 1) * progress.steps + progress.step, total
 
 
+def _until(records: Any, deadline: float) -> None:
+    if isinstance(records, Patient):
+        records.deadline = deadline
+
+
 def watch_job(records: RecordStore, job_id: str, timeout_s: float) -> JobRecord | None:
     """A progress bar over the job's denoising steps until it ends; the last record."""
     from tqdm import tqdm
 
+    deadline = time.monotonic() + timeout_s
+    _until(records, deadline)
     record = records.get_job(job_id)
     if record is None:
         return None
     done, total = _steps_done(record)
-    deadline = time.monotonic() + timeout_s
     with tqdm(total=total, desc=job_id[:16], unit="step", file=sys.stderr) as bar:
         while True:
             done, total = _steps_done(record)
@@ -99,10 +143,11 @@ def watch_batch(records: RecordStore, batch_id: str, timeout_s: float) -> BatchR
     """A progress bar over the batch's jobs (rate and ETA) until it finishes."""
     from tqdm import tqdm
 
+    deadline = time.monotonic() + timeout_s
+    _until(records, deadline)
     record = records.get_batch(batch_id)
     if record is None:
         return None
-    deadline = time.monotonic() + timeout_s
     with tqdm(
         total=record.total, desc=f"batch {batch_id[:16]}", unit="job", file=sys.stderr
     ) as bar:
@@ -131,7 +176,10 @@ def _record_json(record: Any) -> str:
 
 
 def run(args: argparse.Namespace, settings: ProducerSettings) -> int:
-    records = cached_records(settings)
+    if "watch" not in (args.command, getattr(args, "action", None)):
+        # One line if Redis stays away, not one per retry (watch shows its retries).
+        logging.getLogger("lcm_fleet.backoff").setLevel(logging.ERROR)
+    records: Any = Patient(cached_records(settings), settings.records_url)
     if args.command == "batch":
         return _run_batch(args, records, settings)
     job_id = args.job_id

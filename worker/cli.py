@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from lcm_fleet.broker import warn_if_not_persistent
 from lcm_fleet.settings import masked_url, settings_problems
 from worker.errors import StartupError, WorkerError
 from worker.exit_codes import ExitCode
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         # 2. the broker answers (within LCM_BROKER_CONNECT_TIMEOUT_S), before anything is
         #    compiled or served
         wait_for_broker(settings)
+        warn_if_not_persistent(settings, "lcm-worker")
         # 3. open the model: pulled if needed; manifest, versions, quality gate, shape
         rt = open_model(settings)
         # 4. verify the artifact's files and the bucket; serving, the render process

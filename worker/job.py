@@ -42,11 +42,13 @@ def run_job(
     executor: Executor | None = None,
     on_step: Callable[[int, int, int, int], bool] | None = None,
     kept: list[str] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> TimedResult:
     """``checked``: from ``check_job(job, slots.classes)`` (worker/render/images.py).
 
     ``on_step(image, images, step, steps)``: see :func:`render`. When the job fails or is
-    cancelled, the keys of the images it had stored are appended to ``kept``.
+    cancelled, the keys of the images it had stored are appended to ``kept``. ``cancelled()``
+    is asked while the job waits for its uploads (JobCanceled when true).
     """
     writer = ResultWriter(
         store,
@@ -65,7 +67,7 @@ def run_job(
                 on_step=on_step,
             )
             slot_wait_s = session.waited_s
-        done = writer.finish(rendered, deadlines)
+        done = writer.finish(rendered, deadlines, cancelled)
     except BaseException:
         writer.abandon()
         if kept is not None:

@@ -68,6 +68,13 @@ class WorkerSettings(ConnectionSettings):
     #: Deliveries of one job (crashes included) before it is failed for good.
     max_deliveries: int = Field(default=3, ge=1, le=20)
 
+    #: Seconds one S3 call of a job (an image, result.json) retries transient faults in place
+    #: (capped, jittered LCM_UPLOAD_BACKOFF_*) before the job is retried from its queue; 0:
+    #: LCM_UPLOAD_ATTEMPTS attempts instead. Counted in the job's soft time limit.
+    storage_retry_budget_s: float = Field(default=300.0, ge=0)
+    #: Seconds the worker retries a job's record updates (Redis away) after its objects are
+    #: stored, before it leaves the message unacknowledged for redelivery.
+    bookkeeping_budget_s: float = Field(default=60.0, ge=0)
     upload_attempts: int = Field(default=4, ge=1, le=20)
     upload_backoff_base_s: float = Field(default=0.5, gt=0)
     upload_backoff_cap_s: float = Field(default=8.0, gt=0)

@@ -3,6 +3,7 @@
 Command line (progress goes to stderr, only ``export`` lines go to stdout)::
 
     python deploy/local/services.py start  [--state-dir DIR] [--s3-port N] [--redis-url URL]
+                                           [--persistent]
     python deploy/local/services.py status [--state-dir DIR] ...
     python deploy/local/services.py env    [--state-dir DIR] ...
     python deploy/local/services.py stop   [--state-dir DIR]
@@ -17,8 +18,15 @@ As a module (it imports nothing from the project, so tests can load it by path):
 
 Redis
     If something answers PING at the Redis URL it is used and never managed (``stop`` leaves it
-    alone). Otherwise ``redis-server`` is started on 127.0.0.1 at the URL's port without
-    persistence; its PID goes to ``STATE/redis.pid``, its output to ``STATE/redis.log``.
+    alone). Otherwise ``redis-server`` is started on 127.0.0.1 at the URL's port, by default
+    without persistence (a restart loses every queued job and record: fine for tests and
+    demos; lcm-worker and the producers warn about it at start). With ``--persistent`` (or
+    ``LCM_LOCAL_REDIS_PERSISTENT=1``) it runs as production should: AOF on
+    (``appendonly yes``, ``appendfsync everysec``: a crash loses at most about the last second
+    of writes), data in ``STATE/redis``, so a killed and restarted Redis keeps its queues
+    and records (demos of restarts, the fault tests). Its PID goes to ``STATE/redis.pid``,
+    its output to ``STATE/redis.log``. ``start_redis``/``stop_redis``/``kill_redis`` manage
+    only the Redis of a state dir (the fault tests kill and restart it).
 
 S3
     ``weed mini`` (SeaweedFS: master, volume, filer and S3 gateway in one process) bound to
@@ -285,7 +293,20 @@ def _redis_host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "localhost", parts.port or 6379
 
 
-def _start_redis(state_dir: Path, url: str, spawned: list[tuple[Path, str]]) -> None:
+def persistent_default() -> bool:
+    return os.environ.get("LCM_LOCAL_REDIS_PERSISTENT", "").strip().lower() in ("1", "true", "yes")
+
+
+def redis_persistence_args(persistent: bool) -> list[str]:
+    """redis-server flags: AOF fsynced every second, or no persistence at all."""
+    if persistent:
+        return ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+    return ["--save", "", "--appendonly", "no"]
+
+
+def _start_redis(
+    state_dir: Path, url: str, spawned: list[tuple[Path, str]], persistent: bool = False
+) -> None:
     pid_file = state_dir / "redis.pid"
     own_pid = _running_pid(pid_file, "redis-server")
     if _redis_ping(url):
@@ -334,14 +355,19 @@ def _start_redis(state_dir: Path, url: str, spawned: list[tuple[Path, str]]) -> 
             "--daemonize", "no",
             "--bind", LOOPBACK,
             "--port", str(port),
-            "--save", "",
-            "--appendonly", "no",
+            *redis_persistence_args(persistent),
             "--dir", str(data_dir),
         ]  # fmt: skip
         proc = _spawn(argv, log_path, pid_file, cwd=data_dir)
         spawned.append((pid_file, "redis-server"))
         own_pid = proc.pid
-        log.info("redis: started redis-server on %s:%d (pid %d)", LOOPBACK, port, own_pid)
+        log.info(
+            "redis: started redis-server on %s:%d (pid %d), %s",
+            LOOPBACK,
+            port,
+            own_pid,
+            f"AOF in {data_dir}" if persistent else "no persistence (--persistent for AOF)",
+        )
 
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -564,19 +590,22 @@ def start(
     s3_port: int = DEFAULT_S3_PORT,
     redis_url: str | None = None,
     bucket: str = DEFAULT_BUCKET,
+    persistent: bool | None = None,
 ) -> dict[str, str]:
     """Make Redis and S3 answer, starting what is missing; return the ``LCM_*`` environment.
 
     Idempotent: services this state dir already runs are checked, not restarted. If the call
     fails, whatever it started itself is stopped again before the error propagates.
-    ``redis_url`` defaults to ``LCM_REDIS_URL`` or ``redis://127.0.0.1:6379/0``.
+    ``redis_url`` defaults to ``LCM_REDIS_URL`` or ``redis://127.0.0.1:6379/0``;
+    ``persistent`` (default ``LCM_LOCAL_REDIS_PERSISTENT``): a Redis started here runs with AOF.
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     url = redis_url or default_redis_url()
+    persistent = persistent_default() if persistent is None else persistent
     spawned: list[tuple[Path, str]] = []
     try:
-        _start_redis(state_dir, url, spawned)
+        _start_redis(state_dir, url, spawned, persistent)
         creds = _start_s3(state_dir, s3_port, bucket, spawned)
     except BaseException:
         for pid_file, program in reversed(spawned):
@@ -594,6 +623,44 @@ def stop(state_dir: Path) -> None:
     state_dir = Path(state_dir).resolve()
     _stop_pid_file(state_dir / "weed.pid", "weed")
     _stop_pid_file(state_dir / "redis.pid", "redis-server")
+
+
+def start_redis(state_dir: Path, redis_url: str, persistent: bool = True) -> None:
+    """Only Redis: make ``redis_url`` answer, starting redis-server (with AOF by default) in
+    this state dir when nothing answers. Started again after :func:`kill_redis`, it loads its
+    AOF from ``STATE/redis``."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    spawned: list[tuple[Path, str]] = []
+    try:
+        _start_redis(state_dir, redis_url, spawned, persistent)
+    except BaseException:
+        for pid_file, program in spawned:
+            _stop_pid_file(pid_file, program)
+        raise
+
+
+def stop_redis(state_dir: Path) -> None:
+    """Stop only this state dir's redis-server (SIGTERM: it writes its AOF and exits)."""
+    _stop_pid_file(Path(state_dir).resolve() / "redis.pid", "redis-server")
+
+
+def kill_redis(state_dir: Path) -> int | None:
+    """SIGKILL this state dir's redis-server, as a crash would; its PID, or None if none ran."""
+    pid_file = Path(state_dir).resolve() / "redis.pid"
+    pid = _running_pid(pid_file, "redis-server")
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = _children.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=1.0)
+    pid_file.unlink(missing_ok=True)
+    return pid
 
 
 def stop_s3(state_dir: Path) -> None:
@@ -708,6 +775,13 @@ def _parser() -> argparse.ArgumentParser:
         f"else $LCM_REDIS_URL, else {DEFAULT_REDIS_URL})",
     )
     parser.add_argument(
+        "--persistent",
+        action="store_true",
+        default=None,
+        help="start: a Redis started here keeps an AOF (appendfsync everysec) in STATE/redis, "
+        "so it survives a restart (default: LCM_LOCAL_REDIS_PERSISTENT, else no persistence)",
+    )
+    parser.add_argument(
         "--bucket",
         default=None,
         help=f"bucket to create and check (default: recorded, else {DEFAULT_BUCKET})",
@@ -732,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
                 s3_port=args.s3_port or recorded.get("s3_port") or DEFAULT_S3_PORT,
                 redis_url=args.redis_url or default_redis_url(),
                 bucket=args.bucket or recorded.get("bucket") or DEFAULT_BUCKET,
+                persistent=args.persistent,
             )
             _write_out(_export_lines(mapping), sys.stdout)
         elif args.command == "stop":

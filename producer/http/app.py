@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lcm_fleet.broker import warn_if_not_persistent
 from lcm_fleet.errors import InvalidJob
 from producer.http import errors
 from producer.http.limits import BodyLimitMiddleware
@@ -47,6 +48,7 @@ def create_app(settings: ApiSettings | None = None, services: Services | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = services is None
+        warn_if_not_persistent(settings, "lcm-api")
         app.state.services = services or Services.from_settings(settings, metrics)
         try:
             yield

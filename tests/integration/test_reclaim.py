@@ -36,18 +36,27 @@ def test_only_incarnations_whose_heartbeat_expired_are_given_back(service_env):
     alive = Holdings(r, f"alive-{tag}", ttl_s=30, incarnation=f"alive-{tag}")
     dead = Holdings(r, f"dead-{tag}", ttl_s=3, incarnation=f"dead-{tag}")
     closed = Holdings(r, f"closed-{tag}", ttl_s=30, incarnation=f"closed-{tag}")
+    # Stopped cleanly while one message was never acknowledged (Redis away when it ended).
+    unacked = Holdings(r, f"unacked-{tag}", ttl_s=30, incarnation=f"unacked-{tag}")
+    everyone = (own, alive, dead, closed, unacked)
     try:
-        for h in (own, alive, dead, closed):
+        for h in everyone:
             h.beat()
             h.hold(f"{h.incarnation}-t1", f"{h.incarnation}-job1")
         dead.hold(f"{dead.incarnation}-t2", f"{dead.incarnation}-job2")
         dead.release(f"{dead.incarnation}-t2")
-        closed.close()
+        closed.release(f"{closed.incarnation}-t1")
+        assert closed.close() == 0
+        assert unacked.close() == 1
+        assert not r.hexists(REGISTRY_KEY, closed.incarnation)
         r.delete(alive_key(dead.incarnation))  # as if its TTL ran out
         restored: list[str] = []
         given_back = reclaim_dead(r, restored.extend, own.incarnation)
         mine = {k: v for k, v in given_back.items() if tag in k}
-        assert mine == {f"dead-{tag} (dead-{tag})": [f"dead-{tag}-job1"]}
+        assert mine == {
+            f"dead-{tag} (dead-{tag})": [f"dead-{tag}-job1"],
+            f"unacked-{tag} (unacked-{tag})": [f"unacked-{tag}-job1"],
+        }
         assert f"dead-{tag}-t1" in restored and f"dead-{tag}-t2" not in restored
         assert not r.exists(held_key(dead.incarnation))
         assert not r.hexists(REGISTRY_KEY, dead.incarnation)
@@ -58,7 +67,8 @@ def test_only_incarnations_whose_heartbeat_expired_are_given_back(service_env):
         reclaim_dead(r, again.extend, own.incarnation)
         assert f"dead-{tag}-t1" not in again
     finally:
-        for h in (own, alive, dead, closed):
+        for h in everyone:
+            h.release(f"{h.incarnation}-t1")
             h.close()
 
 

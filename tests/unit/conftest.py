@@ -171,7 +171,9 @@ def result_store_for() -> Callable[[Any], Any]:
     """``result_store_for(client)``: the worker's result store (default settings) on a client."""
 
     def store(client):
-        settings = WorkerSettings(model_dir="/m", s3_access_key_id="k", s3_secret_access_key="s")
+        settings = WorkerSettings(
+            model_dir="/m", s3_access_key_id="k", s3_secret_access_key="s", storage_retry_budget_s=0
+        )
         return result_store(settings, client=client)
 
     return store

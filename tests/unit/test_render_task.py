@@ -53,6 +53,7 @@ def rt(local_slots, fake_s3, unrecorded):
         s3_access_key_id="k",
         s3_secret_access_key="s",
         upload_attempts=1,
+        storage_retry_budget_s=0,  # LCM_UPLOAD_ATTEMPTS, not a time budget
         task_max_retries=2,
         retry_backoff_base_s=0.01,
         retry_backoff_cap_s=0.02,

@@ -15,6 +15,7 @@ def _settings(**over):
         s3_access_key_id="k",
         s3_secret_access_key="s",
         upload_attempts=3,
+        storage_retry_budget_s=0,  # attempts here; the budget has its own test
         upload_backoff_base_s=0.001,
         upload_backoff_cap_s=0.002,
     )

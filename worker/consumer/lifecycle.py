@@ -21,12 +21,13 @@ from lcm_fleet.contract import (
     TASK_WEBHOOK,
     Job,
     JobResult,
+    JobState,
     WebhookEvent,
     WebhookKind,
 )
 from lcm_fleet.records import RecordStore, StartOutcome, Transition
 from worker.consumer.policy import Action, Decision, Outcome
-from worker.errors import JobCanceled
+from worker.errors import JobCanceled, WorkerError
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,15 @@ PROGRESS_INTERVAL_S = 0.25
 CANCEL_CHECK_S = 0.1
 #: How much of a failure's reason a record keeps.
 REASON_MAX_CHARS = 500
+
+
+class AlreadySucceeded(WorkerError):
+    """A delivery of a job whose record already says succeeded (its first delivery's
+    acknowledgement was lost): nothing to render, its result is the record's."""
+
+    def __init__(self, result: JobResult) -> None:
+        super().__init__(f"job {result.job_id} already succeeded")
+        self.result = result
 
 
 class JobLifecycle:
@@ -62,9 +72,12 @@ class JobLifecycle:
         self.kept: list[str] = []
 
     def start(self, job: Job) -> None:
-        """Raise JobCanceled when the job was cancelled before it started."""
+        """Raise JobCanceled when the job was cancelled before it started, AlreadySucceeded
+        when its record says it succeeded."""
         if self.records.start(job, self.worker) is StartOutcome.SKIP:
             record = self.records.get_job(job.job_id)
+            if record is not None and record.state is JobState.SUCCEEDED and record.result:
+                raise AlreadySucceeded(record.result)
             state = record.state.value if record is not None else "gone"
             raise JobCanceled(f"job {job.job_id} is {state} in its record: not rendered")
 
@@ -82,20 +95,40 @@ class JobLifecycle:
             logger.warning("job %s: could not update its record: %s", self.job_id, e)
         return self._cancel
 
+    def cancelled(self) -> bool:
+        """The record's cancel flag (read at most every ``cancel_check_s``; Redis away: no)."""
+        now = self.clock()
+        if not self._cancel and now - self._checked >= self.cancel_check_s:
+            self._checked = now
+            try:
+                self._cancel = self.records.cancel_requested(self.job_id)
+            except Exception as e:
+                logger.warning("job %s: could not read its cancel flag: %s", self.job_id, e)
+        return self._cancel
+
     def succeeded(self, result: JobResult) -> None:
         self._ended(self.records.succeed(self.job_id, result), WebhookEvent.JOB_SUCCEEDED)
 
-    def failed(self, decision: Decision, error: BaseException) -> None:
-        """Move the record as the policy decided: back to queued, or ended with the reason."""
+    def failed(
+        self, decision: Decision, error: BaseException, left: list[str] | None = None
+    ) -> None:
+        """Move the record as the policy decided: back to queued, or ended with the reason.
+
+        ``left``: the keys of the images still stored after the job's cleanup (default: all
+        it had stored, ``kept``); the record lists them and its reason names how many.
+        """
         reason = f"{type(error).__name__}: {error}"
         if len(reason) > REASON_MAX_CHARS:
             reason = reason[:REASON_MAX_CHARS] + "..."
+        partial = self.kept if left is None else left
+        if partial and decision.action is Action.FAIL:
+            reason += f" ({len(partial)} image(s) left in storage, listed in partial_keys)"
         try:
             if decision.action in (Action.RETRY, Action.REQUEUE):
                 self.records.requeue(self.job_id, reason)
                 return
             canceled = decision.outcome is Outcome.CANCELED
-            move = self.records.fail(self.job_id, reason, canceled=canceled, partial_keys=self.kept)
+            move = self.records.fail(self.job_id, reason, canceled=canceled, partial_keys=partial)
         except Exception as e:
             logger.error("job %s: could not record its end (%s): %s", self.job_id, reason, e)
             return

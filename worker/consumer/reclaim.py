@@ -61,12 +61,29 @@ class Holdings:
     def release(self, tag: str) -> None:
         self.redis.hdel(held_key(self.incarnation), tag)
 
-    def close(self) -> None:
-        """A clean stop: Celery has put back what it had not started; forget the rest."""
+    def close(self) -> int:
+        """A clean stop: forget the heartbeat; forget the held list only when it is empty.
+
+        Celery has put back what it had not started and acknowledged what finished; a
+        message still held here was never acknowledged (Redis was away when its job ended),
+        so the list stays, under an incarnation with no heartbeat: the next worker gives
+        those messages back at its start. Returns how many were left that way.
+        """
+        held = int(self.redis.hlen(held_key(self.incarnation)))
         pipe = self.redis.pipeline()
-        pipe.delete(held_key(self.incarnation), alive_key(self.incarnation))
-        pipe.hdel(INCARNATIONS_KEY, self.incarnation)
+        pipe.delete(alive_key(self.incarnation))
+        if held:
+            logger.warning(
+                "stopping with %d message(s) never acknowledged; left for the next worker to "
+                "give back: %s",
+                held,
+                ", ".join(sorted(_text(j) for j in self.redis.hvals(held_key(self.incarnation)))),
+            )
+        else:
+            pipe.delete(held_key(self.incarnation))
+            pipe.hdel(INCARNATIONS_KEY, self.incarnation)
         pipe.execute()
+        return held
 
 
 def reclaim_dead(
@@ -126,6 +143,7 @@ class Heartbeat:
 
     def tick(self) -> dict[str, list[str]]:
         self.holdings.beat()
+        settle_missed(self.holdings, self.restore)
         if self.advert is not None:
             self.advert.beat()
         given_back = reclaim_dead(self.holdings.redis, self.restore, self.holdings.incarnation)
@@ -168,6 +186,12 @@ class Heartbeat:
 
 
 _holdings: Holdings | None = None
+#: Messages whose end (ack or reject) could not be recorded: Redis was away, so the ack itself
+#: most likely failed too. The next beat with Redis back gives them back (``restore_by_tag``
+#: does nothing for a message that was acknowledged after all); a job given back that had
+#: stored its result is recorded from it, not rendered again (worker/consumer/tasks.py).
+_missed: set[str] = set()
+_missed_lock = threading.Lock()
 
 
 def install(holdings: Holdings | None) -> None:
@@ -175,14 +199,40 @@ def install(holdings: Holdings | None) -> None:
     _holdings = holdings
 
 
-def _record(action: str, call: Callable[[Holdings], None]) -> None:
+def _record(action: str, call: Callable[[Holdings], None]) -> bool:
     if _holdings is None:
-        return
+        return True
     try:
         call(_holdings)
     except Exception as e:
-        # Only the fast give-back is lost: the visibility timeout still brings it back.
         logger.warning("could not record that this worker %s a message: %s", action, e)
+        return False
+    return True
+
+
+def _ended(tag: str) -> None:
+    if not _record("released", lambda h: h.release(tag)):
+        with _missed_lock:
+            _missed.add(tag)
+
+
+def settle_missed(holdings: Holdings, restore: Callable[[Iterable[str]], None]) -> list[str]:
+    """Give back the messages whose end Redis missed; the tags given back."""
+    with _missed_lock:
+        tags = sorted(_missed)
+        _missed.clear()
+    if not tags:
+        return []
+    try:
+        restore(tags)
+        for tag in tags:
+            holdings.release(tag)
+    except Exception:
+        with _missed_lock:
+            _missed.update(tags)
+        raise
+    logger.warning("gave back %d message(s) whose acknowledgement Redis may have missed", len(tags))
+    return tags
 
 
 class HeldRequest(Request):
@@ -195,8 +245,8 @@ class HeldRequest(Request):
 
     def acknowledge(self) -> None:
         super().acknowledge()
-        _record("released", lambda h: h.release(str(self.message.delivery_tag)))
+        _ended(str(self.message.delivery_tag))
 
     def reject(self, requeue: bool = False) -> None:
         super().reject(requeue=requeue)
-        _record("released", lambda h: h.release(str(self.message.delivery_tag)))
+        _ended(str(self.message.delivery_tag))

@@ -12,13 +12,16 @@ from worker.settings import WorkerSettings
 
 
 def result_store(settings: WorkerSettings, client: Any = None) -> ObjectStore:
-    """Results go up with LCM_UPLOAD_ATTEMPTS attempts and LCM_UPLOAD_BACKOFF_* between them."""
+    """Results go up with LCM_UPLOAD_BACKOFF_* between attempts, retried in place (the job
+    keeps its render slot's place, not the back of the queue) for LCM_STORAGE_RETRY_BUDGET_S;
+    with a budget of 0, LCM_UPLOAD_ATTEMPTS attempts."""
     backoff = Backoff(
         base_s=settings.upload_backoff_base_s,
         cap_s=max(settings.upload_backoff_cap_s, settings.upload_backoff_base_s),
         attempts=settings.upload_attempts,
     )
-    return ObjectStore.from_settings(settings, backoff=backoff, client=client)
+    budget = settings.storage_retry_budget_s or None
+    return ObjectStore.from_settings(settings, backoff=backoff, client=client, budget_s=budget)
 
 
 def check_bucket(store: ObjectStore) -> None:

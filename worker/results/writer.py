@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 
@@ -19,9 +21,13 @@ from lcm_fleet.contract import ImageRecord, Job, JobResult
 from lcm_fleet.keys import image_key, result_key
 from lcm_fleet.storage import ObjectStore
 from worker.durations import TimedResult
+from worker.errors import JobCanceled
 from worker.render.images import Rendered, RenderedImage
 from worker.render.limits import Deadlines
 from worker.results.png import encode_png, image_metadata
+
+#: How often a job waiting for its uploads checks its time limit and its cancel flag.
+UPLOAD_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,8 @@ class ResultWriter:
         self.model_manifest_sha256, self.worker = model_manifest_sha256, worker
         self.executor = executor
         self._pending: list[Future[_Stored]] = []
+        #: Set when the job is abandoned: uploads still retrying give up.
+        self._stop = threading.Event()
 
     def _encode_upload(self, image: RenderedImage, guidance_scale: float) -> _Stored:
         job = self.job
@@ -67,7 +75,7 @@ class ResultWriter:
         )
         t1 = time.perf_counter()
         key = image_key(self.prefix, job.job_id, image.index)
-        self.store.put(key, data, "image/png")
+        self.store.put(key, data, "image/png", stop=self._stop)
         record = ImageRecord(
             index=image.index,
             seed=image.seed,
@@ -88,7 +96,9 @@ class ResultWriter:
             self._pending.append(self.executor.submit(self._encode_upload, image, guidance_scale))
 
     def abandon(self) -> None:
-        """After a failed render: let started uploads end (a retry overwrites them)."""
+        """After a failed render: uploads stop retrying; wait for the started ones to end
+        (so that :meth:`stored_keys` names every image that made it)."""
+        self._stop.set()
         for future in self._pending:
             future.cancel()
             if not future.cancelled():
@@ -102,15 +112,28 @@ class ResultWriter:
             if f.done() and not f.cancelled() and f.exception() is None
         ]
 
-    def finish(self, rendered: Rendered, deadlines: Deadlines | None = None) -> TimedResult:
-        """Wait for every image's verified upload (until the soft limit), then write result.json."""
+    def finish(
+        self,
+        rendered: Rendered,
+        deadlines: Deadlines | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> TimedResult:
+        """Wait for every image's verified upload (until the soft limit, or ``cancelled()``:
+        S3 may be away for minutes), then write result.json."""
         t0 = time.perf_counter()
-        if deadlines is not None:
-            left = deadlines.soft_left()
-            _, waiting = wait(self._pending, timeout=None if left == float("inf") else max(0, left))
-            if waiting:
-                self.abandon()
-                raise deadlines.soft_exceeded(f"waiting for {len(waiting)} image upload(s)")
+        if deadlines is not None or cancelled is not None:
+            deadlines = deadlines or Deadlines.none()
+            while True:
+                left = deadlines.soft_left()
+                _, waiting = wait(self._pending, timeout=max(0.0, min(left, UPLOAD_POLL_S)))
+                if not waiting:
+                    break
+                if deadlines.soft_left() <= 0:
+                    self.abandon()
+                    raise deadlines.soft_exceeded(f"waiting for {len(waiting)} image upload(s)")
+                if cancelled is not None and cancelled():
+                    self.abandon()
+                    raise JobCanceled(f"canceled while {len(waiting)} image upload(s) were pending")
         stored = [future.result() for future in self._pending]
         waited = time.perf_counter() - t0
         durations = rendered.durations.but(
