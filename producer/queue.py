@@ -38,7 +38,6 @@ def make_client(settings: ConnectionSettings) -> Celery:
         broker_connection_max_retries=1,
         redis_socket_connect_timeout=5,
         redis_socket_timeout=30,
-        task_send_sent_event=True,  # a task-sent event for Flower and other monitors
     )
     return app
 
