@@ -27,6 +27,7 @@ from tests import poison
 from tests.faultkit import OwnRedis, own_redis, wait_until  # noqa: F401  (a fixture)
 from tests.integration.conftest import start_worker, stop_worker, wait_for_log, worker_env
 from worker.consumer import broker_guard
+from worker.exit_codes import ExitCode
 
 #: kombu's Redis hash of delivered, unacknowledged messages (its default unacked_key).
 UNACKED_KEY = kombu_redis.Channel.unacked_key
@@ -184,6 +185,38 @@ def test_job_received_as_redis_dies_runs_once_redis_is_back(
     r = own_redis.client()
     assert r.hlen(UNACKED_KEY) == 0
     assert not [i for i in r.hkeys(INCARNATIONS_KEY) if r.hlen(held_key(i.decode()))]
+
+
+def test_worker_exits_1_when_redis_stays_away_past_its_reconnect_retries(
+    own_redis: OwnRedis,  # noqa: F811
+    service_env,
+    model_dirs,
+    tmp_path,
+):
+    """Celery's unrecoverable stop (exit code 1, worker/exit_codes.py), for real: Redis lost
+    while serving and not back within LCM_BROKER_RECONNECT_RETRIES (1 here: one 2 s wait)."""
+    env = worker_env(
+        {**service_env, "LCM_REDIS_URL": own_redis.url},
+        model_dirs["int8"],
+        tmp_path,
+        f"lcm.restart.{uuid.uuid4().hex[:8]}",
+        LCM_SIZES="512x512",
+        LCM_BROKER_RECONNECT_RETRIES="1",
+        LCM_UNIT="gone",
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        own_redis.kill()
+        code = worker.proc.wait(timeout=120)
+    finally:
+        stop_worker(worker)
+    assert code == ExitCode.FAILURE
+    log = worker.log_text()
+    # Celery gave up reconnecting (kombu's OperationalError after its retries), nothing else.
+    assert "Trying again in 2.00 seconds... (1/1)" in log
+    assert "Unrecoverable error: OperationalError(" in log
+    assert "AttributeError" not in log
+    assert "Celery stopped with exit code 1" in log
 
 
 def _consumer_at_the_kill(url: str, transport: Any, queue: str) -> tuple[Any, Any]:
