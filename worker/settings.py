@@ -91,6 +91,9 @@ class WorkerSettings(ConnectionSettings):
     #: Seconds the worker tries to reach Redis at start before it exits (code 4), before it
     #: compiles anything or opens its metrics port.
     broker_connect_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Times Celery tries again to reach Redis once lost while serving (waits 2, 4, ... 30 s
+    #: between: about 6.5 min for 20) before it stops with exit code 1.
+    broker_reconnect_retries: int = Field(default=20, ge=1, le=1000)
     #: Celery task events (task-received/started/succeeded...), so that Flower and other
     #: monitors see tasks without switching events on remotely.
     task_events: bool = True

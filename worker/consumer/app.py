@@ -80,7 +80,8 @@ def configure(settings: WorkerSettings, worker_name: str | None = None) -> Celer
         task_send_sent_event=settings.task_events,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=20,
+        # Redis lost for longer than these retries: "Unrecoverable error", exit code 1.
+        broker_connection_max_retries=settings.broker_reconnect_retries,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
     )

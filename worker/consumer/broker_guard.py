@@ -19,8 +19,13 @@ Three guards, each where kombu or Celery would otherwise raise in the worker's m
    the messages Celery itself refuses (unknown task, undecodable, invalid) are dead-lettered
    too, so each bad item is in the list exactly once.
 
+Besides, :class:`Channel` keeps its kombu Connection for its whole life, so that Redis lost
+at a job's receipt is a lost connection Celery reconnects after, not a crash in kombu (see
+the class).
+
 Checked against the pinned kombu 5.7.0 and celery 5.7.0 (tests/unit/test_broker_guard.py
-runs the real kombu and Celery code on the screened items).
+runs the real kombu and Celery code on the screened items; tests/integration/
+test_redis_restart.py the lost connection, on a real Redis and a real worker).
 """
 
 from __future__ import annotations
@@ -112,14 +117,64 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
+class _KeptTransport:
+    """What kombu's ``Channel._connparams`` reads of a channel's transport (its ``client``,
+    the kombu Connection, and ``default_port``), kept for after the transport let them go."""
+
+    def __init__(self, client: Any, default_port: int) -> None:
+        self.client, self.default_port = client, default_port
+
+
+class _DetachedChannel:
+    """A channel seen through :class:`_KeptTransport`: for kombu's ``_connparams`` only (it
+    reads the channel's options and its transport, and assigns nothing)."""
+
+    def __init__(self, channel: Channel, transport: _KeptTransport) -> None:
+        self._channel, self.connection = channel, transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel; items popped off a queue are screened before kombu decodes them."""
+    """kombu's Redis channel; items popped off a queue are screened before kombu decodes them.
+
+    It also keeps its kombu Connection (``conninfo``) for the whole of its life. kombu 5.7.0
+    reads it from the transport (``self.connection.client``) whenever the channel builds a
+    connection pool, but ``kombu.Connection.collect``/``close`` let the transport drop it
+    (``_do_close_transport``) while a channel may still be open: Celery's consumer, on a
+    lost connection, runs ``collect()``; there the default channel's close stops at its
+    pending BRPOP (ConnectionError) and ``close_connection`` at the pidbox channel's fanout
+    delete (ConnectionError), so the default channel is closed only afterwards, by
+    ``close()``, with no ``client`` left: its restore of the unacknowledged messages rebuilds
+    the pool it had just disconnected, ``_connparams`` raises AttributeError ('NoneType'
+    object has no attribute 'hostname', as in celery/kombu#582 and #970), which is not a
+    connection error, and Celery stops with "Unrecoverable error". With the kept conninfo
+    the restore tries Redis: a ConnectionError while it is away (ignored, and Celery
+    reconnects), the messages put back if it is already back. A job still running acks on
+    this channel later, through the same rebuilt pool.
+    """
 
     _sink: DeadLetterSink | None = None
+    _kept_client: Any = None
+
+    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        # Before kombu's __init__, which already creates a client (_create_client).
+        self._kept_client = connection.client
+        super().__init__(connection, *args, **kwargs)
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        transport: Any = self.connection
+        if transport is not None and transport.client is not None:
+            return super()._connparams(asynchronous)  # type: ignore[misc]  # (not in stubs)
+        # The transport let go of its client (or the channel of its transport): kombu's own
+        # code, reading the kept conninfo instead; nothing of the transport is changed.
+        kept = _KeptTransport(self._kept_client, kombu_redis.Transport.default_port)
+        view: Any = _DetachedChannel(self, kept)
+        return kombu_redis.Channel._connparams(view, asynchronous)  # type: ignore[attr-defined]
 
     def _options(self) -> dict[str, Any]:
-        client: Any = self.connection.client
-        return dict(client.transport_options or {})
+        return dict(self._kept_client.transport_options or {})
 
     def _policy(self) -> ScreenPolicy | None:
         """The screen's policy from the transport options; None (no screen) without them."""
