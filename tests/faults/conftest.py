@@ -23,13 +23,8 @@ import pytest
 import redis
 
 from producer.settings import ProducerSettings
-from tests.faults.faultkit import (
-    FAULTS_REDIS_PORT,
-    FAULTS_S3_PORT,
-    RedisServer,
-    kill_worker,
-    start_worker_cmd,
-)
+from tests.faultkit import OwnRedis
+from tests.faults.faultkit import FAULTS_REDIS_PORT, FAULTS_S3_PORT, kill_worker, start_worker_cmd
 from tests.integration.conftest import (
     WorkerProcess,
     load_services,
@@ -75,7 +70,7 @@ def int8_dir(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def base_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis of the tier's own (no persistence); scenarios take a database each."""
-    server = RedisServer(FAULTS_REDIS_PORT, tmp_path_factory.mktemp("redis-base"), aof=False)
+    server = OwnRedis(tmp_path_factory.mktemp("redis-base"), FAULTS_REDIS_PORT, aof=False)
     client = redis.Redis(port=FAULTS_REDIS_PORT, socket_connect_timeout=1)
     try:
         client.ping()
@@ -92,6 +87,8 @@ def base_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def s3_services(
     tmp_path_factory: pytest.TempPathFactory, base_redis: str
 ) -> Iterator[dict[str, Any]]:
+    """SeaweedFS of the tier's own, as ``{"module", "state", "env", "port"}`` (what
+    tests.faultkit.OwnS3 takes to stop or hang it)."""
     services = load_services()
     state = tmp_path_factory.mktemp("services")
     env = services.start(state, s3_port=FAULTS_S3_PORT, redis_url=f"{base_redis}/0", bucket=BUCKET)

@@ -1,4 +1,6 @@
-"""Helpers of the fault tier: own Redis servers, batches, and the loss/duplicate/partial audit.
+"""What only the fault tier needs: workers to kill, batches, the loss/duplicate/partial audit
+and the report. The services to kill (``OwnRedis``, ``OwnS3``) and ``wait_until`` are the
+shared kit's (tests/faultkit.py), which the integration tier's outage tests use too.
 
 A helper module (not a test module): tests/faults/conftest.py and the tests import it.
 Everything here runs against real processes: ``redis-server`` started by the test on a port
@@ -12,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from lcm_fleet.keys import INCARNATIONS_KEY, held_key, normalise_prefix, result_
 from lcm_fleet.records import JobRecord, RecordStore
 from producer.api import JobHandle, submit
 from producer.settings import ProducerSettings
+from tests.faultkit import wait_until
 from tests.integration.conftest import ROOT, WorkerProcess, wait_for_log
 
 #: Where the tier's own services listen (weed takes the S3 port and the next 9).
@@ -37,72 +39,6 @@ FAULTS_REDIS_URL = os.environ.get("LCM_TEST_REDIS_URL", "redis://127.0.0.1:16400
 FAULTS_REDIS_PORT = int(FAULTS_REDIS_URL.rsplit(":", 1)[1].split("/")[0])
 #: Seconds a job of the fault batches may take at most, whatever the CPU (generous).
 JOB_SLACK_S = 120.0
-
-
-# ---------------------------------------------------------------- an own Redis
-
-
-class RedisServer:
-    """``redis-server`` on a port of its own, with AOF (``appendfsync everysec``) or without
-    any persistence; killed with SIGKILL and started again on the same data dir."""
-
-    def __init__(self, port: int, data_dir: Path, *, aof: bool, bind: str = "127.0.0.1") -> None:
-        self.port, self.dir, self.aof, self.bind = port, data_dir, aof, bind
-        self.proc: subprocess.Popen[bytes] | None = None
-        data_dir.mkdir(parents=True, exist_ok=True)
-
-    def url(self, db: int = 0, host: str = "127.0.0.1") -> str:
-        return f"redis://{host}:{self.port}/{db}"
-
-    def argv(self) -> list[str]:
-        server = shutil.which("redis-server")
-        assert server, "the fault tier needs redis-server on PATH"
-        persistence = (
-            ["--appendonly", "yes", "--appendfsync", "everysec"]
-            if self.aof
-            else ["--appendonly", "no"]
-        )
-        return [
-            server,
-            "--port", str(self.port),
-            "--bind", *self.bind.split(),
-            "--protected-mode", "no",
-            "--daemonize", "no",
-            "--save", "",
-            "--dir", str(self.dir),
-            *persistence,
-        ]  # fmt: skip
-
-    def start(self) -> RedisServer:
-        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115  (the child keeps it)
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        client = redis.Redis.from_url(self.url(), socket_connect_timeout=1, socket_timeout=1)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.RedisError, OSError):
-                if client.ping():
-                    # AOF replay done: a loading server answers PING with LOADING errors.
-                    return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"redis-server exited: {(self.dir / 'redis.log').read_text()}")
-            time.sleep(0.05)
-        raise AssertionError(f"redis-server on {self.port} did not answer in 20 s")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, no AOF rewrite; what is on disk is what is kept."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # ---------------------------------------------------------------- workers
@@ -239,16 +175,11 @@ def wait_finished(
 def wait_succeeded(
     settings: ProducerSettings, ids: Sequence[str], count: int, timeout_s: float
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        recs = records_of(settings, ids)
-        if (
-            sum(1 for r in recs.values() if r is not None and r.state is JobState.SUCCEEDED)
-            >= count
-        ):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"fewer than {count} of {len(ids)} jobs succeeded in {timeout_s:.0f} s")
+    def enough() -> bool:
+        recs = records_of(settings, ids).values()
+        return sum(1 for r in recs if r is not None and r.state is JobState.SUCCEEDED) >= count
+
+    wait_until(enough, timeout_s, f"{count} of {len(ids)} jobs succeeded")
 
 
 # ---------------------------------------------------------------- the audit
@@ -265,10 +196,14 @@ class Audit:
     lost: list[str]
     #: Keys under the prefix beyond exactly one result.json and the PNGs it lists per job.
     duplicate: list[str]
-    #: PNGs without a result.json, or listed in one but missing / with another sha256.
+    #: PNGs without a result.json, or listed in one but missing / with another sha256. A
+    #: job that fails or times out removes the PNGs it had stored; what it could not remove
+    #: is listed in its record (``partial_keys``) and is still counted here.
     partial: list[str]
     #: Partial PNGs that a failed job's record lists (``partial_keys``).
     partial_listed: list[str]
+    #: Keys a record lists in ``partial_keys`` that are not stored (the record is wrong).
+    listed_missing: list[str]
     keys: int
     finished_at: dict[str, float]
 
@@ -283,6 +218,7 @@ class Audit:
             "duplicate_objects": len(self.duplicate),
             "partial_objects": len(self.partial),
             "partial_listed_in_record": len(self.partial_listed),
+            "listed_but_missing": len(self.listed_missing),
             "objects": self.keys,
             "lost_ids": self.lost[:10],
             "duplicate_keys": self.duplicate[:10],
@@ -351,26 +287,46 @@ def audit(
                 partial.append(image.key)
         if len(result.images) != len({i.key for i in result.images}):
             duplicate.append(rkey)  # one image listed twice
+    stored = set(keys)
+    listed_missing: list[str] = []
     for job_id in batch_ids:
         rec = recs.get(job_id)
         if rec is not None and rec.state is JobState.SUCCEEDED and job_id not in by_job:
             partial.append(result_key(prefix, job_id))  # succeeded, but nothing stored
+        if rec is not None:
+            listed_missing += [k for k in rec.partial_keys if k not in stored]
     finished_at = {
         j: r.finished_at for j, r in recs.items() if r is not None and r.finished_at is not None
     }
-    return Audit(states, reasons, lost, duplicate, partial, partial_listed, len(keys), finished_at)
+    return Audit(
+        states,
+        reasons,
+        lost,
+        duplicate,
+        partial,
+        partial_listed,
+        listed_missing,
+        len(keys),
+        finished_at,
+    )
 
 
 # ---------------------------------------------------------------- the report
 
 
-def report(scenario: str, audit_: Audit | None, **figures: Any) -> dict[str, Any]:
-    """Print one JSON line and append it to the tier's results file."""
+def report(
+    scenario: str, audit_: Audit | None, *, recovery_s: float | None, **figures: Any
+) -> dict[str, Any]:
+    """Print one JSON line and append it to the tier's results file. Every scenario names
+    its recovery time: seconds from the fault's end (or the fault itself, for a kill) until
+    the work it hit was done (None: nothing it hit finished)."""
     line: dict[str, Any] = {
         "scenario": scenario,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "recovery_s": recovery_s,
     }
-    line.update({k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()})
+    line.update(figures)
+    line = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in line.items()}
     if audit_ is not None:
         line.update(audit_.summary())
     text = json.dumps(line, sort_keys=False)
@@ -382,13 +338,17 @@ def report(scenario: str, audit_: Audit | None, **figures: Any) -> dict[str, Any
 
 
 def assert_clean(audit_: Audit) -> None:
-    """The three invariants of every scenario."""
+    """The three invariants of every scenario (and the records telling the truth about what
+    was left)."""
     assert not audit_.lost, (
         f"accepted jobs lost: {audit_.lost} (states {audit_.states}, reasons {audit_.reasons})"
     )
     assert not audit_.duplicate, f"duplicate objects: {audit_.duplicate}"
     assert not audit_.partial, (
         f"partial objects: {audit_.partial} (listed in a record: {audit_.partial_listed})"
+    )
+    assert not audit_.listed_missing, (
+        f"records list as left in storage keys that are not there: {audit_.listed_missing}"
     )
 
 

@@ -8,17 +8,16 @@ import contextlib
 import random
 import socket
 import subprocess
-import threading
 import time
 import uuid
 
 import pytest
 import redis
 
+from tests.faultkit import OwnRedis
 from tests.faults.faultkit import (
     FAULTS_REDIS_PORT,
     JOB_SLACK_S,
-    RedisServer,
     assert_clean,
     audit,
     held_jobs,
@@ -29,6 +28,7 @@ from tests.faults.faultkit import (
     wait_finished,
     wait_succeeded,
 )
+from tests.integration.tcp_proxy import TcpProxy
 
 TTL_S = 3.0
 JOB = {"width": 512, "height": 512, "steps": 2}
@@ -37,41 +37,6 @@ NETNS_PORT_OFFSET = 3
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-class Forwarder:
-    """Listens on ``listen`` and forwards each connection to ``target`` (S3 binds loopback)."""
-
-    def __init__(self, listen: str, target: tuple[str, int]) -> None:
-        self.target = target
-        self._server = socket.create_server((listen, 0))
-        self.port: int = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                with contextlib.suppress(Exception):
-                    client.close()
-                if self._server.fileno() < 0:
-                    return
-                continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._server.close()
 
 
 @pytest.fixture
@@ -103,20 +68,21 @@ def test_worker_cut_off_by_the_network_its_jobs_finish_elsewhere(
     scenario, s3, s3_services, netns, tmp_path
 ):
     host_ip = netns["host_ip"]
-    server = RedisServer(
-        FAULTS_REDIS_PORT + NETNS_PORT_OFFSET, tmp_path / "redis", aof=False,
+    server = OwnRedis(
+        tmp_path / "redis", FAULTS_REDIS_PORT + NETNS_PORT_OFFSET, aof=False,
         bind=f"127.0.0.1 {host_ip}",
     ).start()  # fmt: skip
-    forwarder = Forwarder(host_ip, ("127.0.0.1", s3_services["port"]))
+    # SeaweedFS binds loopback only: the namespace reaches it through a proxy on the veth.
+    forwarder = TcpProxy(("127.0.0.1", s3_services["port"]), listen=host_ip)
     try:
-        sc = scenario(server.url(0))
+        sc = scenario(server.url)
         env = sc.env(LCM_SIZES="512x512", LCM_HEARTBEAT_TTL_S=str(TTL_S))
         cut = sc.start_worker(
             "cut.log",
             {
                 **env,
                 "LCM_UNIT": "netns",
-                "LCM_REDIS_URL": server.url(0, host=host_ip),
+                "LCM_REDIS_URL": server.url_for(0, host=host_ip),
                 "LCM_S3_ENDPOINT_URL": f"http://{host_ip}:{forwarder.port}",
                 "KILL_AT_END": "1",
             },
@@ -155,11 +121,12 @@ def test_worker_cut_off_by_the_network_its_jobs_finish_elsewhere(
         report(
             "network_cut_netns",
             result,
+            recovery_s=recovery,
             held_at_cut=len(held),
             unfinished_at_cut=len(unfinished),
-            recovery_s=recovery,
             batch_done_after_cut_s=recovery_after(result, batch.ids, cut_at),
             jobs_by_worker=by_worker,
+            cut_worker_exit_code=cut.proc.poll(),
         )
         assert_clean(result)
         assert unfinished, "every job it held had finished before the cut"
@@ -170,5 +137,5 @@ def test_worker_cut_off_by_the_network_its_jobs_finish_elsewhere(
         assert other.proc.poll() is None
         assert cut.proc.poll() is None or cut.proc.returncode != 0
     finally:
-        forwarder.close()
+        forwarder.cut()
         server.stop()

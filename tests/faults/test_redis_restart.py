@@ -1,7 +1,8 @@
 """Redis killed (SIGKILL) and started again mid-batch, on a Redis of the test's own.
 
 With AOF (``appendfsync everysec``) every accepted job must reach succeeded once Redis is
-back. Without persistence the test documents what is lost: everything Redis held.
+back. Without persistence the test documents what is lost: everything Redis held (and the
+worker said so at start: lcm_fleet/broker.py warn_if_not_persistent).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import redis
 from lcm_fleet.contract import JobState, queue_for
 from lcm_fleet.keys import result_key
 from producer.api import submit
+from tests.faultkit import OwnRedis
 from tests.faults.faultkit import (
     FAULTS_REDIS_PORT,
     JOB_SLACK_S,
-    RedisServer,
     assert_clean,
     audit,
     list_keys,
@@ -37,8 +38,14 @@ DOWN_S = 5.0
 AOF_PORT_OFFSET, BARE_PORT_OFFSET = 1, 2
 
 
-def _own_redis(tmp_path, offset: int, aof: bool) -> RedisServer:
-    return RedisServer(FAULTS_REDIS_PORT + offset, tmp_path / "redis", aof=aof).start()
+def _own_redis(tmp_path, offset: int, aof: bool) -> OwnRedis:
+    return OwnRedis(tmp_path / "redis", FAULTS_REDIS_PORT + offset, aof=aof).start()
+
+
+def _persistence_warning(worker, url: str) -> str | None:
+    """The worker's start-up warning about its broker's persistence (its log line), if any."""
+    needle = f"lcm-worker: the broker at {url} "
+    return next((ln for ln in worker.log_text().splitlines() if needle in ln), None)
 
 
 def _results(s3, settings) -> set[str]:
@@ -49,10 +56,12 @@ def _results(s3, settings) -> set[str]:
 def test_redis_restart_with_aof_loses_nothing(scenario, s3, tmp_path):
     server = _own_redis(tmp_path, AOF_PORT_OFFSET, aof=True)
     try:
-        sc = scenario(server.url(0))
+        sc = scenario(server.url)
         worker = sc.start_worker(
             "worker.log", sc.env(LCM_SIZES="512x512", LCM_HEARTBEAT_TTL_S=str(TTL_S))
         )
+        warning = _persistence_warning(worker, server.url)
+        assert warning is None, f"an AOF broker was taken for one without: {warning}"
         batch = submit_batch(sc.settings, 10, "redis restart aof", **JOB)
         wait_succeeded(sc.settings, batch.ids, 3, JOB_SLACK_S)
         time.sleep(1.5)  # past appendfsync everysec: every accepted write is on disk
@@ -67,19 +76,20 @@ def test_redis_restart_with_aof_loses_nothing(scenario, s3, tmp_path):
         time.sleep(DOWN_S)
         server.start()
         back_at = time.time()
-        recs = wait_finished(sc.settings, batch.ids, JOB_SLACK_S)
+        recs = wait_finished(sc.settings, batch.ids, JOB_SLACK_S, workers=[worker])
         result = audit(s3, sc.settings, batch.ids, records=recs)
         after = [t for t in result.finished_at.values() if t > back_at]
         report(
             "redis_kill_restart_aof",
             result,
+            recovery_s=recovery_after(result, batch.ids, back_at),
             down_s=back_at - killed_at,
             first_success_after_back_s=(min(after) - back_at) if after else None,
-            recovery_s=recovery_after(result, batch.ids, back_at),
             worker_alive=worker.proc.poll() is None,
+            worker_exit_code=worker.proc.poll(),
         )
+        assert worker.proc.poll() is None, f"the worker exited:\n{worker.log_text()[-3000:]}"
         assert_clean(result)
-        assert worker.proc.poll() is None
     finally:
         server.stop()
 
@@ -108,8 +118,9 @@ def test_redis_restart_without_persistence_loses_what_redis_held(scenario, s3, t
     it, also of the jobs finished before the kill, whose objects stay in S3."""
     server = _own_redis(tmp_path, BARE_PORT_OFFSET, aof=False)
     try:
-        sc = scenario(server.url(0))
+        sc = scenario(server.url)
         worker = sc.start_worker("worker.log", sc.env(LCM_SIZES="512x512"))
+        warning = _persistence_warning(worker, server.url)
         first = submit_batch(sc.settings, 6, "redis restart bare", **JOB)
         wait_succeeded(sc.settings, first.ids, 2, JOB_SLACK_S)
         # Freeze the worker's main process: the jobs submitted now stay in the Redis list,
@@ -152,6 +163,8 @@ def test_redis_restart_without_persistence_loses_what_redis_held(scenario, s3, t
         report(
             "redis_kill_restart_no_persistence",
             result,
+            recovery_s=probe_s,
+            warned_at_start=warning is not None,
             down_s=back_at - killed_at,
             queued_at_kill=len(queued),
             held_by_worker_at_kill=len(held),
@@ -160,8 +173,8 @@ def test_redis_restart_without_persistence_loses_what_redis_held(scenario, s3, t
             records_lost=sum(1 for j in ids if after[j] is None),
             held_rendered_after_back=len(held & stored),
             results_in_s3=len(stored),
-            probe_succeeded_after_back_s=probe_s,
         )
+        assert warning is not None and "has no persistence" in warning, worker.log_text()[-3000:]
         assert queued, "the kill should have come while jobs were queued"
         # What no persistence loses, exactly: every queued job (never rendered) ...
         assert not queued & stored

@@ -8,11 +8,11 @@ import threading
 
 
 class TcpProxy:
-    """Listens on 127.0.0.1:<port> and forwards every connection to ``target``."""
+    """Listens on ``listen``:<port> (a free port) and forwards every connection to ``target``."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], listen: str = "127.0.0.1") -> None:
         self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((listen, 0))
         self.port: int = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
