@@ -9,8 +9,13 @@ import sys
 import time
 import uuid
 
+import pytest
+
 from tests.faultkit import OwnRedis, own_redis  # noqa: F401  (a fixture)
 from tests.integration.conftest import ROOT
+
+# A fault scenario on real processes: the faults tier (`-m faults`, .ci/run), not the default run.
+pytestmark = pytest.mark.faults
 
 
 def _lcm(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

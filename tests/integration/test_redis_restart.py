@@ -29,6 +29,9 @@ from tests.integration.conftest import start_worker, stop_worker, wait_for_log, 
 from worker.consumer import broker_guard
 from worker.exit_codes import ExitCode
 
+# A fault scenario on real processes: the faults tier (`-m faults`, .ci/run), not the default run.
+pytestmark = pytest.mark.faults
+
 #: kombu's Redis hash of delivered, unacknowledged messages (its default unacked_key).
 UNACKED_KEY = kombu_redis.Channel.unacked_key
 

@@ -20,6 +20,9 @@ from producer.settings import ProducerSettings
 from tests.faultkit import OwnS3, session_s3, wait_until  # noqa: F401  (a fixture)
 from tests.integration.conftest import start_worker, stop_worker, worker_env
 
+# A fault scenario on real processes: the faults tier (`-m faults`, .ci/run), not the default run.
+pytestmark = pytest.mark.faults
+
 OUTAGE_S = 30.0
 
 
