@@ -259,7 +259,13 @@ class ServedReader:
         """Record (once per process) that jobs are published to ``queue``."""
         if queue in self._noted:
             return
-        self.redis.sadd(QUEUES_KEY, queue)
+        try:
+            self.redis.sadd(QUEUES_KEY, queue)
+        except (
+            Exception
+        ) as e:  # Redis away: the publish that follows reports it; try again next time
+            logger.debug("could not note queue %s: %s", queue, e)
+            return
         self._noted.add(queue)
 
 

@@ -188,8 +188,13 @@ def check_before_publish(job: Job, settings: ProducerSettings, queue: str | None
     published, on every path: :func:`submit_job` (this API, the CLI, bulk files) and the
     HTTP API (producer/http/submitting.py calls it too, on its event loop: keep it quick).
     Raise :class:`InvalidJob` (naming the field, the value and the fix) to refuse: today
-    a size no worker serves (:func:`check_served`, a cached read)."""
+    a size no worker serves (:func:`check_served`, a cached read). It also notes the queue
+    in the set of queues producers publish to (once per process), which the workers' queue
+    depth gauge reads."""
     check_served([job], settings, queue)
+    reader_for(settings, settings.served_cache_s).note_queue(
+        queue or queue_for(job, settings.queue)
+    )
 
 
 def publish_message(
@@ -248,7 +253,6 @@ def submit_job(
     together = broker_is_records(settings)
 
     def publish() -> None:
-        reader_for(settings, settings.served_cache_s).note_queue(target)
         # The message deletes the id's old result (a resubmitted job or bulk file), so that
         # waiting on this submission sees this run's result.
         message = publish_message(job, settings, target, client)

@@ -25,8 +25,8 @@ Redis
     (``appendonly yes``, ``appendfsync everysec``: a crash loses at most about the last second
     of writes), data in ``STATE/redis``, so a killed and restarted Redis keeps its queues
     and records (demos of restarts, the fault tests). Its PID goes to ``STATE/redis.pid``,
-    its output to ``STATE/redis.log``. ``start_redis``/``stop_redis``/``kill_redis`` manage
-    only the Redis of a state dir (the fault tests kill and restart it).
+    its output to ``STATE/redis.log``. The fault tests run Redis servers of their own
+    (``tests/faultkit.py``).
 
 S3
     ``weed mini`` (SeaweedFS: master, volume, filer and S3 gateway in one process) bound to
@@ -623,44 +623,6 @@ def stop(state_dir: Path) -> None:
     state_dir = Path(state_dir).resolve()
     _stop_pid_file(state_dir / "weed.pid", "weed")
     _stop_pid_file(state_dir / "redis.pid", "redis-server")
-
-
-def start_redis(state_dir: Path, redis_url: str, persistent: bool = True) -> None:
-    """Only Redis: make ``redis_url`` answer, starting redis-server (with AOF by default) in
-    this state dir when nothing answers. Started again after :func:`kill_redis`, it loads its
-    AOF from ``STATE/redis``."""
-    state_dir = Path(state_dir).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    spawned: list[tuple[Path, str]] = []
-    try:
-        _start_redis(state_dir, redis_url, spawned, persistent)
-    except BaseException:
-        for pid_file, program in spawned:
-            _stop_pid_file(pid_file, program)
-        raise
-
-
-def stop_redis(state_dir: Path) -> None:
-    """Stop only this state dir's redis-server (SIGTERM: it writes its AOF and exits)."""
-    _stop_pid_file(Path(state_dir).resolve() / "redis.pid", "redis-server")
-
-
-def kill_redis(state_dir: Path) -> int | None:
-    """SIGKILL this state dir's redis-server, as a crash would; its PID, or None if none ran."""
-    pid_file = Path(state_dir).resolve() / "redis.pid"
-    pid = _running_pid(pid_file, "redis-server")
-    if pid is None:
-        return None
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    child = _children.pop(pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=1.0)
-    pid_file.unlink(missing_ok=True)
-    return pid
 
 
 def stop_s3(state_dir: Path) -> None:
