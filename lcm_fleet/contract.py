@@ -40,6 +40,16 @@ class JobState(TextEnum):
     CANCELED = "canceled"
 
 
+class JobClass(TextEnum):
+    """Who is waiting for a job. Interactive work (single jobs: ``lcm submit``, POST
+    /v1/jobs, the OpenAI endpoint) goes ahead of bulk work (batches, bulk files,
+    schedules); each class has its own queues (:func:`class_queue`), and workers take
+    from both in the order the worker's consumption policy states."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
 class WebhookKind(TextEnum):
     """What a webhook delivery is about."""
 
@@ -214,11 +224,26 @@ def size_queue(base: str, width: int, height: int) -> str:
     return f"{base}.{width}x{height}"
 
 
-def queue_for(job: Job, base: str) -> str:
-    """Jobs without a size go to ``base`` (any worker); sized jobs to their size class."""
+#: Suffix of a bulk queue: ``lcm.render.512x512`` -> ``lcm.render.512x512.bulk``.
+BULK_SUFFIX = ".bulk"
+
+
+def class_queue(queue: str, job_class: JobClass) -> str:
+    """The queue of ``job_class`` beside an interactive queue (the interactive one itself)."""
+    return f"{queue}{BULK_SUFFIX}" if job_class is JobClass.BULK else queue
+
+
+def interactive_queue(queue: str) -> str:
+    """The interactive queue a queue belongs to: ``x.64x64.bulk`` -> ``x.64x64``."""
+    return queue.removesuffix(BULK_SUFFIX)
+
+
+def queue_for(job: Job, base: str, job_class: JobClass = JobClass.INTERACTIVE) -> str:
+    """Jobs without a size go to ``base`` (any worker); sized jobs to their size class;
+    bulk jobs to the bulk queue beside it."""
     if job.width is None or job.height is None:
-        return base
-    return size_queue(base, job.width, job.height)
+        return class_queue(base, job_class)
+    return class_queue(size_queue(base, job.width, job.height), job_class)
 
 
 _INT_FIELDS = ("seed", "steps", "width", "height", "num_images")

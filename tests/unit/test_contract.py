@@ -206,3 +206,15 @@ def test_text_cells_become_numbers_and_bad_text_is_named():
         parse_job(job_fields_from_text({"prompt": "a cat", "steps": "four"}))
     with pytest.raises(InvalidJob, match=r"field 'seed' got '1\.5'"):
         parse_job(job_fields_from_text({"prompt": "a cat", "seed": "1.5"}))
+
+
+def test_bulk_jobs_go_to_the_bulk_queue_beside_their_size_class() -> None:
+    from lcm_fleet.contract import JobClass, class_queue, interactive_queue, queue_for
+
+    sized = Job(prompt="a red circle", width=64, height=64)
+    unsized = Job(prompt="a red circle")
+    assert queue_for(sized, "lcm.render") == "lcm.render.64x64"
+    assert queue_for(sized, "lcm.render", JobClass.BULK) == "lcm.render.64x64.bulk"
+    assert queue_for(unsized, "lcm.render", JobClass.BULK) == "lcm.render.bulk"
+    assert interactive_queue("lcm.render.64x64.bulk") == "lcm.render.64x64"
+    assert interactive_queue(class_queue("q", JobClass.INTERACTIVE)) == "q"
