@@ -12,6 +12,7 @@ from lcm_fleet.artifact.kinds import InferencePrecision
 from lcm_fleet.artifact.registry import parse_ref
 from lcm_fleet.errors import RegistryInputError
 from lcm_fleet.settings import ConnectionSettings
+from worker.model.verified import VerifyMode
 from worker.render.sizes import parse_sizes
 
 
@@ -24,6 +25,10 @@ class WorkerSettings(ConnectionSettings):
     model_dir: Path | None = None
     #: Where published models are downloaded to, as <name>/<version>/.
     model_cache_dir: Path = Path.home() / ".cache" / "lcm-fleet" / "models"
+    #: How the artifact's files are checked at start: "marker" hashes them unless a verified
+    #: marker (written under model_cache_dir after the last full check) matches every file's
+    #: size, mtime, ctime and inode; "full" hashes at every start (worker/model/verified.py).
+    artifact_verify: VerifyMode = VerifyMode.MARKER
     #: OpenVINO device: CPU, GPU, GPU.1, ...
     device: str = "CPU"
     #: OpenVINO compile cache; makes later start-ups fast. Empty string disables it.

@@ -17,7 +17,9 @@ from pathlib import Path
 from lcm_fleet.artifact.registry import Registry, looks_like_ref
 from lcm_fleet.errors import RegistryError, RegistryInputError, StorageError
 from worker.errors import ModelLoadError
+from worker.model import verified
 from worker.model.artifact import ServedModel, open_artifact, verify_files_of
+from worker.model.verified import VerifyMode
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -80,9 +82,23 @@ def open_model(settings: WorkerSettings) -> ServedModel:
 
 
 def verify_model(settings: WorkerSettings, model: ServedModel) -> None:
-    """Check every file's size and sha256; raise ModelLoadError saying how to fix it."""
+    """Check every file's size and sha256, unless a verified marker shows that no file changed
+    since the last full check (LCM_ARTIFACT_VERIFY); raise ModelLoadError saying how to fix it."""
+    root = settings.model_cache_dir
+    if settings.artifact_verify is VerifyMode.MARKER and verified.matches(
+        root, model.path, model.manifest
+    ):
+        logger.info(
+            "artifact %s verified by its marker: no file changed since it was last hashed "
+            "(LCM_ARTIFACT_VERIFY=full hashes at every start)",
+            model.path,
+        )
+        return
+    before = verified.stat_files(model.path, model.manifest)
     with _cached_copy_hint(settings, model.path):
         verify_files_of(model)
+    if settings.artifact_verify is VerifyMode.MARKER:
+        verified.write(root, model.path, model.manifest, before)
 
 
 def load_model(settings: WorkerSettings) -> ServedModel:
