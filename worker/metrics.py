@@ -8,7 +8,11 @@ processes only render; they report their compile time and memory once, at start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -62,6 +66,47 @@ PIPELINE_MEMORY = Gauge(
 )
 
 
+#: Wall time over which ``lcm_images_per_core_hour`` counts the images stored.
+RATE_WINDOW_S = 600.0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; lcm-fleet pins one per socket)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class CoreHourRate:
+    """Images stored per core-hour over the last ``window_s`` of wall time, idle time included:
+    what an operator pays per image. At full load it is bench/pipeline's figure."""
+
+    def __init__(
+        self,
+        cores: int,
+        window_s: float = RATE_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cores, self.window_s, self.clock = max(1, cores), window_s, clock
+        self.started = clock()
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, images: int) -> None:
+        with self._lock:
+            self._events.append((self.clock(), images))
+
+    def value(self) -> float:
+        now = self.clock()
+        with self._lock:
+            while self._events and self._events[0][0] < now - self.window_s:
+                self._events.popleft()
+            images = sum(n for _, n in self._events)
+        span_s = min(self.window_s, now - self.started)
+        return 3600.0 * images / (self.cores * span_s) if span_s > 0 else 0.0
+
+
+RATE = CoreHourRate(usable_cores())
+
+
 def size_label(job: Job | None, classes: PipelineSet[Any] | None) -> str:
     """The ``size`` label of a job: its size class, ``other`` for a size this worker does not
     serve, ``unknown`` before the job is decoded."""
@@ -78,6 +123,7 @@ def observe_job(durations: JobDurations, images: int, size: str) -> None:
             STAGE_SECONDS.labels(stage=stage, size=size).observe(seconds)
     count_outcome(Outcome.SUCCEEDED, size)
     IMAGES.labels(size=size).inc(images)
+    RATE.add(images)
 
 
 def count_outcome(outcome: Outcome, size: str = SIZE_UNKNOWN) -> None:
@@ -170,5 +216,21 @@ def serve(
             yield family
 
     registry.register(Info())
+
+    class Cost:
+        def collect(self) -> Iterator[Any]:
+            cores = GaugeMetricFamily(
+                "lcm_worker_cores", "CPU cores this worker may run on (its affinity)"
+            )
+            cores.add_metric([], float(RATE.cores))
+            rate = GaugeMetricFamily(
+                "lcm_images_per_core_hour",
+                f"Images stored per core-hour over the last {RATE_WINDOW_S:.0f} s, idle included",
+            )
+            rate.add_metric([], RATE.value())
+            yield cores
+            yield rate
+
+    registry.register(Cost())
     start_http_server(port, addr=addr, registry=registry)
     logger.info("metrics on http://%s:%d/metrics", addr, port)

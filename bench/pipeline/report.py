@@ -41,21 +41,25 @@ def markdown(result: dict[str, Any]) -> str:
         f"(`{result['command']}`, {_num(result['wall_s'], 0)} s in all).",
         "",
         "| path | total s | text encoder s | UNet s | VAE s | vs PyTorch fp32 | "
-        "UNet vs PyTorch | peak RSS GiB | load s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "UNet vs PyTorch | images / core-hour | peak RSS GiB | load s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for path in result["paths"].values():
         m = path["median"]
         lines.append(
             f"| {path['label']} | {_num(m['total_s'])} | {_num(m['text_encoder_s'])} | "
             f"{_num(m['unet_s'])} | {_num(m['vae_s'])} | {_ratio(path['speedup_total'])} | "
-            f"{_ratio(path['speedup_unet'])} | {_gib(path['peak_rss_gib'])} | "
+            f"{_ratio(path['speedup_unet'])} | {_num(path.get('images_per_core_hour'), 0)} | "
+            f"{_gib(path['peak_rss_gib'])} | "
             f"{_num(path['load_s'], 1)} |"
         )
     lines += [
         "",
         "- vs PyTorch fp32: PyTorch's median total (or UNet) seconds divided by the path's; "
         "above 1 is faster.",
+        "- images / core-hour: 3600 / (median total s x usable cores), one render at a time "
+        "on every usable core; the worker exports the same figure live "
+        "(`lcm_images_per_core_hour`).",
         "- peak RSS: `ru_maxrss` of the process that loaded and rendered that path only.",
         "- load: PyTorch `from_pretrained`; OpenVINO read + reshape + compile of the "
         "Text2ImagePipeline with no compile cache (a worker with `LCM_CACHE_DIR` set "

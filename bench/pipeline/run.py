@@ -256,6 +256,14 @@ def _ratio(base: float | None, value: float | None) -> float | None:
     return round(base / value, 3)
 
 
+def images_per_core_hour(render_s: float | None, cores: int | None) -> float | None:
+    """Images one render process makes per hour per core it runs on, rendering back to back
+    (one render at a time on every usable core, as the benchmark times it)."""
+    if not render_s or not cores:
+        return None
+    return round(3600.0 / (render_s * cores), 1)
+
+
 def notes_for(paths: dict[str, Any]) -> list[str]:
     notes = []
     for path in paths.values():
@@ -296,9 +304,11 @@ def run(opts: Options, command: str) -> dict[str, Any]:
     for key, label, task, spec in path_specs(dirs, common):
         paths[key] = {"label": label, **runner.child(f"path-{key}", task, spec)}
     base = paths["pytorch_fp32"]["median"]
+    cores = machine.describe()["usable_cores"]
     for path in paths.values():
         path["speedup_total"] = _ratio(base["total_s"], path["median"]["total_s"])
         path["speedup_unet"] = _ratio(base["unet_s"], path["median"]["unet_s"])
+        path["images_per_core_hour"] = images_per_core_hour(path["median"]["total_s"], cores)
     result = {
         "benchmark": "pipeline",
         "date": started.date().isoformat(),

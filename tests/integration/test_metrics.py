@@ -40,3 +40,5 @@ def test_metrics_during_a_batch(worker, producer_settings):
     assert _value(text, r'lcm_pipeline_compile_seconds\{size="128x128"\}') > 0
     assert _value(text, r'lcm_pipeline_memory_gib\{size="128x128"\}') > 0
     assert "lcm_worker_info{" in text and 'shape="128x128"' in text
+    assert _value(text, r"lcm_worker_cores") >= 1
+    assert _value(text, r"lcm_images_per_core_hour") > 0  # 6 images within the window
