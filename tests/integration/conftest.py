@@ -70,6 +70,25 @@ def run_cli(
     )
 
 
+def run_module(
+    *args: str, env: dict[str, str], timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` with exactly ``env`` (nothing of this process's environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def worker_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``lcm-worker --check`` with exactly ``env``."""
+    return run_module("worker.cli", "--check", env=env)
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny LCM, its fp32 IR artifact and its INT8 artifact, built by the real CLI."""

@@ -8,8 +8,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,7 +19,13 @@ from pydantic import SecretStr
 from lcm_fleet.artifact.manifest import read_manifest, write_manifest
 from lcm_fleet.contract import Job
 from producer.api import submit
-from tests.integration.conftest import ROOT, run_cli, start_worker, stop_worker, worker_env
+from tests.integration.conftest import (
+    run_cli,
+    start_worker,
+    stop_worker,
+    worker_check,
+    worker_env,
+)
 from worker.errors import ModelLoadError
 from worker.model.artifact import verify_artifact
 from worker.render.images import render
@@ -44,17 +48,6 @@ def encrypted(model_dirs, tmp_path_factory) -> Path:
         str(d / "model.key"),
     )
     return d / "artifact"
-
-
-def _check(env):
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "--check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_no_ir_file_is_stored_in_the_clear(encrypted, model_dirs):
@@ -95,16 +88,18 @@ def test_served_from_memory_with_the_images_of_the_plaintext_artifact(
 
 
 def test_check_refuses_without_the_key_and_with_another_key(service_env, encrypted, tmp_path):
-    out = _check(worker_env(service_env, encrypted, tmp_path, "q"))
+    out = worker_check(worker_env(service_env, encrypted, tmp_path, "q"))
     assert out.returncode == 2, out.stdout + out.stderr
     assert "encrypted" in out.stderr and "set LCM_MODEL_KEY" in out.stderr
-    out = _check(worker_env(service_env, encrypted, tmp_path, "q", LCM_MODEL_KEY=OTHER_KEY))
+    out = worker_check(worker_env(service_env, encrypted, tmp_path, "q", LCM_MODEL_KEY=OTHER_KEY))
     assert out.returncode == 2, out.stdout + out.stderr
     assert "LCM_MODEL_KEY is not the key it was encrypted with" in out.stderr
     assert OTHER_KEY not in out.stderr + out.stdout
-    out = _check(worker_env(service_env, encrypted, tmp_path, "q", LCM_MODEL_KEY="not-base64!"))
+    out = worker_check(
+        worker_env(service_env, encrypted, tmp_path, "q", LCM_MODEL_KEY="not-base64!")
+    )
     assert out.returncode == 2 and "LCM_MODEL_KEY is not valid base64" in out.stderr
-    out = _check(worker_env(service_env, encrypted, tmp_path, "q", LCM_MODEL_KEY=KEY))
+    out = worker_check(worker_env(service_env, encrypted, tmp_path, "q", LCM_MODEL_KEY=KEY))
     assert out.returncode == 0, out.stdout + out.stderr
     assert KEY not in out.stderr + out.stdout
 
@@ -119,7 +114,7 @@ def test_a_flipped_byte_is_refused_by_the_hash_check(service_env, encrypted, tmp
     copy = tmp_path / "artifact"
     shutil.copytree(encrypted, copy)
     _flip(copy / "unet" / "openvino_model.bin.enc")
-    out = _check(worker_env(service_env, copy, tmp_path, "q", LCM_MODEL_KEY=KEY))
+    out = worker_check(worker_env(service_env, copy, tmp_path, "q", LCM_MODEL_KEY=KEY))
     assert out.returncode == 2
     assert "unet/openvino_model.bin.enc: sha256" in out.stderr
 

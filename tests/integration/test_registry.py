@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +21,7 @@ from lcm_fleet.errors import StorageError
 from lcm_fleet.keys import alias_key, object_key
 from lcm_fleet.storage import ObjectStore
 from model_build.registry import list_versions, publish
-from tests.integration.conftest import ROOT, worker_env
+from tests.integration.conftest import run_module, worker_check, worker_env
 
 FAST = Backoff(base_s=0.01, cap_s=0.02, attempts=2)
 #: Below the tiny model's larger files (~0.5-0.9 MB), so both upload paths are exercised.
@@ -118,17 +116,6 @@ class _Wrapper:
         return self._client.download_file(bucket, key, filename, **kwargs)
 
 
-def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "--check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _registry_worker_env(
     service_env: dict[str, str], tmp: Path, prefix: str, model: str
 ) -> dict[str, str]:
@@ -198,7 +185,7 @@ def test_worker_pulls_latest_then_refuses_a_corrupted_cache(
     published, service_env, tmp_path, prefix
 ):
     env = _registry_worker_env(service_env, tmp_path, prefix, "tiny@latest")
-    out = _check(env)
+    out = worker_check(env)
     assert out.returncode == 0, out.stderr
     cached = tmp_path / "model-cache" / "tiny" / published.version
     assert f"ok: {cached}" in out.stdout
@@ -209,26 +196,26 @@ def test_worker_pulls_latest_then_refuses_a_corrupted_cache(
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
-    out = _check(env)
+    out = worker_check(env)
     assert out.returncode == 2, out.stdout
     assert "unet/openvino_model.bin: sha256" in out.stderr
     assert f"delete the folder {cached}" in out.stderr
 
     shutil.rmtree(cached)  # what the message says to do: the next start downloads afresh
     pinned = _registry_worker_env(service_env, tmp_path, prefix, f"tiny@{published.version}")
-    out = _check(pinned)
+    out = worker_check(pinned)
     assert out.returncode == 0, out.stderr
 
 
 def test_worker_refuses_unknown_model(published, service_env, tmp_path, prefix):
-    out = _check(_registry_worker_env(service_env, tmp_path, prefix, "nosuch@latest"))
+    out = worker_check(_registry_worker_env(service_env, tmp_path, prefix, "nosuch@latest"))
     assert out.returncode == 2
     assert "unknown model name 'nosuch'" in out.stderr and "tiny" in out.stderr
-    out = _check(_registry_worker_env(service_env, tmp_path, prefix, "tiny@0000000000000000"))
+    out = worker_check(_registry_worker_env(service_env, tmp_path, prefix, "tiny@0000000000000000"))
     assert out.returncode == 2
     assert "unknown version '0000000000000000'" in out.stderr
     assert published.version in out.stderr
-    out = _check(_registry_worker_env(service_env, tmp_path, prefix, "Tiny@latest"))
+    out = worker_check(_registry_worker_env(service_env, tmp_path, prefix, "Tiny@latest"))
     assert out.returncode == 2
     assert "LCM_MODEL='Tiny@latest'" in out.stderr and "a-z, 0-9" in out.stderr
 
@@ -325,17 +312,6 @@ def test_pull_refuses_a_tampered_object(registry, s3, bucket, prefix, tmp_path):
     assert [p.name for p in (cache / "tampered").iterdir()] == [f".{result.version}.lock"]
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "model_build.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_cli_publish_and_list(service_env, prefix, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LCM_")}
     env.update(service_env, LCM_S3_PREFIX=prefix)
@@ -345,25 +321,25 @@ def test_cli_publish_and_list(service_env, prefix, tmp_path):
         quality={"psnr_db_min": 39.25, "ssim_min": 0.98, "passed": True, "failures": []},
         speed={"unet_speedup": 1.8, "reference": {"unet_s": 0.2}},
     )
-    out = _cli("publish", str(art), "from-cli", "--no-progress", env=env)
+    out = run_module("model_build.cli", "publish", str(art), "from-cli", "--no-progress", env=env)
     assert out.returncode == 0, out.stderr
     version = hashlib.sha256((art / "manifest.json").read_bytes()).hexdigest()[:16]
     assert f"published from-cli@{version}" in out.stdout
     assert f"s3://{service_env['LCM_S3_BUCKET']}/{prefix}models/from-cli/{version}/" in out.stdout
 
-    out = _cli("list", "from-cli", env=env)
+    out = run_module("model_build.cli", "list", "from-cli", env=env)
     assert out.returncode == 0, out.stderr
     header, row = out.stdout.splitlines()
     assert header.split()[:4] == ["NAME", "VERSION", "LATEST", "PRECISION"]
     assert row.split()[:5] == ["from-cli", version, "*", "int8-unet", "64x64"]
     assert row.endswith("PSNR min 39.25 dB, SSIM min 0.98, passed  unet x1.8")
 
-    out = _cli("list", "--json", env=env)
+    out = run_module("model_build.cli", "list", "--json", env=env)
     assert out.returncode == 0 and "from-cli" in {r["name"] for r in json.loads(out.stdout)}
 
-    assert _cli("list", "no-such-model", env=env).returncode == 2
-    bad = _cli("publish", str(art), "Bad Name", env=env)
+    assert run_module("model_build.cli", "list", "no-such-model", env=env).returncode == 2
+    bad = run_module("model_build.cli", "publish", str(art), "Bad Name", env=env)
     assert bad.returncode == 2 and "name='Bad Name' is not a valid model name" in bad.stderr
     no_creds = {k: v for k, v in env.items() if k != "LCM_S3_SECRET_ACCESS_KEY"}
-    out = _cli("publish", str(art), "from-cli", env=no_creds)
+    out = run_module("model_build.cli", "publish", str(art), "from-cli", env=no_creds)
     assert out.returncode == 2 and "LCM_S3_SECRET_ACCESS_KEY" in out.stderr

@@ -9,22 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.conftest import ROOT, worker_env
-
-
-def _check(env):
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "--check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.integration.conftest import ROOT, worker_check, worker_env
 
 
 def test_intact_artifact_passes_check(service_env, model_dirs, tmp_path):
-    out = _check(worker_env(service_env, model_dirs["int8"], tmp_path, "q"))
+    out = worker_check(worker_env(service_env, model_dirs["int8"], tmp_path, "q"))
     assert out.returncode == 0, out.stderr
     assert "ok:" in out.stdout
 
@@ -41,7 +30,7 @@ def _corrupted_copy(model_dir: Path, tmp_path: Path) -> Path:
 
 def test_one_corrupted_byte_is_refused(service_env, model_dirs, tmp_path):
     copy = _corrupted_copy(model_dirs["int8"], tmp_path)
-    out = _check(worker_env(service_env, copy, tmp_path, "q"))
+    out = worker_check(worker_env(service_env, copy, tmp_path, "q"))
     assert out.returncode == 2
     assert "refusing to serve" in out.stderr
     assert "unet/openvino_model.bin: sha256" in out.stderr
@@ -50,14 +39,14 @@ def test_one_corrupted_byte_is_refused(service_env, model_dirs, tmp_path):
 def test_missing_secret_names_the_variable(service_env, model_dirs, tmp_path):
     env = worker_env(service_env, model_dirs["int8"], tmp_path, "q")
     del env["LCM_S3_SECRET_ACCESS_KEY"]
-    out = _check(env)
+    out = worker_check(env)
     assert out.returncode == 2
     assert "LCM_S3_SECRET_ACCESS_KEY: Field required" in out.stderr
 
 
 def test_missing_bucket_is_refused_at_start(service_env, model_dirs, tmp_path):
     env = worker_env(service_env, model_dirs["int8"], tmp_path, "q", LCM_S3_BUCKET="no-such-bucket")
-    out = _check(env)
+    out = worker_check(env)
     assert out.returncode == 2
     assert "cannot use bucket 'no-such-bucket'" in out.stderr
 
