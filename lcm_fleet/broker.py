@@ -22,6 +22,7 @@ import redis
 
 from lcm_fleet.backoff import Backoff, call_with_backoff
 from lcm_fleet.errors import LcmError
+from lcm_fleet.keys import persistence_warned_key
 from lcm_fleet.settings import ConnectionSettings, masked_url
 
 T = TypeVar("T")
@@ -66,11 +67,14 @@ def persistence_problem(client: Any) -> str | None:
 
 
 def warn_if_not_persistent(
-    settings: ConnectionSettings, role: str, client: Any = None
+    settings: ConnectionSettings, role: str, client: Any = None, quiet_for_s: int = 0
 ) -> str | None:
     """Log a warning when the broker (LCM_REDIS_URL) has no AOF; the warning, or None.
 
-    Never raises: a Redis that does not answer is reported by the caller's own checks.
+    ``quiet_for_s``: say it at most once in that many seconds per role and broker (a key
+    in that Redis remembers it), for commands run many times a day (``lcm submit``); the
+    long-running roles say it at every start. Never raises: a Redis that does not answer
+    is reported by the caller's own checks.
     """
     url = settings.redis_url
     own = client is None
@@ -78,6 +82,10 @@ def warn_if_not_persistent(
         if own:
             client = settings.redis_client(socket_connect_timeout=3, socket_timeout=3)
         problem = persistence_problem(client)
+        if problem is not None and quiet_for_s > 0:
+            said_lately = not client.set(persistence_warned_key(role), "1", nx=True, ex=quiet_for_s)
+            if said_lately:
+                return None
     except Exception as e:
         logger.debug("could not read the persistence settings of %s: %s", masked_url(url), e)
         return None

@@ -149,3 +149,8 @@ def idempotency_key(owner: str, digest: str) -> str:
 
 def in_flight_key(owner: str) -> str:
     return f"{IN_FLIGHT_PREFIX}{owner}"
+
+
+def persistence_warned_key(role: str) -> str:
+    """Set (with a TTL) while ``role`` keeps quiet about this Redis having no persistence."""
+    return f"{REDIS_PREFIX}:persistence-warned:{role}"

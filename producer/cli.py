@@ -276,6 +276,10 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
     return 0 if outcome.ok else 1
 
 
+#: ``lcm submit`` says that the broker has no persistence at most once an hour per broker.
+PERSISTENCE_WARNING_QUIET_S = 3600
+
+
 def run(args: argparse.Namespace) -> int:
     from producer.api import handle, submit
     from producer.download import download
@@ -283,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = ProducerSettings()
     if args.command in ("submit", "submit-file"):
-        warn_if_not_persistent(settings, "lcm")
+        warn_if_not_persistent(settings, "lcm", quiet_for_s=PERSISTENCE_WARNING_QUIET_S)
     if args.command == "submit":
         fields = _job_fields(args)
         if args.job_id is not None:

@@ -114,6 +114,13 @@ def test_masked_url_hides_the_password(url, shown):
 class ConfigRedis:
     def __init__(self, config=None, refuse=False):
         self.config, self.refuse = config or {}, refuse
+        self.keys: dict[str, str] = {}
+
+    def set(self, key, value, nx=False, ex=None):
+        if nx and key in self.keys:
+            return None
+        self.keys[key] = value
+        return True
 
     def config_get(self, name):
         if self.refuse:
@@ -140,6 +147,15 @@ def test_the_warning_masks_the_password(caplog):
     assert (
         warn_if_not_persistent(ConnectionSettings(redis_url="redis://127.0.0.1:1/0"), "lcm") is None
     )
+
+
+def test_a_quiet_period_says_the_warning_once_per_role(caplog):
+    settings, client = ConnectionSettings(), ConfigRedis({"appendonly": "no"})
+    assert warn_if_not_persistent(settings, "lcm", client=client, quiet_for_s=3600)
+    assert warn_if_not_persistent(settings, "lcm", client=client, quiet_for_s=3600) is None
+    assert warn_if_not_persistent(settings, "lcm-api", client=client, quiet_for_s=3600)
+    assert warn_if_not_persistent(settings, "lcm", client=client)  # no quiet period: always
+    assert caplog.text.count("lcm: the broker") == 2
 
 
 def test_ride_out_gives_up_in_one_line_without_the_password():
