@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lcm_fleet.contract import IMAGES_MAX, IMAGES_MIN, PROMPT_MAX_CHARS, Job, JobState
+from lcm_fleet.contract import IMAGES_MAX, IMAGES_MIN, PROMPT_MAX_CHARS, Job, JobClass, JobState
 from lcm_fleet.records import BatchCounts, Progress
 from producer.http.webhook_urls import MAX_URL_CHARS
 
@@ -69,6 +69,9 @@ class JobView(BaseModel):
     #: Images stored before a job ended without a result (cancelled mid-job).
     partial_images: list[str] = Field(default_factory=list)
     webhook_url: str | None = None
+    #: ``interactive`` (a single job) or ``bulk`` (a batch's job); null for a job recorded
+    #: without one (sent straight to its queue).
+    job_class: JobClass | None = None
 
 
 class CancelView(BaseModel):

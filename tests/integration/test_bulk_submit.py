@@ -95,7 +95,7 @@ def test_a_broker_outage_part_way_names_the_line_and_from_line_resumes_there(
         update={
             "redis_url": f"redis://127.0.0.1:{proxy.port}{redis_url.path}",
             "queue": queue,
-            "publish_attempts": 2,
+            "publish_budget_s": 1.0,
             "publish_backoff_base_s": 0.05,
         }
     )
