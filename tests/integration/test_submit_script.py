@@ -16,7 +16,7 @@ from lcm_fleet.contract import TASK_RENDER, Job, parse_job
 from lcm_fleet.keys import api_key_key, in_flight_key, job_key
 from lcm_fleet.records import Guards, RecordStore, SubmitStatus
 from producer.api import submit_job
-from producer.queue import cached_client, make_client, task_message
+from producer.queue import broker_is_records, cached_client, make_client, task_message
 from producer.settings import ProducerSettings
 from tests.integration.conftest import TEST_REDIS_URL
 
@@ -157,10 +157,9 @@ def test_a_job_s_class_is_in_its_record_and_picks_its_queue(
     queue = f"lcm.test.script.{uuid.uuid4().hex[:8]}"
     records_url = TEST_REDIS_URL.replace("127.0.0.1", "localhost") if broker_apart else None
     settings = ProducerSettings(
-        redis_url=TEST_REDIS_URL,
-        queue=queue,
-        **({"records_url": records_url} if records_url else {}),
+        redis_url=TEST_REDIS_URL, queue=queue, records_redis_url=records_url
     )
+    assert broker_is_records(settings) is not broker_apart
     interactive, bulk, explicit = _job(), _job(width=64, height=64), _job()
     lists = [queue, f"{queue}.64x64.bulk", f"{queue}.mine.bulk"]
     try:
