@@ -155,3 +155,27 @@ class Readiness(BaseModel):
     ready: bool
     checks: dict[str, bool]
     detail: dict[str, str]
+
+
+class QueueDepthView(BaseModel):
+    """One queue family: an interactive queue and the bulk queue beside it."""
+
+    #: The interactive queue (``lcm.render.512x512``); its bulk queue is ``<queue>.bulk``.
+    queue: str
+    #: Jobs in its lists, every priority level counted.
+    interactive_waiting: int
+    bulk_waiting: int
+    waiting: int
+    #: Jobs a worker has taken (prefetched or rendering) and not yet acknowledged.
+    held: int
+    #: waiting + held: what KEDA scales on (deploy/k8s/keda.yaml).
+    total: int
+
+
+class QueuesView(BaseModel):
+    """The families asked for, and their sums."""
+
+    queues: list[QueueDepthView]
+    waiting: int
+    held: int
+    total: int
