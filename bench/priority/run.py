@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.fleet.run import git_describe
+from bench.fleet.run import git_describe, machine_cpu, tree_cpu_s
 from bench.services import local_services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +83,9 @@ class Phase:
     name: str
     interactive: tuple[Interactive, ...] = ()
     bulk: Bulk | None = None
+    #: Share of the machine's CPU that processes other than the workers took meanwhile (a
+    #: shared machine weighs on a phase; compare phases only at similar shares).
+    other_cpu_share: float = 0.0
 
     def latency(self) -> dict[str, float] | None:
         if not self.interactive:
@@ -129,6 +132,25 @@ def reference_artifact(work: Path) -> Path:
         cmd = [sys.executable, "-m", "model_build.cli", "build", str(weights), str(artifact)]
         subprocess.run([*cmd, "--samples", "80", "--overwrite", "--no-progress"], check=True)
     return artifact
+
+
+class Load:
+    """The machine's CPU that other processes than ``pids`` (and their children) take
+    between :meth:`start` and :meth:`share`."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.start()
+
+    def _own(self) -> float:
+        return sum(tree_cpu_s(pid) for pid in self.pids)
+
+    def start(self) -> None:
+        self.machine, self.own = machine_cpu(), self._own()
+
+    def share(self) -> float:
+        busy, total = (a - b for a, b in zip(machine_cpu(), self.machine, strict=True))
+        return round(max(busy - (self._own() - self.own), 0.0) / total, 3) if total else 0.0
 
 
 class Fleet:
@@ -338,15 +360,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"K={report['interactive_jobs']} interactive jobs, one every {report['pace_s']} s.",
         "",
         "| phase | interactive p50 s | p99 s | max s | bulk images/s | bulk render s "
-        "| bulk job s |",
-        "|---|---|---|---|---|---|---|",
+        "| bulk job s | other processes' CPU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, phase in report["phases"].items():
         lat, bulk = phase["latency"] or {}, phase["bulk"] or {}
         lines.append(
             f"| {name} | {lat.get('p50_s', '')} | {lat.get('p99_s', '')} | {lat.get('max_s', '')} "
             f"| {bulk.get('images_per_s', '')} | {bulk.get('render_s_median', '')} "
-            f"| {bulk.get('job_s_median', '')} |"
+            f"| {bulk.get('job_s_median', '')} | {phase['other_cpu_share']:.0%} |"
         )
     lines += [
         "",
@@ -402,15 +424,20 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(2 * args.workers):
             submit(prompts()[n], settings=fleet.settings, seed=n, steps=args.steps).wait(900)
         # 3. Idle, 4. bulk alone, 5. the batch queued whole, then the interactive jobs.
+        load = Load([p.pid for p in fleet.procs])
         idle = Phase(
             "idle",
             run_interactive(fleet, args.interactive, args.pace_s, args.steps, args.timeout_s),
+            other_cpu_share=load.share(),
         )
         print(f"idle: {idle.latency()}", flush=True)
         batch_id, ids = submit_bulk(fleet, args.bulk, args.steps, work)
-        bulk = Phase("bulk", bulk=finish_bulk(fleet, batch_id, ids, args.timeout_s))
+        load.start()
+        bulk_alone = finish_bulk(fleet, batch_id, ids, args.timeout_s)
+        bulk = Phase("bulk", bulk=bulk_alone, other_cpu_share=load.share())
         print(f"bulk: {bulk.bulk}", flush=True)
         batch_id, ids = submit_bulk(fleet, args.bulk, args.steps, work)
+        load.start()
         wait_first_start(fleet, ids, args.timeout_s)
         found: list[tuple[Interactive, ...]] = []
         paced = threading.Thread(
@@ -423,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         paced.join()
         if not found:
             raise RuntimeError("the interactive jobs of the mixed phase failed (see above)")
-        mixed = Phase("mixed", found[0], mixed_bulk)
+        mixed = Phase("mixed", found[0], mixed_bulk, load.share())
         print(f"mixed: {mixed.latency()} {mixed.bulk}", flush=True)
     finally:
         fleet.stop()
@@ -451,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             p.name: {
                 "latency": p.latency(),
                 "bulk": asdict(p.bulk) if p.bulk else None,
+                "other_cpu_share": p.other_cpu_share,
                 "interactive": [asdict(i) for i in p.interactive],
             }
             for p in phases

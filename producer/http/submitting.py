@@ -187,7 +187,8 @@ def check_served_jobs(
     field: str = "jobs",
     job_class: JobClass = JobClass.BULK,
 ) -> None:
-    """Before a batch is queued: 400 naming the first job whose size no worker serves."""
+    """Before a batch (bulk jobs) is queued: 400 naming the first job whose size no worker
+    serves."""
     try:
         check_served(jobs, services.settings, job_class=job_class)
     except UnservedSize as e:
