@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lcm_fleet.contract import Job, JobResult, JobState
+from lcm_fleet.contract import Job, JobClass, JobResult, JobState
 from lcm_fleet.enums import TextEnum
 from lcm_fleet.keys import (
     IN_FLIGHT_PREFIX,
@@ -92,6 +92,9 @@ class JobRecord(BaseModel):
     #: Keys of images stored before the job ended without a result (canceled, failed).
     partial_keys: tuple[str, ...] = ()
     webhook_url: str | None = None
+    #: Interactive (a single job) or bulk (a batch, a bulk file, a schedule's run); None for
+    #: a record made before classes, or by a worker for a job sent straight to its queue.
+    job_class: JobClass | None = None
 
     @property
     def finished(self) -> bool:
@@ -445,6 +448,7 @@ class RecordStore:
         guards: Guards | None = None,
         enqueue: Enqueue | None = None,
         now: float | None = None,
+        job_class: JobClass | None = None,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the submission script (:data:`SUBMIT_SCRIPT`), for any client."""
         guards = guards or Guards()
@@ -461,6 +465,8 @@ class RecordStore:
             fields["batch_id"] = batch_id
         if webhook_url:
             fields["webhook_url"] = webhook_url
+        if job_class is not None:
+            fields["job_class"] = job_class.value
         idem_key, idem_value, idem_ttl = guards.idempotency or ("", "", 0)
         keys = [
             job_key(job.job_id),
@@ -495,6 +501,7 @@ class RecordStore:
         guards: Guards | None = None,
         enqueue: Enqueue | None = None,
         now: float | None = None,
+        job_class: JobClass | None = None,
     ) -> SubmitOutcome:
         """Record a job as queued after ``guards`` pass, and push ``enqueue``: one script,
         one round trip. A reused id starts afresh (unless ``guards`` refuse it)."""
@@ -506,7 +513,12 @@ class RecordStore:
             guards=guards,
             enqueue=enqueue,
             now=now,
+            job_class=job_class,
         )
+        return self.run_submission(keys, argv)
+
+    def run_submission(self, keys: list[str], argv: list[Any]) -> SubmitOutcome:
+        """Run the submission script with the KEYS and ARGV of :meth:`submission`."""
         return submit_outcome(self._submit(keys, argv))
 
     def create_job(
@@ -517,9 +529,12 @@ class RecordStore:
         batch_id: str | None = None,
         webhook_url: str | None = None,
         now: float | None = None,
+        job_class: JobClass | None = None,
     ) -> None:
         """Record a job as queued (before it is published). A reused id starts afresh."""
-        self.submit(job, owner, batch_id=batch_id, webhook_url=webhook_url, now=now)
+        self.submit(
+            job, owner, batch_id=batch_id, webhook_url=webhook_url, now=now, job_class=job_class
+        )
 
     def seal_batch(self, batch_id: str, now: float | None = None) -> bool:
         """Every job of the batch is recorded; True if that finished it (all already done)."""
@@ -670,6 +685,7 @@ class RecordStore:
             result=JobResult.model_validate_json(raw["result"]) if raw.get("result") else None,
             partial_keys=tuple(json.loads(raw.get("partial_keys") or "[]")),
             webhook_url=raw.get("webhook_url") or None,
+            job_class=JobClass(raw["job_class"]) if raw.get("job_class") else None,
         )
 
     def in_flight(self, owner: str) -> int:

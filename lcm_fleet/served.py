@@ -9,7 +9,10 @@ refuse a job whose queue no advertising worker consumes, naming the sizes that a
 
 Queues come in families: ``lcm.render`` (jobs without a size) and its size classes
 ``lcm.render.512x512``; a worker consumes its family's base queue and the queue of each size
-it serves. The check (``LCM_SERVED_SIZE_CHECK``):
+it serves. Each of these queues has a bulk queue beside it (``lcm.render.512x512.bulk``,
+lcm_fleet.contract.class_queue) that the same workers consume: a bulk queue is served when
+its interactive queue is (an advert may list the bulk queues or not). The check
+(``LCM_SERVED_SIZE_CHECK``):
 
 - ``auto`` (default): refuse a job when workers advertise on its queue's family but none
   consumes its queue (a size nobody serves); when no worker of the family advertises at all,
@@ -34,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lcm_fleet.contract import Job
+from lcm_fleet.contract import Job, interactive_queue
 from lcm_fleet.enums import TextEnum
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.keys import ADVERTS_KEY, QUEUES_KEY, advert_key
@@ -78,8 +81,9 @@ class Advert(BaseModel):
 
 
 def family_of(queue: str) -> str:
-    """The base queue of a queue: ``lcm.render.512x512`` -> ``lcm.render``."""
-    return _SIZE_SUFFIX.sub("", queue)
+    """The base queue of a queue: ``lcm.render.512x512`` (or its bulk queue
+    ``lcm.render.512x512.bulk``) -> ``lcm.render``."""
+    return _SIZE_SUFFIX.sub("", interactive_queue(queue))
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,9 @@ class ServedSet:
     adverts: tuple[Advert, ...] = ()
 
     def consumers(self, queue: str) -> list[Advert]:
-        return [a for a in self.adverts if queue in a.queues]
+        """The adverts that consume ``queue``; a bulk queue's are its interactive queue's."""
+        plain = interactive_queue(queue)
+        return [a for a in self.adverts if queue in a.queues or plain in a.queues]
 
     def family(self, base: str) -> list[Advert]:
         return [a for a in self.adverts if a.queue == base]

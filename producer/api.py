@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -18,14 +19,17 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from lcm_fleet.backoff import Backoff, call_with_backoff
-from lcm_fleet.broker import OUTAGE_BACKOFF, BrokerUnavailable, unreachable
+from lcm_fleet.backoff import Backoff
+from lcm_fleet.broker import OUTAGE_BACKOFF, BrokerUnavailable, ride_out, unreachable
 from lcm_fleet.contract import (
     HEADER_SUBMITTED_AT,
     TASK_RENDER,
     Job,
+    JobClass,
     JobResult,
     JobState,
+    class_queue,
+    interactive_queue,
     parse_job,
     queue_for,
 )
@@ -42,13 +46,13 @@ from lcm_fleet.records import (
     SubmitStatus,
 )
 from lcm_fleet.served import ServedSizeCheck, reader_for, require_served
-from lcm_fleet.settings import masked_url
 from producer.errors import JobCanceled, JobFailed, JobTimeout, SubmitError, SubmitRefused
 from producer.queue import (
     broker_is_records,
     cached_broker,
     cached_client,
     cached_records,
+    queue_push,
     task_message,
 )
 from producer.settings import ProducerSettings
@@ -172,29 +176,59 @@ def handle(job_id: str, settings: ProducerSettings | None = None) -> JobHandle:
     return JobHandle(None, job_id, cached_client(settings), cached_records(settings))
 
 
-def check_served(jobs: Sequence[Job], settings: ProducerSettings, queue: str | None = None) -> None:
+def target_queue(
+    job: Job,
+    settings: ProducerSettings,
+    queue: str | None = None,
+    job_class: JobClass = JobClass.INTERACTIVE,
+) -> str:
+    """The queue a job is published to: its size class's queue of LCM_QUEUE
+    (:func:`queue_for`), or an explicit ``queue`` (``--queue``); either way the class's
+    queue of that family member: a bulk job goes to ``<queue>.bulk``. An explicit queue
+    names the interactive queue (a ``.bulk`` suffix given with it is dropped, then the
+    job's class puts it back or not), so the record's class and the queue always agree."""
+    if queue:
+        return class_queue(interactive_queue(queue), job_class)
+    return queue_for(job, settings.queue, job_class)
+
+
+def check_served(
+    jobs: Sequence[Job],
+    settings: ProducerSettings,
+    queue: str | None = None,
+    job_class: JobClass = JobClass.INTERACTIVE,
+) -> None:
     """Refuse, before anything is queued, jobs whose queue no worker advertises consuming:
     :class:`lcm_fleet.served.UnservedSize` (an InvalidJob) names the sizes served. One cached
     read of the adverts for all of them (LCM_SERVED_SIZE_CHECK, LCM_SERVED_CACHE_S)."""
     if settings.served_size_check == ServedSizeCheck.OFF or not jobs:
         return
     served = reader_for(settings, settings.served_cache_s).read()
-    targets = ((job, queue or queue_for(job, settings.queue)) for job in jobs)
+    targets = ((job, target_queue(job, settings, queue, job_class)) for job in jobs)
     require_served(served, settings.served_size_check, targets)
 
 
-def check_before_publish(job: Job, settings: ProducerSettings, queue: str | None = None) -> None:
+def check_before_publish(
+    job: Job,
+    settings: ProducerSettings,
+    queue: str | None = None,
+    job_class: JobClass = JobClass.INTERACTIVE,
+    *,
+    served_checked: bool = False,
+) -> str:
     """The one place for checks a validated job must pass before it is recorded and
     published, on every path: :func:`submit_job` (this API, the CLI, bulk files) and the
     HTTP API (producer/http/submitting.py calls it too, on its event loop: keep it quick).
     Raise :class:`InvalidJob` (naming the field, the value and the fix) to refuse: today
-    a size no worker serves (:func:`check_served`, a cached read). It also notes the queue
-    in the set of queues producers publish to (once per process), which the workers' queue
-    depth gauge reads."""
-    check_served([job], settings, queue)
-    reader_for(settings, settings.served_cache_s).note_queue(
-        queue or queue_for(job, settings.queue)
-    )
+    a size no worker serves (:func:`check_served`, a cached read; ``served_checked``: the
+    caller checked a whole batch at once already). It also notes the queue in the set of
+    queues producers publish to (once per process), which the workers' queue depth gauge
+    reads. Returns the job's queue (:func:`target_queue`)."""
+    if not served_checked:
+        check_served([job], settings, queue, job_class)
+    target = target_queue(job, settings, queue, job_class)
+    reader_for(settings, settings.served_cache_s).note_queue(target)
+    return target
 
 
 def publish_message(
@@ -211,13 +245,57 @@ def publish_message(
     )
 
 
-def push_message(redis: Any, message: Enqueue) -> None:
-    """Push a message with a Redis client of the broker (when the records live elsewhere)."""
-    pipe = redis.pipeline(transaction=False)
-    if message.result_key:
-        pipe.delete(message.result_key)
-    pipe.lpush(message.queue, message.payload)
-    pipe.execute()
+@dataclass(frozen=True)
+class Submission:
+    """What publishing one job runs, for the sync path (:func:`submit_job`) and the HTTP
+    API's event loop (producer/http/submitting.py) alike: the submission script's KEYS and
+    ARGV (the record, the guards and, with the broker in the records' Redis, the push), and,
+    with the broker elsewhere, the push that follows it (:meth:`push`)."""
+
+    message: Enqueue
+    keys: list[str]
+    argv: list[Any]
+    #: The broker is another Redis than the records': push the message after the script.
+    push_after: bool
+
+    def push(self, pipe: Any) -> Any:
+        """``pipe`` (a sync or asyncio pipeline of the broker) with the push queued on it."""
+        return queue_push(pipe, self.message)
+
+
+def prepare_submission(
+    job: Job,
+    settings: ProducerSettings,
+    records: RecordStore,
+    queue: str,
+    *,
+    owner: str,
+    job_class: JobClass,
+    batch_id: str | None = None,
+    webhook_url: str | None = None,
+    guards: Guards | None = None,
+    client: Celery | None = None,
+) -> Submission:
+    """The one builder of a job's submission (see :class:`Submission`); ``queue`` from
+    :func:`check_before_publish`. The message deletes the id's old result (a resubmitted
+    job or bulk file), so that waiting on this submission sees this run's result."""
+    message = publish_message(job, settings, queue, client)
+    push_after = not broker_is_records(settings)
+    keys, argv = records.submission(
+        job,
+        owner,
+        batch_id=batch_id,
+        webhook_url=webhook_url,
+        guards=guards,
+        enqueue=None if push_after else message,
+        job_class=job_class,
+    )
+    return Submission(message, keys, argv, push_after)
+
+
+def not_queued_reason(error: BaseException) -> str:
+    """The reason recorded for a job whose message could not be published."""
+    return f"not queued: the broker was unreachable ({error})"
 
 
 def submit_job(
@@ -229,60 +307,70 @@ def submit_job(
     batch_id: str | None = None,
     webhook_url: str | None = None,
     guards: Guards | None = None,
+    job_class: JobClass = JobClass.INTERACTIVE,
+    served_checked: bool = False,
 ) -> JobHandle:
     """Record an already validated job as queued, then publish it.
 
     ``owner``: an API key id, or ``local`` for the CLI and this API; ``batch_id``: the
-    batch record it counts in (created with ``RecordStore.create_batch``). With the records
-    in the broker's Redis (the default) the record and the message go in one script
+    batch record it counts in (created with ``RecordStore.create_batch``); ``job_class``:
+    interactive (single jobs) or bulk (batches, bulk files, schedules), recorded and
+    routed to its class's queue (:func:`target_queue`); ``served_checked``: the caller
+    checked the served sizes of a whole batch already. With the records in the broker's
+    Redis (the default) the record and the message go in one script
     (lcm_fleet/records.py), so a job is never queued without its record. ``guards``: the
     HTTP API's checks (see :class:`Guards`); a refusal raises :class:`SubmitRefused`.
+
+    Redis away: publishing is retried with capped, jittered backoff for
+    LCM_PUBLISH_BUDGET_S seconds, then :class:`SubmitError` in one line.
     """
     settings = settings or ProducerSettings()
-    check_before_publish(job, settings)
+    target = check_before_publish(job, settings, queue, job_class, served_checked=served_checked)
     client = cached_client(settings)
     records = cached_records(settings)
     backoff = Backoff(
         base_s=settings.publish_backoff_base_s,
         cap_s=max(settings.publish_backoff_cap_s, settings.publish_backoff_base_s),
-        attempts=settings.publish_attempts,
     )
 
-    target = queue or queue_for(job, settings.queue)
-    check_before_publish(job, settings, queue)
-    together = broker_is_records(settings)
-
     def publish() -> None:
-        # The message deletes the id's old result (a resubmitted job or bulk file), so that
-        # waiting on this submission sees this run's result.
-        message = publish_message(job, settings, target, client)
-        outcome = records.submit(
+        submission = prepare_submission(
             job,
-            owner,
+            settings,
+            records,
+            target,
+            owner=owner,
+            job_class=job_class,
             batch_id=batch_id,
             webhook_url=webhook_url,
             guards=guards,
-            enqueue=message if together else None,
+            client=client,
         )
+        outcome = records.run_submission(submission.keys, submission.argv)
         if outcome.status is not SubmitStatus.QUEUED:
             raise SubmitRefused(outcome)
-        if not together:
-            push_message(cached_broker(settings), message)
+        if submission.push_after:
+            submission.push(cached_broker(settings).pipeline(transaction=False)).execute()
 
     try:
-        call_with_backoff(
-            publish, transient=_TRANSIENT, backoff=backoff, what=f"publish job {job.job_id}"
+        ride_out(
+            publish,
+            url=settings.redis_url,
+            what=f"publish job {job.job_id}",
+            budget_s=settings.publish_budget_s,
+            transient=_TRANSIENT,
+            backoff=backoff,
         )
-    except _TRANSIENT as e:
+    except BrokerUnavailable as e:
         with contextlib.suppress(Exception):  # the broker's Redis may hold the records too
-            records.fail(job.job_id, f"not queued: the broker was unreachable ({e})")
+            records.fail(job.job_id, not_queued_reason(e.__cause__ or e))
         raise SubmitError(
-            f"could not reach the broker at {masked_url(settings.redis_url)} "
-            f"after {backoff.attempts} attempts: {e}; "
-            "check LCM_REDIS_URL and that Redis is running"
+            f"job {job.job_id} not queued: {e} (retried for LCM_PUBLISH_BUDGET_S="
+            f"{settings.publish_budget_s:g}s)"
         ) from e
     logger.info(
-        "submitted job %s to %s (%d image(s), seed %d)",
+        "submitted %s job %s to %s (%d image(s), seed %d)",
+        job_class.value,
         job.job_id,
         target,
         job.num_images,
@@ -310,10 +398,14 @@ def submit(
 
 __all__ = [
     "InvalidJob",
+    "JobClass",
     "JobHandle",
+    "Submission",
     "check_before_publish",
     "check_served",
     "handle",
+    "prepare_submission",
     "submit",
     "submit_job",
+    "target_queue",
 ]

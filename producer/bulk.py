@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lcm_fleet.broker import BrokerUnavailable, ride_out
-from lcm_fleet.contract import Job, JobResult, job_fields_from_text, parse_job
+from lcm_fleet.contract import Job, JobClass, JobResult, job_fields_from_text, parse_job
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.records import LOCAL_OWNER
 from lcm_fleet.served import UnservedSize
@@ -236,7 +236,7 @@ def submit_rows(
     """
     settings = settings or ProducerSettings()
     try:  # every row's size is served, or nothing is queued
-        check_served([row.job for row in rows], settings, queue)
+        check_served([row.job for row in rows], settings, queue, JobClass.BULK)
     except UnservedSize as e:
         raise InvalidJob(f"line {rows[e.index].line}: {e}; nothing was submitted") from e
     handles: list[JobHandle] = []
@@ -260,15 +260,14 @@ def submit_rows(
     for row in rows:
         try:
             handle = submit_job(
-                row.job, settings=settings, queue=queue, owner=owner, batch_id=batch_id
+                row.job,
+                settings=settings,
+                queue=queue,
+                owner=owner,
+                batch_id=batch_id,
+                job_class=JobClass.BULK,
+                served_checked=True,
             )
-        except UnservedSize as e:  # the last worker of its size stopped meanwhile
-            raise BulkSubmitError(
-                f"{len(handles)} of {len(rows)} job(s) were queued before line {row.line} "
-                f"(job {row.job.job_id}) was refused: {e}. Resubmit from line {row.line}",
-                handles,
-                row.line,
-            ) from e
         except SubmitError as e:
             raise BulkSubmitError(
                 f"{len(handles)} of {len(rows)} job(s) were queued before the broker failed "

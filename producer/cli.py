@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     _add_job_fields(p)
     p.add_argument("--job-id", help="your own id (re-submitting it overwrites that job's images)")
-    p.add_argument("--queue", help="queue name (default LCM_QUEUE)")
+    p.add_argument(
+        "--queue", help="queue name (default LCM_QUEUE, or the job's size class); interactive"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the result and print the S3 URIs")
     p.add_argument("--timeout-s", type=_SECONDS, default=600.0)
     p.add_argument("--download", type=Path, metavar="DIR", help="wait, then download the PNGs here")
@@ -107,7 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from-line", type=_LINE, default=1, metavar="N", help="skip rows before line N (resume)"
     )
-    p.add_argument("--queue", help="queue name (default LCM_QUEUE, or the row's size class)")
+    p.add_argument(
+        "--queue",
+        help="queue name (default LCM_QUEUE, or the row's size class); bulk jobs go to its "
+        "bulk queue, QUEUE.bulk",
+    )
     p.add_argument(
         "--ids-out", type=Path, metavar="FILE", help="write line, job_id, seed per job (JSONL)"
     )

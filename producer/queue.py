@@ -64,6 +64,17 @@ def broker_is_records(settings: ConnectionSettings) -> bool:
     return settings.records_url == settings.redis_url
 
 
+def queue_push(pipe: Any, message: Enqueue) -> Any:
+    """Queue on ``pipe`` (a redis-py pipeline, sync or asyncio: both buffer commands) what
+    publishes ``message`` when the broker is not the records' Redis: drop the task id's old
+    result, push the message. The caller executes it; the submission script does the same
+    itself when the broker is the records' Redis (lcm_fleet/records.py)."""
+    if message.result_key:
+        pipe.delete(message.result_key)
+    pipe.lpush(message.queue, message.payload)
+    return pipe
+
+
 def task_message(
     client: Celery,
     name: str,

@@ -9,8 +9,9 @@ from lcm_fleet.settings import ConnectionSettings
 
 
 class ProducerSettings(ConnectionSettings):
-    #: Attempts to publish a job while the broker is unreachable.
-    publish_attempts: int = Field(default=5, ge=1, le=20)
+    #: Seconds a producer keeps trying to publish a job while the broker is unreachable
+    #: (capped, jittered backoff between tries), then gives up in one line.
+    publish_budget_s: float = Field(default=30.0, gt=0, le=3600)
     publish_backoff_base_s: float = Field(default=0.2, gt=0)
     publish_backoff_cap_s: float = Field(default=5.0, gt=0)
     #: Refuse jobs no worker would consume (lcm_fleet/served.py): ``auto`` once workers

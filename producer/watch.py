@@ -82,6 +82,8 @@ def describe_job(record: JobRecord) -> str:
         line += f": {record.reason}"
     if record.result is not None:
         line += f" ({len(record.result.images)} image(s))"
+    if record.job_class is not None:
+        line += f" [{record.job_class.value}]"
     return line
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lcm_fleet.contract import IMAGES_MAX, IMAGES_MIN, PROMPT_MAX_CHARS, Job, JobState
+from lcm_fleet.contract import IMAGES_MAX, IMAGES_MIN, PROMPT_MAX_CHARS, Job, JobClass, JobState
 from lcm_fleet.records import BatchCounts, Progress
 from producer.http.webhook_urls import MAX_URL_CHARS
 
@@ -69,6 +69,9 @@ class JobView(BaseModel):
     #: Images stored before a job ended without a result (cancelled mid-job).
     partial_images: list[str] = Field(default_factory=list)
     webhook_url: str | None = None
+    #: ``interactive`` (a single job) or ``bulk`` (a batch's job); null for a job recorded
+    #: without one (sent straight to its queue).
+    job_class: JobClass | None = None
 
 
 class CancelView(BaseModel):
@@ -152,3 +155,27 @@ class Readiness(BaseModel):
     ready: bool
     checks: dict[str, bool]
     detail: dict[str, str]
+
+
+class QueueDepthView(BaseModel):
+    """One queue family: an interactive queue and the bulk queue beside it."""
+
+    #: The interactive queue (``lcm.render.512x512``); its bulk queue is ``<queue>.bulk``.
+    queue: str
+    #: Jobs in its lists, every priority level counted.
+    interactive_waiting: int
+    bulk_waiting: int
+    waiting: int
+    #: Jobs a worker has taken (prefetched or rendering) and not yet acknowledged.
+    held: int
+    #: waiting + held: what KEDA scales on (deploy/k8s/keda.yaml).
+    total: int
+
+
+class QueuesView(BaseModel):
+    """The families asked for, and their sums."""
+
+    queues: list[QueueDepthView]
+    waiting: int
+    held: int
+    total: int

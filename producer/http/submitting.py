@@ -21,11 +21,17 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from lcm_fleet.contract import Job, queue_for
+from lcm_fleet.contract import Job, JobClass
 from lcm_fleet.keys import api_key_key, idempotency_key, job_key
 from lcm_fleet.records import Guards, SubmitOutcome, SubmitStatus, submit_outcome
 from lcm_fleet.served import UnservedSize
-from producer.api import check_before_publish, check_served, publish_message, submit_job
+from producer.api import (
+    check_before_publish,
+    check_served,
+    not_queued_reason,
+    prepare_submission,
+    submit_job,
+)
 from producer.errors import SubmitError, SubmitRefused
 from producer.http.auth import ApiKey
 from producer.http.errors import ApiError
@@ -175,10 +181,16 @@ def unserved_error(error: UnservedSize, field: str | None = None) -> ApiError:
     )
 
 
-def check_served_jobs(services: Services, jobs: Sequence[Job], field: str = "jobs") -> None:
-    """Before a batch is queued: 400 naming the first job whose size no worker serves."""
+def check_served_jobs(
+    services: Services,
+    jobs: Sequence[Job],
+    field: str = "jobs",
+    job_class: JobClass = JobClass.BULK,
+) -> None:
+    """Before a batch (bulk jobs) is queued: 400 naming the first job whose size no worker
+    serves."""
     try:
-        check_served(jobs, services.settings)
+        check_served(jobs, services.settings, job_class=job_class)
     except UnservedSize as e:
         raise unserved_error(e, f"{field}[{e.index}].{e.field}") from e
 
@@ -192,9 +204,12 @@ def submit(
     webhook_url: str | None = None,
     field: str = "job_id",
     size_field: str | None = None,
+    job_class: JobClass = JobClass.INTERACTIVE,
+    served_checked: bool = False,
 ) -> None:
     """Submit from a worker thread (batches, the OpenAI endpoint): submit_job with the
-    key's guards."""
+    key's guards. A batch passes ``job_class`` bulk and ``served_checked`` (it ran
+    :func:`check_served_jobs` for all its jobs at once)."""
     try:
         submit_job(
             job,
@@ -203,6 +218,8 @@ def submit(
             batch_id=batch_id,
             webhook_url=webhook_url,
             guards=guards_of(key),
+            job_class=job_class,
+            served_checked=served_checked,
         )
     except UnservedSize as e:
         raise unserved_error(e, size_field) from e
@@ -220,41 +237,38 @@ async def submit_async(
     webhook_url: str | None = None,
     idem: Idempotency | None = None,
 ) -> tuple[str, bool]:
-    """POST /v1/jobs on the event loop: (job id, True) once recorded and queued in one
-    round trip (the submission script), or (the earlier id, False) for an Idempotency-Key
-    answered before. Refusals raise their ApiError; nothing changed then."""
+    """POST /v1/jobs on the event loop (an interactive job): (job id, True) once recorded
+    and queued in one round trip (the submission script), or (the earlier id, False) for an
+    Idempotency-Key answered before. Refusals raise their ApiError; nothing changed then.
+    The commands are :func:`producer.api.prepare_submission`'s, as on the sync path."""
     settings = services.settings
     try:
-        check_before_publish(job, settings)
+        queue = check_before_publish(job, settings, job_class=JobClass.INTERACTIVE)
     except UnservedSize as e:
         raise unserved_error(e) from e
-    message = publish_message(job, settings, queue_for(job, settings.queue))
-    keys, argv = services.records.submission(
+    submission = prepare_submission(
         job,
-        key.key_id,
+        settings,
+        services.records,
+        queue,
+        owner=key.key_id,
+        job_class=JobClass.INTERACTIVE,
         webhook_url=webhook_url,
         guards=guards_of(key, idem, job.job_id),
-        enqueue=message if services.abroker is None else None,
     )
     try:
-        outcome = submit_outcome(await services.submit_script(keys, argv))
+        outcome = submit_outcome(await services.submit_script(submission.keys, submission.argv))
     except _TRANSIENT as e:
         raise _queue_down(key, job, e) from e
     if outcome.status is not SubmitStatus.QUEUED:
         return refusal(services, key, job, outcome, idem), False
-    if services.abroker is not None:
+    if submission.push_after:
         try:
-            pipe = services.abroker.pipeline(transaction=False)
-            if message.result_key:
-                pipe.delete(message.result_key)
-            pipe.lpush(message.queue, message.payload)
-            await pipe.execute()
+            await submission.push(services.abroker.pipeline(transaction=False)).execute()
         except _TRANSIENT as e:
             with contextlib.suppress(Exception):
                 await anyio.to_thread.run_sync(
-                    services.records.fail,
-                    job.job_id,
-                    f"not queued: the broker was unreachable ({e})",
+                    services.records.fail, job.job_id, not_queued_reason(e)
                 )
             raise _queue_down(key, job, e) from e
     return job.job_id, True

@@ -52,6 +52,7 @@ def job_view(services: Services, request: Request, record: JobRecord) -> JobView
         result=result,
         partial_images=[services.presign(key) for key in record.partial_keys],
         webhook_url=record.webhook_url,
+        job_class=record.job_class,
     )
 
 

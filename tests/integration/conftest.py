@@ -267,7 +267,7 @@ def api_env(service_env: dict[str, str], queue: str, **extra: str) -> dict[str, 
         LCM_QUEUE=queue,
         LCM_API_KEY_PEPPER=API_PEPPER,
         LCM_WEBHOOK_ALLOW_PRIVATE_URLS="false",
-        LCM_PUBLISH_ATTEMPTS="2",
+        LCM_PUBLISH_BUDGET_S="2",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)

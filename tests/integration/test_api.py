@@ -63,6 +63,7 @@ def test_submit_is_accepted_and_reads_queued(api: ApiProcess, key: str) -> None:
         view = got.json()
         assert view["state"] == "queued" and view["job"]["seed"] == 7
         assert view["created_at"] <= time.time() and view["result"] is None
+        assert view["job_class"] == "interactive"  # a single job
 
 
 def test_idempotency_key_same_body_same_job_other_body_409(api: ApiProcess, key: str) -> None:
@@ -202,7 +203,7 @@ def test_batches_json_and_file(api: ApiProcess, key: str, tmp_path: Path) -> Non
         page = c.get(f"/v1/batches/{batch['id']}", params={"offset": 1, "limit": 1}).json()
         assert page["job_ids"] == batch["job_ids"][1:]
         job = c.get(f"/v1/jobs/{batch['job_ids'][0]}").json()
-        assert job["batch_id"] == batch["id"]
+        assert job["batch_id"] == batch["id"] and job["job_class"] == "bulk"
 
         rows = "\n".join(json.dumps({"prompt": f"row {i}"}) for i in range(3))
         upload = c.post("/v1/batches", files={"file": ("jobs.jsonl", rows.encode())})

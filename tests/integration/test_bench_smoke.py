@@ -7,6 +7,7 @@ judge.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,38 @@ def test_bench_pipeline_smoke(tmp_path: Path) -> None:
     assert "| INT8 UNet, worker path" in proc.stdout
     assert result["build"]["ov_int8_vae_int8"]["fake_quantize_count"] > 0
     assert "| INT8 UNet + TAESD decoder (random), worker path" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_priority_smoke(reference_artifact: Path, tmp_path: Path) -> None:
+    """bench.priority end to end on a small batch (about 15 s once the reference artifact is
+    built, which the slow tier does anyway): every phase and goal is reported."""
+    from tests.integration.conftest import TEST_REDIS_URL, TEST_S3_PORT
+
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LCM_")}
+    env["LCM_REDIS_URL"] = TEST_REDIS_URL
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench.priority.run", "--bulk", "30", "--interactive", "4",
+            "--pace-s", "0.2", "--artifact", str(reference_artifact),
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(results),
+            # SeaweedFS of its own, beside the session's (which takes TEST_S3_PORT..+9).
+            "--s3-port", str(TEST_S3_PORT + 10),
+        ],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [json_path] = results.glob("priority-64x64-b30-k4-*.json")
+    assert json_path.with_suffix(".md").is_file()
+    report = json.loads(json_path.read_text())
+    assert set(report["phases"]) == {"idle", "bulk", "mixed"}
+    for name in ("idle", "mixed"):
+        phase = report["phases"][name]
+        assert phase["latency"]["n"] == 4 and len(phase["interactive"]) == 4
+        assert all(i["finished_at"] > i["submitted_at"] for i in phase["interactive"])
+    for name in ("bulk", "mixed"):
+        bulk = report["phases"][name]["bulk"]
+        assert bulk["jobs"] == bulk["images"] == 30 and bulk["images_per_s"] > 0
+    assert {"interactive_goal_met", "bulk_throughput_ratio"} <= set(report["goals"])
+    assert report["machine"]["isa"] is not None and report["workers"] == 1

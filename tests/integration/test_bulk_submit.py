@@ -76,12 +76,12 @@ def test_a_file_with_a_bad_row_queues_nothing_and_names_the_row(
     assert "line 2: field 'steps' got 40" in refused.stderr
     assert "nothing was submitted" in refused.stderr
     broker = redis.Redis.from_url(service_env["LCM_REDIS_URL"])
-    assert broker.llen(queue) == 0
+    assert broker.llen(queue) == broker.llen(f"{queue}.bulk") == 0
     # Skipping invalid rows explicitly queues the good one and lists the other.
     skipped = run_cli("producer.cli", "submit-file", str(f), "--skip-invalid", env=env)
     assert "skipped line 2: field 'steps' got 40" in skipped.stderr
-    assert broker.llen(queue) == 1
-    broker.delete(queue)
+    assert broker.llen(f"{queue}.bulk") == 1  # a bulk file's jobs are bulk
+    broker.delete(queue, f"{queue}.bulk")
 
 
 def test_a_broker_outage_part_way_names_the_line_and_from_line_resumes_there(
@@ -95,7 +95,7 @@ def test_a_broker_outage_part_way_names_the_line_and_from_line_resumes_there(
         update={
             "redis_url": f"redis://127.0.0.1:{proxy.port}{redis_url.path}",
             "queue": queue,
-            "publish_attempts": 2,
+            "publish_budget_s": 1.0,
             "publish_backoff_base_s": 0.05,
         }
     )
@@ -118,14 +118,14 @@ def test_a_broker_outage_part_way_names_the_line_and_from_line_resumes_there(
         ]
         assert "2 of 4 job(s) were queued" in str(failed.value)
         assert "Resubmit from line 3" in str(failed.value)
-        assert broker.llen(queue) == 2
+        assert broker.llen(f"{queue}.bulk") == 2
 
         env = {**service_env, "LCM_QUEUE": queue}
         resumed = run_cli("producer.cli", "submit-file", str(f), "--from-line", "3", env=env)
         assert resumed.stdout.split() == [f"{bulk.batch_id}-000003", f"{bulk.batch_id}-000004"]
         assert "lines before 3 skipped" in resumed.stderr
         # Every line of the file is queued exactly once, with the seed its line gave it.
-        queued = [json.loads(m) for m in broker.lrange(queue, 0, -1)]
+        queued = [json.loads(m) for m in broker.lrange(f"{queue}.bulk", 0, -1)]
         seeds = {
             m["headers"]["id"]: json.loads(base64.b64decode(m["body"]))[0][0]["seed"]
             for m in queued
@@ -133,4 +133,4 @@ def test_a_broker_outage_part_way_names_the_line_and_from_line_resumes_there(
         assert seeds == {f"{bulk.batch_id}-{n:06d}": n for n in range(1, 5)}
     finally:
         proxy.cut()
-        broker.delete(queue)
+        broker.delete(queue, f"{queue}.bulk")

@@ -379,7 +379,7 @@ def test_full_path_over_tls_with_a_password_leaks_no_secret(
         wrong_redis = {
             **tls_env,
             "LCM_REDIS_URL": secure_redis["url"].replace(PASSWORD, WRONG_PASSWORD),
-            "LCM_PUBLISH_ATTEMPTS": "1",
+            "LCM_PUBLISH_BUDGET_S": "1",
             "PYTHONPATH": str(ROOT),
         }
         submitted = _run("producer.cli", "submit", "a cat", "--queue", queue, env=wrong_redis)

@@ -56,7 +56,8 @@ def test_the_worker_advertises_its_queues_sizes_and_model(worker, broker, queue_
     assert len(mine) == 1
     advert = mine[0]
     assert advert.sizes == ("128x128",)
-    assert advert.queues == (queue_name, f"{queue_name}.128x128")
+    interactive = (queue_name, f"{queue_name}.128x128")
+    assert advert.queues == (*interactive, *(f"{q}.bulk" for q in interactive))
     assert advert.model == str(model_dirs["int8"]) and len(advert.model_manifest_sha256) == 64
 
 

@@ -16,7 +16,7 @@ from lcm_fleet.contract import TASK_RENDER, Job, parse_job
 from lcm_fleet.keys import api_key_key, in_flight_key, job_key
 from lcm_fleet.records import Guards, RecordStore, SubmitStatus
 from producer.api import submit_job
-from producer.queue import cached_client, make_client, task_message
+from producer.queue import broker_is_records, cached_client, make_client, task_message
 from producer.settings import ProducerSettings
 from tests.integration.conftest import TEST_REDIS_URL
 
@@ -143,3 +143,37 @@ def test_refusals_change_nothing(records: RecordStore, redis_client: Any, owner:
         assert records.get_job(other.job_id).owner == "someone-else"
     finally:
         redis_client.delete(queue, idem, *[job_key(j.job_id) for j in (first, second)])
+
+
+@pytest.mark.parametrize("broker_apart", [False, True], ids=["one-script", "push-after"])
+def test_a_job_s_class_is_in_its_record_and_picks_its_queue(
+    redis_client: Any, broker_apart: bool
+) -> None:
+    """Interactive jobs go to the queue, bulk ones to the bulk queue beside it, each recorded
+    with its class, whether the submission script pushes the message itself or the broker is
+    another Redis (here: the same one under another URL, so the push follows the script)."""
+    from lcm_fleet.contract import JobClass
+
+    queue = f"lcm.test.script.{uuid.uuid4().hex[:8]}"
+    records_url = TEST_REDIS_URL.replace("127.0.0.1", "localhost") if broker_apart else None
+    settings = ProducerSettings(
+        redis_url=TEST_REDIS_URL, queue=queue, records_redis_url=records_url
+    )
+    assert broker_is_records(settings) is not broker_apart
+    interactive, bulk, explicit = _job(), _job(width=64, height=64), _job()
+    lists = [queue, f"{queue}.64x64.bulk", f"{queue}.mine.bulk"]
+    try:
+        submit_job(interactive, settings)
+        submit_job(bulk, settings, job_class=JobClass.BULK)
+        submit_job(explicit, settings, f"{queue}.mine", job_class=JobClass.BULK)
+        classes = (JobClass.INTERACTIVE, JobClass.BULK, JobClass.BULK)
+        for job, job_class, where in zip(
+            (interactive, bulk, explicit), classes, lists, strict=True
+        ):
+            record = RecordStore(redis_client, 600).get_job(job.job_id)
+            assert record is not None and record.job_class is job_class
+            (message,) = [json.loads(m) for m in redis_client.lrange(where, 0, -1)]
+            assert message["headers"]["id"] == job.job_id
+            assert message["properties"]["delivery_info"]["routing_key"] == where
+    finally:
+        redis_client.delete(*lists, *(job_key(j.job_id) for j in (interactive, bulk, explicit)))

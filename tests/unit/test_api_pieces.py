@@ -257,3 +257,23 @@ def test_connections_get_tcp_nodelay_even_from_a_protocol_0_socket() -> None:
                 set_nodelay(accepted)
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         client.close()
+
+
+def test_a_job_s_class_picks_its_queue_beside_the_default_or_an_explicit_queue() -> None:
+    """Interactive jobs keep today's queues; bulk jobs go to the bulk queue beside them; an
+    explicit queue names the interactive queue of its family (a ``.bulk`` given is dropped,
+    then the class decides), so the record's class and the queue agree."""
+    from lcm_fleet.contract import JobClass
+    from producer.api import target_queue
+    from producer.settings import ProducerSettings
+
+    settings = ProducerSettings(queue="lcm.render")
+    sized, plain = parse_job({"prompt": "a", "width": 64, "height": 64}), parse_job({"prompt": "a"})
+    bulk, interactive = JobClass.BULK, JobClass.INTERACTIVE
+    assert target_queue(sized, settings) == "lcm.render.64x64"
+    assert target_queue(sized, settings, job_class=bulk) == "lcm.render.64x64.bulk"
+    assert target_queue(plain, settings, job_class=bulk) == "lcm.render.bulk"
+    assert target_queue(sized, settings, "mine", interactive) == "mine"
+    assert target_queue(sized, settings, "mine", bulk) == "mine.bulk"
+    assert target_queue(plain, settings, "mine.bulk", bulk) == "mine.bulk"
+    assert target_queue(plain, settings, "mine.bulk", interactive) == "mine"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lcm_fleet.contract import JobClass
 from lcm_fleet.errors import InvalidJob
 from producer.bulk import batch_id_of, read_jobs_file
 
@@ -114,7 +115,7 @@ def test_a_broker_failure_part_way_names_what_was_queued_and_where_to_resume(tmp
         return type("H", (), {"job_id": job.job_id})()
 
     monkeypatch.setattr(bulk_module, "submit_job", fake_submit_job)
-    monkeypatch.setattr(bulk_module, "check_served", lambda jobs, settings, queue: None)
+    monkeypatch.setattr(bulk_module, "check_served", lambda jobs, settings, queue, job_class: None)
     with pytest.raises(BulkSubmitError) as e:
         submit_rows(rows, settings=object())  # type: ignore[arg-type]
     assert [h.job_id for h in e.value.submitted] == ["b-000001", "b-000002"]
@@ -129,6 +130,8 @@ def test_submit_file_checks_the_whole_file_then_queues_every_row(tmp_path, monke
     sent: list[tuple[str, int]] = []
 
     def fake_submit_job(job, settings=None, queue=None, **record):
+        # A bulk file's jobs are bulk, and their sizes were checked once, for the whole file.
+        assert record["job_class"] is JobClass.BULK and record["served_checked"] is True
         sent.append((job.job_id, job.steps))
         return type("H", (), {"job_id": job.job_id})()
 
@@ -144,7 +147,7 @@ def test_submit_file_checks_the_whole_file_then_queues_every_row(tmp_path, monke
 
     monkeypatch.setattr(bulk_module, "submit_job", fake_submit_job)
     monkeypatch.setattr(bulk_module, "cached_records", lambda settings: NoRecords())
-    monkeypatch.setattr(bulk_module, "check_served", lambda jobs, settings, queue: None)
+    monkeypatch.setattr(bulk_module, "check_served", lambda jobs, settings, queue, job_class: None)
     bad = _write(tmp_path / "bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "steps": 0}\n')
     with pytest.raises(InvalidJob, match="line 2"):
         submit_file(bad, settings=object())  # type: ignore[arg-type]

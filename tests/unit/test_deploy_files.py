@@ -1,6 +1,7 @@
 """The deploy manifests parse and agree with the code's names."""
 
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -23,9 +24,22 @@ def test_manifests_parse_and_match_the_code():
     (deployment,) = _docs("worker.yaml")
     spec = deployment["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] > int(config["data"]["LCM_TASK_TIME_LIMIT_S"])
-    (scaled,) = _docs("keda.yaml")
-    assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == QUEUE_RENDER
+    auth, scaled = _docs("keda.yaml")
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    # One metrics-api trigger on lcm-api's GET /v1/queues, for the sizes the Deployment serves
+    # (the ConfigMap's LCM_SIZES), the unsized family included: its first size takes those.
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api" and trigger["metadata"]["valueLocation"] == "total"
+    url = urlsplit(trigger["metadata"]["url"])
+    (service,) = [d for d in _docs("api.yaml") if d["kind"] == "Service"]
+    assert url.path == "/v1/queues" and url.hostname.split(".")[0] == service["metadata"]["name"]
+    query = parse_qs(url.query)
+    assert query["size"] == config["data"]["LCM_SIZES"].split(",")
+    assert query["unsized"] == ["true"]
+    assert auth["kind"] == "TriggerAuthentication"
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert trigger["metadata"]["authMode"] == "bearer"
+    assert [r["parameter"] for r in auth["spec"]["secretTargetRef"]] == ["token"]
 
 
 def test_api_manifests_run_the_console_scripts_with_the_pepper():

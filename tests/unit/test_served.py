@@ -115,6 +115,27 @@ def test_family_of_strips_the_size_class():
     assert family_of("custom.queue") == "custom.queue"
 
 
+def test_a_bulk_queue_is_served_when_its_interactive_queue_is():
+    """Adverts may list the bulk queues or not (older workers): either way a bulk job of a
+    served size passes, and one of a size nobody serves is refused as its interactive twin."""
+    assert family_of("lcm.render.512x768.bulk") == "lcm.render"
+    assert family_of("lcm.render.bulk") == "lcm.render"
+    with_bulk = advert("c", sizes=("64x64",))
+    with_bulk = with_bulk.model_copy(
+        update={"queues": (*with_bulk.queues, *(f"{q}.bulk" for q in with_bulk.queues))}
+    )
+    for served in (SERVED, ServedSet((with_bulk,))):
+        require_served(
+            served,
+            ServedSizeCheck.STRICT,
+            [(sized(64, 64), "lcm.render.64x64.bulk"), (job(), "lcm.render.bulk")],
+        )
+        with pytest.raises(UnservedSize) as info:
+            require_served(served, ServedSizeCheck.AUTO, [(sized(96, 96), "lcm.render.96x96.bulk")])
+        assert "64x64" in info.value.served and info.value.queue.endswith(".bulk")
+    assert ServedSet((advert("d", base="other"),)).consumers("lcm.render.bulk") == []
+
+
 def test_a_size_nobody_serves_is_refused_naming_the_sizes_served():
     with pytest.raises(UnservedSize) as info:
         require_served(SERVED, ServedSizeCheck.AUTO, [(sized(128, 128), "lcm.render.128x128")])

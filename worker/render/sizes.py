@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Generic, TypeVar
 
-from lcm_fleet.contract import SIZE_MAX, SIZE_MIN, SIZE_MULTIPLE, Job, size_queue
+from lcm_fleet.contract import (
+    SIZE_MAX,
+    SIZE_MIN,
+    SIZE_MULTIPLE,
+    Job,
+    JobClass,
+    class_queue,
+    size_queue,
+)
 from lcm_fleet.errors import InvalidJob
 
 Size = tuple[int, int]
@@ -62,8 +70,10 @@ def parse_sizes(value: object) -> tuple[Size, ...]:
 
 
 def queues_for(base: str, sizes: Iterable[Size]) -> list[str]:
-    """The default queue, then the size-class queue of every size served."""
-    return [base, *(size_queue(base, w, h) for w, h in sizes)]
+    """The default queue, then the size-class queue of every size served, then the bulk
+    queue beside each (lcm_fleet.contract.class_queue)."""
+    interactive = [base, *(size_queue(base, w, h) for w, h in sizes)]
+    return [*interactive, *(class_queue(q, JobClass.BULK) for q in interactive)]
 
 
 class PipelineSet(Generic[P]):

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from lcm_fleet.contract import Job
+from lcm_fleet.contract import Job, JobClass
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.records import CancelOutcome
 from producer.bulk import FORMATS, MAX_ROWS, read_jobs_file
@@ -162,7 +162,15 @@ def _submit_batch(
     records.create_batch(batch_id, key.key_id, webhook_url=webhook_url, source=source)
     try:
         for index, job in enumerate(jobs):
-            submit(services, key, job, batch_id=batch_id, field=f"jobs[{index}].job_id")
+            submit(
+                services,
+                key,
+                job,
+                batch_id=batch_id,
+                field=f"jobs[{index}].job_id",
+                job_class=JobClass.BULK,
+                served_checked=True,
+            )
     except (ApiError, SubmitError):
         # Part of it is queued: cancel that part so that the batch is all or nothing.
         records.seal_batch(batch_id)

@@ -10,9 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lcm_fleet.contract import size_queue
 from lcm_fleet.keys import INCARNATIONS_KEY, alive_key
+from producer.depth import family_depths
 from producer.http.deps import ServicesDep
 from producer.http.schemas import Health, Readiness
 from producer.http.services import Services
+from producer.queue import cached_broker
 
 router = APIRouter(tags=["health"])
 
@@ -66,11 +68,9 @@ def readiness(services: Services) -> Readiness:
                 f"{len(recent)} worker(s) beat within {settings.ready_heartbeat_max_age_s:g} s"
                 + (f" (latest {min(ages):.1f} s ago)" if ages else "")
             )
-            pipe = redis.pipeline()
-            queues = _queues(services)
-            for queue in queues:
-                pipe.llen(queue)
-            depth = sum(int(n) for n in pipe.execute())
+            # Both classes, every priority list (producer/depth.py), in the broker's Redis.
+            depths = family_depths(cached_broker(settings), _queues(services))
+            depth = sum(d.waiting for d in depths)
             checks["queue_depth"] = depth <= settings.ready_max_queue_depth
             detail["queue_depth"] = f"{depth} waiting (at most {settings.ready_max_queue_depth})"
         except Exception as e:
