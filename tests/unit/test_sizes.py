@@ -90,6 +90,9 @@ def test_queues_cover_every_size():
         "lcm.render",
         "lcm.render.512x512",
         "lcm.render.768x512",
+        "lcm.render.bulk",
+        "lcm.render.512x512.bulk",
+        "lcm.render.768x512.bulk",
     ]
 
 
