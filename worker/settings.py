@@ -86,6 +86,10 @@ class WorkerSettings(ConsumerSettings):
     retry_backoff_base_s: float = Field(default=5.0, gt=0)
     retry_backoff_cap_s: float = Field(default=120.0, gt=0)
 
+    #: Seconds a known queue (one producers published to) must be empty and consumed by no
+    #: advertising worker, on every heartbeat, before a worker forgets it (stops exporting
+    #: its depth and warning about it); 0: never.
+    queue_prune_after_s: float = Field(default=86400.0, ge=0)
     #: Interactive deliveries in a row, while a bulk queue holds jobs, before the next fetch
     #: takes bulk first (lcm_fleet/consuming/order.py): bulk gets at least 1 job start in
     #: LCM_INTERACTIVE_BURST + 1 while both classes wait.
