@@ -28,31 +28,15 @@ SUB_ROLES = {"lcm_fleet": ("lcm_fleet.consuming",)}
 
 HEAVY = ("torch", "diffusers", "nncf", "optimum", "transformers")
 
+#: The roles' packages, and what no light role loads.
+ROLE_PACKAGES = {"producer", "worker", "model_build", "bench"}
+NOT_LIGHT = {"openvino", "openvino_genai", "numpy", *HEAVY}
+
 #: What importing each package's modules must not load (top-level names in sys.modules).
 MUST_NOT_LOAD = {
-    "lcm_fleet": {
-        "celery",
-        "kombu",
-        "openvino",
-        "openvino_genai",
-        "numpy",
-        "producer",
-        "worker",
-        "model_build",
-        "bench",
-        *HEAVY,
-    },
+    "lcm_fleet": {"celery", "kombu", *NOT_LIGHT, *ROLE_PACKAGES},
     # Celery and kombu, for the consumers of queues; nothing of any role, nothing heavy.
-    "lcm_fleet.consuming": {
-        "openvino",
-        "openvino_genai",
-        "numpy",
-        "producer",
-        "worker",
-        "model_build",
-        "bench",
-        *HEAVY,
-    },
+    "lcm_fleet.consuming": {*NOT_LIGHT, *ROLE_PACKAGES},
     "producer": {"worker", "model_build", "bench", "openvino", "openvino_genai", *HEAVY},
     # openvino_genai is loaded by the render process when it builds its pipelines.
     "worker": {"model_build", "bench", "producer", "openvino_genai", *HEAVY},
@@ -60,9 +44,8 @@ MUST_NOT_LOAD = {
 
 #: What each package's source must not import, anywhere in it.
 MUST_NOT_IMPORT = {
-    "lcm_fleet": {"producer", "worker", "model_build", "bench", "celery", "kombu"}
-    | set(SUB_ROLES["lcm_fleet"]),
-    "lcm_fleet.consuming": {"producer", "worker", "model_build", "bench"},
+    "lcm_fleet": {*ROLE_PACKAGES, "celery", "kombu", *SUB_ROLES["lcm_fleet"]},
+    "lcm_fleet.consuming": ROLE_PACKAGES,
     "producer": {"worker", "model_build", "bench"},
     "worker": {"producer", "model_build", "bench"},
     "model_build": {"producer", "bench"},
