@@ -113,3 +113,20 @@ def test_while_both_wait_bulk_gets_one_fetch_in_every_burst_plus_one(burst, inte
 def test_burst_must_be_positive():
     with pytest.raises(ValueError, match="burst is 0"):
         ClassOrder(burst=0)
+
+
+def test_the_workers_app_fetches_in_class_order_one_job_per_thread(monkeypatch) -> None:
+    from worker.consumer.app import configure
+    from worker.runtime import JOBS_PER_RENDER_PROCESS
+    from worker.settings import WorkerSettings
+
+    monkeypatch.setenv("LCM_MODEL_DIR", "/nonexistent")
+    monkeypatch.setenv("LCM_S3_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("LCM_S3_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("LCM_INTERACTIVE_BURST", "5")
+    app = configure(WorkerSettings(), "w@h")  # type: ignore[call-arg]
+    assert app.conf.broker_transport_options["lcm_interactive_burst"] == 5
+    # Prefetch cannot defeat the order: a worker holds no job beyond one per thread (two
+    # threads per render process: one rendering, one storing or next to render).
+    assert app.conf.worker_prefetch_multiplier == 1 and app.conf.task_acks_late
+    assert JOBS_PER_RENDER_PROCESS == 2
