@@ -1,6 +1,7 @@
-"""Keep every malformed queue item from stopping the worker: refuse it once, dead-letter it.
+"""Keep every malformed queue item from stopping a consumer (``lcm-worker``, ``lcm-webhooks``):
+refuse it once, dead-letter it.
 
-Three guards, each where kombu or Celery would otherwise raise in the worker's main process
+Three guards, each where kombu or Celery would otherwise raise in the consumer's main process
 (lcm_fleet/consuming/screen.py lists where each kind of item breaks):
 
 1. :class:`Channel`, kombu's Redis channel with one addition: the reply of each ``BRPOP``

@@ -357,6 +357,11 @@ class Deliverer:
         return result
 
 
+def deliverer_name() -> str:
+    """This process's Celery hostname (and the ``worker`` of its dead-letter entries)."""
+    return f"lcm-webhooks@{socket.gethostname()}"
+
+
 def make_app(settings: WebhookSettings, deliverer: Deliverer | None = None) -> Celery:
     """The lcm-webhooks Celery app with its one task. ``deliverer`` None: built on first use."""
     app = Celery("lcm_webhooks", broker=settings.redis_url)
@@ -383,7 +388,7 @@ def make_app(settings: WebhookSettings, deliverer: Deliverer | None = None) -> C
             tasks=WEBHOOK_TASKS,
             visibility_timeout_s=visibility_timeout_s,
             max_eta_ahead_s=visibility_timeout_s - settings.webhook_timeout_s,
-            consumer_name=f"lcm-webhooks@{socket.gethostname()}",
+            consumer_name=deliverer_name(),
         ),
     )
     state: dict[str, Deliverer | None] = {"deliverer": deliverer}
@@ -442,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             "--pool=threads",
             f"--concurrency={concurrency}",
             f"--queues={QUEUE_WEBHOOKS}",
-            f"--hostname=lcm-webhooks@{socket.gethostname()}",
+            f"--hostname={deliverer_name()}",
             f"--loglevel={args.log_level.upper()}",
             "--without-gossip",
             "--without-mingle",
