@@ -2,12 +2,15 @@
 
 On real Redis: the guarded kombu channel's fetch order, exactly (one delivery at a time, as
 a worker thread takes them); on a real worker: interactive jobs queued behind a bulk backlog
-start before the rest of it, and the bulk backlog still runs to the end.
+start before the rest of it, and the bulk backlog still runs to the end; and a worker started
+on a continuous interactive backlog with bulk waiting takes bulk once in every burst + 1
+(Celery's "received" lines, logged in fetch order).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import time
 import uuid
@@ -19,7 +22,9 @@ from kombu import Connection, Consumer, Queue
 from lcm_fleet.consuming import broker_guard
 from lcm_fleet.contract import TASK_RENDER, JobClass, JobState, class_queue
 from producer.api import submit
+from producer.settings import ProducerSettings
 from tests import poison
+from tests.integration.conftest import start_worker, stop_worker, worker_env
 from worker.runtime import JOBS_PER_RENDER_PROCESS
 
 BURST = 3
@@ -108,3 +113,29 @@ def test_interactive_jobs_start_before_the_bulk_backlog_and_bulk_still_runs(
     assert len(overtaken) <= JOBS_PER_RENDER_PROCESS, (
         f"{len(overtaken)} bulk jobs started before the last interactive one"
     )
+
+
+def test_a_worker_on_a_continuous_interactive_backlog_still_takes_bulk_once_per_burst(
+    service_env, model_dirs, producer_settings, tmp_path
+) -> None:
+    queue = f"lcm.order.{uuid.uuid4().hex[:8]}"
+    settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
+    bulk_queue = class_queue(queue, JobClass.BULK)
+    # Everything is queued before the worker starts (no worker advertises the family yet,
+    # so the jobs are queued with a warning): the fetch order is the policy's alone.
+    bulk = [submit(f"bulk {n}", settings=settings, queue=bulk_queue) for n in range(4)]
+    interactive = [submit(f"interactive {n}", settings=settings) for n in range(10)]
+    env = worker_env(
+        service_env, model_dirs["int8"], tmp_path, queue, LCM_INTERACTIVE_BURST=str(BURST - 1)
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        for handle in [*interactive, *bulk]:
+            assert handle.wait(timeout_s=120).images
+    finally:
+        stop_worker(worker)
+    kind = {h.job_id: "b" for h in bulk} | {h.job_id: "i" for h in interactive}
+    received = re.findall(r"lcm_fleet\.render\[([^\]]+)\] received", worker.log_text())
+    order = "".join(kind[job_id] for job_id in received if job_id in kind)
+    # Burst 2: two interactive, then one bulk, while both wait; the rest of the class after.
+    assert order == "iib" * 4 + "ii", order
