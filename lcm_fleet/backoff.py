@@ -48,13 +48,15 @@ def call_with_backoff(
     budget_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     give_up: Callable[[], bool] | None = None,
+    on_retry: Callable[[BaseException], object] | None = None,
 ) -> T:
     """Call ``fn``; on a ``transient`` error wait and try again.
 
     Without ``budget_s``: ``backoff.attempts`` calls in all. With ``budget_s``: as many calls
     as fit in that many seconds from the first (the attempts do not count; a 30 s outage
     does not use up a 300 s budget), each wait capped by what is left of it. ``give_up()``
-    true (e.g. the job was abandoned) ends the retries at once.
+    true (e.g. the job was abandoned) ends the retries at once. ``on_retry(error)`` is told of
+    each transient error that is retried, before the wait.
 
     The last transient error propagates unchanged; any other error propagates at once.
     """
@@ -79,5 +81,7 @@ def call_with_backoff(
                 tried = f"attempt {attempt + 1}, {left:.0f}s of its {budget_s:.0f}s budget left"
             if budget_s is None or attempt & (attempt + 1) == 0:  # budget: 1st, 2nd, 4th, 8th...
                 logger.warning("%s failed (%s): %s; retrying in %.2fs", what, tried, e, wait)
+            if on_retry is not None:
+                on_retry(e)
             sleep(wait)
             attempt += 1

@@ -68,6 +68,30 @@ class Progress(BaseModel):
     at: float
 
 
+class WaitingFor(TextEnum):
+    """What a running job waits for, besides its render."""
+
+    #: Its storage writes are in their transient-retry loop (LCM_STORAGE_RETRY_BUDGET_S).
+    STORAGE = "storage"
+
+
+#: How much of the last error a waiting record keeps.
+WAITING_ERROR_MAX_CHARS = 200
+
+
+class Waiting(BaseModel):
+    """A running job waits: for what, since when (Unix seconds), and the last error."""
+
+    model_config = ConfigDict(frozen=True)
+
+    waiting_for: WaitingFor
+    since: float
+    #: The last error, cut to WAITING_ERROR_MAX_CHARS.
+    error: str = Field(max_length=WAITING_ERROR_MAX_CHARS)
+    #: Unix seconds of the last error.
+    at: float
+
+
 class JobRecord(BaseModel):
     """A job as the record holds it; timestamps are Unix seconds."""
 
@@ -95,6 +119,8 @@ class JobRecord(BaseModel):
     #: Interactive (a single job) or bulk (a batch, a bulk file, a schedule's run); None for
     #: a record made before classes, or by a worker for a job sent straight to its queue.
     job_class: JobClass | None = None
+    #: Set while the running job waits (e.g. for storage); cleared when it goes on or ends.
+    waiting: Waiting | None = None
 
     @property
     def finished(self) -> bool:
@@ -370,6 +396,19 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# KEYS[1]: job; ARGV[4]: the waiting JSON, or '' to clear it. Only while running.
+_WAITING = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[1], 'waiting')
+else
+  redis.call('HSET', KEYS[1], 'waiting', ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # KEYS[1]: batch; ARGV[1]: now, ARGV[2]: ttl. Seal: no more jobs come; finish if all done.
 _SEAL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -408,6 +447,7 @@ class RecordStore:
         self._submit = redis.register_script(_SUBMIT)
         self._progress = redis.register_script(_PROGRESS)
         self._seal = redis.register_script(_SEAL)
+        self._waiting = redis.register_script(_WAITING)
 
     def _argv(self, now: float | None) -> list[Any]:
         return [repr(time.time() if now is None else now), self.ttl_s, batch_key("")]
@@ -614,10 +654,20 @@ class RecordStore:
         )
         return int(self._progress([job_key(job_id)], [*self._argv(now)[:2], "", value])) == 1
 
+    def waiting(self, job_id: str, waiting: Waiting | None, now: float | None = None) -> bool:
+        """Show (or, with None, clear) what the running job waits for; False when the job
+        is not running."""
+        value = waiting.model_dump_json() if waiting is not None else ""
+        return int(self._waiting([job_key(job_id)], [*self._argv(now)[:2], "", value])) == 1
+
     def requeue(self, job_id: str, reason: str, now: float | None = None) -> Transition:
         """A running job goes back to its queue (retry, dead render process)."""
         return self._move(
-            job_id, JobState.QUEUED, (JobState.RUNNING,), {"reason": reason, "progress": ""}, now
+            job_id,
+            JobState.QUEUED,
+            (JobState.RUNNING,),
+            {"reason": reason, "progress": "", "waiting": ""},
+            now,
         )
 
     def succeed(self, job_id: str, result: JobResult, now: float | None = None) -> Transition:
@@ -625,7 +675,7 @@ class RecordStore:
             job_id,
             JobState.SUCCEEDED,
             (JobState.RUNNING,),
-            {"result": result.model_dump_json(), "reason": ""},
+            {"result": result.model_dump_json(), "reason": "", "waiting": ""},
             now,
         )
 
@@ -639,7 +689,7 @@ class RecordStore:
         now: float | None = None,
     ) -> Transition:
         """The job ended without a result: failed, or canceled at a step."""
-        fields = {"reason": reason, "partial_keys": json.dumps(list(partial_keys))}
+        fields = {"reason": reason, "partial_keys": json.dumps(list(partial_keys)), "waiting": ""}
         to = JobState.CANCELED if canceled else JobState.FAILED
         return self._move(job_id, to, (JobState.QUEUED, JobState.RUNNING), fields, now)
 
@@ -686,6 +736,7 @@ class RecordStore:
             partial_keys=tuple(json.loads(raw.get("partial_keys") or "[]")),
             webhook_url=raw.get("webhook_url") or None,
             job_class=JobClass(raw["job_class"]) if raw.get("job_class") else None,
+            waiting=Waiting.model_validate_json(raw["waiting"]) if raw.get("waiting") else None,
         )
 
     def in_flight(self, owner: str) -> int:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from lcm_fleet.backoff import Backoff, call_with_backoff
 from lcm_fleet.errors import LcmError, StorageError, TransientStorageError
@@ -132,6 +132,15 @@ def classify(error: BaseException, what: str) -> StorageError:
     return cls(f"{what}: {code or status or type(error).__name__}: {error}")
 
 
+class StorageWatch(Protocol):
+    """Told when a store call starts retrying a transient fault, and when it is settled
+    (succeeded or given up): e.g. a job's record shows that it waits for storage."""
+
+    def retrying(self, what: str, error: BaseException) -> None: ...
+
+    def settled(self, what: str) -> None: ...
+
+
 class ObjectStore:
     """One bucket of an S3 store, with verified writes and bounded, classified retries."""
 
@@ -141,12 +150,18 @@ class ObjectStore:
         bucket: str,
         backoff: Backoff | None = None,
         budget_s: float | None = None,
+        watch: StorageWatch | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
         self.backoff = backoff or DEFAULT_BACKOFF
         #: Retry transient faults of one call for this many seconds (None: backoff.attempts).
         self.budget_s = budget_s
+        self.watch = watch
+
+    def watched(self, watch: StorageWatch) -> ObjectStore:
+        """This store (the same client), telling ``watch`` about its calls' retries."""
+        return ObjectStore(self.client, self.bucket, self.backoff, self.budget_s, watch)
 
     @classmethod
     def from_settings(
@@ -191,15 +206,29 @@ class ObjectStore:
             except Exception as e:
                 raise classify(e, what) from e
 
-        return call_with_backoff(
-            once,
-            transient=(TransientStorageError,),
-            backoff=self.backoff,
-            what=what,
-            budget_s=self.budget_s,
-            sleep=time.sleep if stop is None else stop.wait,
-            give_up=None if stop is None else stop.is_set,
-        )
+        watch = self.watch
+        retried = False
+
+        def on_retry(error: BaseException) -> None:
+            nonlocal retried
+            retried = True
+            if watch is not None:
+                watch.retrying(what, error)
+
+        try:
+            return call_with_backoff(
+                once,
+                transient=(TransientStorageError,),
+                backoff=self.backoff,
+                what=what,
+                budget_s=self.budget_s,
+                sleep=time.sleep if stop is None else stop.wait,
+                give_up=None if stop is None else stop.is_set,
+                on_retry=on_retry,
+            )
+        finally:
+            if retried and watch is not None:
+                watch.settled(what)
 
     def check_bucket(self) -> None:
         """Fail fast when the bucket is missing or not ours (one attempt, no retries)."""

@@ -76,6 +76,10 @@ def describe_job(record: JobRecord) -> str:
             f" (image {progress.image} of {progress.images}, "
             f"step {progress.step} of {progress.steps})"
         )
+    waiting = record.waiting
+    if record.state is JobState.RUNNING and waiting is not None:
+        since = time.strftime("%H:%M:%S", time.gmtime(waiting.since))
+        line += f", waiting for {waiting.waiting_for.value} since {since} UTC ({waiting.error})"
     if record.cancel_requested and not record.finished:
         line += ", cancel requested"
     if record.reason and record.state in (JobState.FAILED, JobState.CANCELED):

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from lcm_fleet.contract import TASK_RENDER
+from lcm_fleet.contract import TASK_RENDER, TASK_WEBHOOK
 
 #: LCM_MAX_MESSAGE_BYTES the tests run with.
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -177,7 +177,9 @@ mutations = st.one_of(
     st.text(max_size=20)
     .filter(lambda v: v != "application/json")
     .map(lambda v: _set(("content-type",), v)),
-    (json_values.filter(lambda v: v != TASK_RENDER)).map(lambda v: _set(("headers", "task"), v)),
+    (json_values.filter(lambda v: v not in (TASK_RENDER, TASK_WEBHOOK))).map(
+        lambda v: _set(("headers", "task"), v)
+    ),
     (not_text | st.just("")).map(lambda v: _set(("headers", "id"), v)),
     st.just(_drop(("headers", "id"))),
     st.just(_drop(("headers", "task"))),
@@ -196,35 +198,36 @@ mutations = st.one_of(
 )
 
 
-def mutated(queue: str) -> st.SearchStrategy[bytes]:
-    return mutations.map(lambda m: encode(m(envelope([{"prompt": "p"}], queue))))
+def mutated(queue: str, task: str = TASK_RENDER) -> st.SearchStrategy[bytes]:
+    return mutations.map(lambda m: encode(m(envelope([{"prompt": "p"}], queue, task=task))))
 
 
-def oversized(queue: str) -> st.SearchStrategy[bytes]:
+def oversized(queue: str, task: str = TASK_RENDER) -> st.SearchStrategy[bytes]:
     return st.integers(min_value=MAX_MESSAGE_BYTES, max_value=3 * MAX_MESSAGE_BYTES).map(
-        lambda n: encode(envelope([{"prompt": "x" * n}], queue))
+        lambda n: encode(envelope([{"prompt": "x" * n}], queue, task=task))
     )
 
 
-def not_utf8(queue: str) -> st.SearchStrategy[bytes]:
+def not_utf8(queue: str, task: str = TASK_RENDER) -> st.SearchStrategy[bytes]:
     return st.integers(min_value=0, max_value=200).map(
         lambda i: (lambda raw: raw[: i % len(raw)] + b"\xff\xfe" + raw[i % len(raw) :])(
-            encode(envelope([{"prompt": "p"}], queue))
+            encode(envelope([{"prompt": "p"}], queue, task=task))
         )
     )
 
 
-def bad_items(queue: str) -> st.SearchStrategy[bytes]:
-    """Queue items a worker must dead-letter (bad by construction)."""
+def bad_items(queue: str, task: str = TASK_RENDER) -> st.SearchStrategy[bytes]:
+    """Queue items a consumer of ``queue`` (whose items carry ``task``) must dead-letter (bad
+    by construction)."""
     return st.one_of(
         st.binary(max_size=64).filter(lambda b: not _is_json(b)),
         not_object.map(encode),
         st.dictionaries(st.text(max_size=8), json_values, max_size=4).map(encode),
-        mutated(queue),
-        mutated(queue),
-        mutated(queue),
-        oversized(queue),
-        not_utf8(queue),
+        mutated(queue, task),
+        mutated(queue, task),
+        mutated(queue, task),
+        oversized(queue, task),
+        not_utf8(queue, task),
     )
 
 

@@ -53,7 +53,8 @@ class Runtime:
 
     @property
     def queues(self) -> list[str]:
-        """The default queue, and the size-class queue of every size this worker serves."""
+        """The default queue and the size-class queue of every size this worker serves, each
+        with its bulk queue (worker/render/sizes.py queues_for)."""
         return queues_for(self.settings.queue, self.sizes)
 
     @property

@@ -10,13 +10,16 @@ from pydantic_settings import NoDecode
 
 from lcm_fleet.artifact.kinds import InferencePrecision
 from lcm_fleet.artifact.registry import parse_ref
+from lcm_fleet.consuming.settings import ConsumerSettings
 from lcm_fleet.errors import RegistryInputError
-from lcm_fleet.settings import ConnectionSettings
 from worker.model.verified import VerifyMode
 from worker.render.sizes import parse_sizes
 
 
-class WorkerSettings(ConnectionSettings):
+class WorkerSettings(ConsumerSettings):
+    """The connection settings and queue screen limits (LCM_MAX_MESSAGE_BYTES,
+    LCM_DEAD_LETTER_MAX: lcm_fleet/consuming/settings.py), and the worker's own."""
+
     #: What this worker serves: NAME@VERSION or NAME@latest (published with `lcm-build
     #: publish`, pulled from S3 into model_cache_dir) or an artifact folder. Exactly one of
     #: model and model_dir is set.
@@ -88,11 +91,14 @@ class WorkerSettings(ConnectionSettings):
     retry_backoff_base_s: float = Field(default=5.0, gt=0)
     retry_backoff_cap_s: float = Field(default=120.0, gt=0)
 
-    #: Queue items longer than this (bytes) are refused before they are decoded and kept,
-    #: cut short, in the dead-letter list (a valid job is a few kilobytes).
-    max_message_bytes: int = Field(default=256 * 1024, ge=4096, le=64 * 1024 * 1024)
-    #: Entries the dead-letter list keeps (the oldest go first).
-    dead_letter_max: int = Field(default=10_000, ge=10, le=1_000_000)
+    #: Seconds a known queue (one producers published to) must be empty and consumed by no
+    #: advertising worker, on every heartbeat, before a worker forgets it (stops exporting
+    #: its depth and warning about it); 0: never.
+    queue_prune_after_s: float = Field(default=86400.0, ge=0)
+    #: Interactive deliveries in a row, while a bulk queue holds jobs, before the next fetch
+    #: takes bulk first (lcm_fleet/consuming/order.py): bulk gets at least 1 job start in
+    #: LCM_INTERACTIVE_BURST + 1 while both classes wait.
+    interactive_burst: int = Field(default=8, ge=1, le=1000)
     #: Seconds the worker tries to reach Redis at start before it exits (code 4), before it
     #: compiles anything or opens its metrics port.
     broker_connect_timeout_s: float = Field(default=30.0, gt=0, le=3600)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lcm_fleet.contract import IMAGES_MAX, IMAGES_MIN, PROMPT_MAX_CHARS, Job, JobClass, JobState
-from lcm_fleet.records import BatchCounts, Progress
+from lcm_fleet.records import BatchCounts, Progress, Waiting
 from producer.http.webhook_urls import MAX_URL_CHARS
 
 
@@ -61,6 +61,8 @@ class JobView(BaseModel):
     finished_at: float | None = None
     updated_at: float
     progress: Progress | None = None
+    #: Set while the running job waits, e.g. for storage (its writes retrying S3).
+    waiting: Waiting | None = None
     cancel_requested: bool = False
     #: Why it failed or was cancelled.
     reason: str | None = None

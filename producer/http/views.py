@@ -46,6 +46,7 @@ def job_view(services: Services, request: Request, record: JobRecord) -> JobView
         finished_at=record.finished_at,
         updated_at=record.updated_at,
         progress=record.progress,
+        waiting=record.waiting,
         cancel_requested=record.cancel_requested,
         reason=record.reason,
         job=record.job,

@@ -37,6 +37,8 @@ from pydantic import Field, ValidationError
 from starlette.requests import Request
 
 from lcm_fleet.backoff import Backoff
+from lcm_fleet.consuming.config import Guard, guard_app
+from lcm_fleet.consuming.settings import ConsumerSettings
 from lcm_fleet.contract import QUEUE_WEBHOOKS, TASK_WEBHOOK, WIRE_CONFIG, WebhookEvent, WebhookKind
 from lcm_fleet.settings import settings_problems
 from producer.http.auth import webhook_secret
@@ -55,8 +57,13 @@ RETRY_STATUSES = frozenset({408, 429})
 BATCH_BODY_JOB_IDS = 1000
 
 
-class WebhookSettings(ApiSettings):
-    """The deliverer's settings: the API's (pepper, Redis, S3) and the retry policy."""
+#: The task names QUEUE_WEBHOOKS carries; anything else on it is dead-lettered.
+WEBHOOK_TASKS = frozenset({TASK_WEBHOOK})
+
+
+class WebhookSettings(ApiSettings, ConsumerSettings):
+    """The deliverer's settings: the API's (pepper, Redis, S3), the queue screen's limits
+    (LCM_MAX_MESSAGE_BYTES, LCM_DEAD_LETTER_MAX) and the retry policy."""
 
     #: Attempts per delivery, the first included; then it is given up (and recorded).
     webhook_max_attempts: int = Field(default=8, ge=1, le=30)
@@ -350,11 +357,15 @@ class Deliverer:
         return result
 
 
+def deliverer_name() -> str:
+    """This process's Celery hostname (and the ``worker`` of its dead-letter entries)."""
+    return f"lcm-webhooks@{socket.gethostname()}"
+
+
 def make_app(settings: WebhookSettings, deliverer: Deliverer | None = None) -> Celery:
     """The lcm-webhooks Celery app with its one task. ``deliverer`` None: built on first use."""
     app = Celery("lcm_webhooks", broker=settings.redis_url)
     app.conf.update(WIRE_CONFIG)
-    app.conf.update(settings.celery_tls_config())
     app.conf.update(
         task_default_queue=QUEUE_WEBHOOKS,
         task_ignore_result=True,
@@ -362,13 +373,23 @@ def make_app(settings: WebhookSettings, deliverer: Deliverer | None = None) -> C
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # A retry waits in the deliverer as an ETA message; the broker must not hand it to
-        # another deliverer before its countdown ends.
-        broker_transport_options={
-            "visibility_timeout": max(3600, 4 * settings.webhook_backoff_cap_s)
-        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+    )
+    # A retry waits in the deliverer as an ETA message; the broker must not hand it to
+    # another deliverer before its countdown ends (at most the backoff cap ahead).
+    visibility_timeout_s = max(3600.0, 4 * settings.webhook_backoff_cap_s)
+    # The same guard as the render worker's: a malformed item on QUEUE_WEBHOOKS is
+    # dead-lettered once, with its reason, and the deliverer keeps delivering.
+    guard_app(
+        app,
+        settings,
+        Guard(
+            tasks=WEBHOOK_TASKS,
+            visibility_timeout_s=visibility_timeout_s,
+            max_eta_ahead_s=visibility_timeout_s - settings.webhook_timeout_s,
+            consumer_name=deliverer_name(),
+        ),
     )
     state: dict[str, Deliverer | None] = {"deliverer": deliverer}
 
@@ -426,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             "--pool=threads",
             f"--concurrency={concurrency}",
             f"--queues={QUEUE_WEBHOOKS}",
-            f"--hostname=lcm-webhooks@{socket.gethostname()}",
+            f"--hostname={deliverer_name()}",
             f"--loglevel={args.log_level.upper()}",
             "--without-gossip",
             "--without-mingle",

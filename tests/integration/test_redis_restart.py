@@ -18,6 +18,7 @@ from kombu import Connection, Consumer, Exchange, Queue
 from kombu.common import ignore_errors
 from kombu.transport import redis as kombu_redis
 
+from lcm_fleet.consuming import broker_guard
 from lcm_fleet.contract import JobState
 from lcm_fleet.keys import INCARNATIONS_KEY, held_key, result_key
 from lcm_fleet.records import open_records
@@ -26,7 +27,6 @@ from producer.settings import ProducerSettings
 from tests import poison
 from tests.faultkit import OwnRedis, own_redis, wait_until  # noqa: F401  (a fixture)
 from tests.integration.conftest import start_worker, stop_worker, wait_for_log, worker_env
-from worker.consumer import broker_guard
 from worker.exit_codes import ExitCode
 
 # A fault scenario on real processes: the faults tier (`-m faults`, .ci/run), not the default run.
@@ -150,7 +150,7 @@ def test_job_received_as_redis_dies_runs_once_redis_is_back(
     """Killed at the job's receipt (before or just after it starts): its message, whose
     acknowledgement or start Redis missed, is given back when Redis returns, not an hour
     later, and the job succeeds; the same worker process reconnects and serves the next job
-    (kombu's crash on this path is worked around in worker/consumer/broker_guard.py)."""
+    (kombu's crash on this path is worked around in lcm_fleet/consuming/broker_guard.py)."""
     queue = f"lcm.restart.{uuid.uuid4().hex[:8]}"
     env = worker_env(
         {**service_env, "LCM_REDIS_URL": own_redis.url},
@@ -255,7 +255,7 @@ def _celery_on_connection_lost(conn: Any) -> None:
 
 def test_plain_kombu_transport_stops_on_redis_killed_at_receipt(own_redis: OwnRedis) -> None:  # noqa: F811
     """The pinned kombu's bug that broker_guard.Channel works around: when this fails, kombu
-    fixed it, and Channel._connparams (worker/consumer/broker_guard.py) can go."""
+    fixed it, and Channel._connparams (lcm_fleet/consuming/broker_guard.py) can go."""
     conn, _message = _consumer_at_the_kill(own_redis.url, kombu_redis.Transport, _queue())
     own_redis.kill()
     with pytest.raises(AttributeError, match="hostname"):

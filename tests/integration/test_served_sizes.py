@@ -56,8 +56,13 @@ def test_the_worker_advertises_its_queues_sizes_and_model(worker, broker, queue_
     assert len(mine) == 1
     advert = mine[0]
     assert advert.sizes == ("128x128",)
-    interactive = (queue_name, f"{queue_name}.128x128")
-    assert advert.queues == (*interactive, *(f"{q}.bulk" for q in interactive))
+    # Interactive queues first, then their bulk queues (worker/render/sizes.py queues_for).
+    assert advert.queues == (
+        queue_name,
+        f"{queue_name}.128x128",
+        f"{queue_name}.bulk",
+        f"{queue_name}.128x128.bulk",
+    )
     assert advert.model == str(model_dirs["int8"]) and len(advert.model_manifest_sha256) == 64
 
 

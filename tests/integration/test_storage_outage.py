@@ -2,6 +2,8 @@
 
 - S3 away for ~30 s with jobs queued: every upload retries in place on the time budget
   (LCM_STORAGE_RETRY_BUDGET_S), so every job succeeds, once, without a task retry.
+- While a job's writes wait for S3, its record says so (``waiting``: storage, since, the last
+  error), and ``lcm status`` and ``GET /v1/jobs/{id}`` show it; it is cleared once stored.
 - A job that ends without a result leaves no unlisted objects: a timed-out job's images are
   removed; a cancelled job's are listed in its record (``partial_keys``), S3 away or not.
 """
@@ -11,14 +13,25 @@ from __future__ import annotations
 import time
 import uuid
 
+import httpx
 import pytest
 
 from lcm_fleet.contract import JobState
 from lcm_fleet.keys import image_key
+from lcm_fleet.records import WaitingFor
+from producer.api import handle as job_handle
 from producer.api import submit
 from producer.settings import ProducerSettings
 from tests.faultkit import OwnS3, session_s3, wait_until  # noqa: F401  (a fixture)
-from tests.integration.conftest import start_worker, stop_worker, worker_env
+from tests.integration.conftest import (
+    api_env,
+    run_cli,
+    start_api,
+    start_worker,
+    stop_api,
+    stop_worker,
+    worker_env,
+)
 
 # A fault scenario on real processes: the faults tier (`-m faults`, .ci/run), not the default run.
 pytestmark = pytest.mark.faults
@@ -54,6 +67,45 @@ def test_jobs_queued_during_a_30s_s3_outage_all_succeed(
         assert sum(f"job {handle.job_id} succeeded" in ln for ln in lines) == 1
         assert not any("storage failed" in ln for ln in lines)  # no task retry: kept its place
     assert "budget left" in log
+
+
+def test_a_job_waiting_for_storage_says_so_in_its_record_status_and_api(
+    worker,
+    producer_settings,
+    service_env,
+    queue_name,
+    tmp_path,
+    session_s3: OwnS3,  # noqa: F811
+):
+    api = start_api(api_env(service_env, queue_name), tmp_path / "api.log")
+    try:
+        auth = {"Authorization": f"Bearer {api.create_key('waiting')}"}
+        with session_s3.down():
+            answer = httpx.post(f"{api.url}/v1/jobs", json={"prompt": "kept waiting"}, headers=auth)
+            assert answer.status_code == 202, answer.text
+            handle = job_handle(answer.json()["id"], producer_settings)
+            wait_until(
+                lambda: (r := handle.record()) is not None and r.waiting is not None,
+                60,
+                "the record's waiting",
+            )
+            record = handle.record()
+            assert record is not None and record.state is JobState.RUNNING
+            waiting = record.waiting
+            assert waiting is not None and waiting.waiting_for is WaitingFor.STORAGE
+            assert f"put s3://{producer_settings.s3_bucket}/jobs/{handle.job_id}/" in waiting.error
+            assert len(waiting.error) <= 200 and waiting.since <= waiting.at
+            status = run_cli("producer.cli", "status", handle.job_id, env=api.env)
+            assert "running" in status.stdout and "waiting for storage since" in status.stdout
+            view = httpx.get(f"{api.url}/v1/jobs/{handle.job_id}", headers=auth).json()
+            assert view["state"] == "running" and view["waiting"]["waiting_for"] == "storage"
+        assert handle.wait(timeout_s=180).images
+        record = handle.record()
+        assert record is not None and record.state is JobState.SUCCEEDED and record.waiting is None
+        view = httpx.get(f"{api.url}/v1/jobs/{handle.job_id}", headers=auth).json()
+        assert view["waiting"] is None
+    finally:
+        stop_api(api)
 
 
 SOFT_LIMIT_S = 20

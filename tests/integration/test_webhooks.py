@@ -1,5 +1,7 @@
 """lcm-webhooks as a real process on real Redis: a job's webhook is retried after a 500,
-signed with the owner key's secret, and every attempt is recorded; a batch's too.
+signed with the owner key's secret, and every attempt is recorded; a batch's too. Malformed
+items on its queue are dead-lettered once each, and it keeps delivering (the same guard as
+the render worker's, lcm_fleet/consuming/).
 
 No render worker: the test moves the records itself, then sends the task by name as the
 render worker does when a job or batch ends.
@@ -7,6 +9,8 @@ render worker does when a job or batch ends.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import http.server
 import json
 import os
@@ -22,12 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from lcm_fleet.contract import QUEUE_WEBHOOKS, TASK_WEBHOOK, ImageRecord, Job, JobResult
+from lcm_fleet.dead_letter import DeadLetterKind, DeadLetters
 from lcm_fleet.records import RecordStore
 from producer.http.auth import webhook_secret
 from producer.http.settings import ApiSettings
 from producer.http.signatures import SIGNATURE_HEADER, verify
+from tests import poison
 from tests.integration.conftest import API_PEPPER, ROOT
 
 KEY_ID = "0123456789abcdef"
@@ -89,6 +98,8 @@ def deliverer(
         LCM_WEBHOOK_BACKOFF_BASE_S="0.2",
         LCM_WEBHOOK_BACKOFF_CAP_S="0.5",
         LCM_WEBHOOK_TIMEOUT_S="5",
+        LCM_MAX_MESSAGE_BYTES=str(poison.MAX_MESSAGE_BYTES),
+        LCM_DEAD_LETTER_MAX="100000",
         PYTHONPATH=str(ROOT),
     )
     with open(log, "wb") as handle:
@@ -117,8 +128,6 @@ def deliverer(
 
 @pytest.fixture(scope="module")
 def records(service_env: dict[str, str]) -> RecordStore:
-    import redis
-
     return RecordStore(redis.Redis.from_url(service_env["LCM_REDIS_URL"]), 3600)
 
 
@@ -213,3 +222,52 @@ def test_delivery_gives_up_after_max_attempts_and_batch_attempts_are_recorded(
     assert verify(secret(), receiver.posts[0][0][SIGNATURE_HEADER], receiver.posts[0][1])
     # The job itself had no webhook: nothing recorded on it.
     assert records.webhook_attempts(job.job_id) == []
+
+
+def test_malformed_items_on_its_queue_are_dead_lettered_once_and_deliveries_go_on(
+    deliverer: tuple[subprocess.Popen[bytes], Path],
+    receiver: Receiver,
+    records: RecordStore,
+    service_env: dict[str, str],
+) -> None:
+    proc, log = deliverer
+    receiver.statuses[:] = []
+    r = redis.Redis.from_url(service_env["LCM_REDIS_URL"])
+    before = collections.Counter(e.sha256 for e in DeadLetters(r).entries())
+    pushed: collections.Counter[str] = collections.Counter()
+    delivered: list[str] = []
+
+    @settings(
+        max_examples=8,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(items=st.lists(poison.bad_items(QUEUE_WEBHOOKS, TASK_WEBHOOK), min_size=10, max_size=30))
+    def throw(items: list[bytes]) -> None:
+        r.lpush(QUEUE_WEBHOOKS, *items)
+        pushed.update(hashlib.sha256(i).hexdigest() for i in items)
+        # A good delivery queued after the items (FIFO): once it is posted, every item
+        # before it was taken.
+        job = Job(prompt="after poison", job_id=f"whp-{uuid.uuid4().hex[:12]}")
+        records.create_job(job, KEY_ID, webhook_url=receiver.url)
+        records.start(job, "test-worker")
+        assert records.succeed(job.job_id, result_of(job)).done
+        send(service_env, "job", job.job_id, "job.succeeded")
+        receiver.wait_for(len(delivered) + 1, 30, log)
+        delivered.append(job.job_id)
+        assert proc.poll() is None
+
+    throw()
+    assert [json.loads(body)["id"] for _, body in receiver.posts] == delivered
+    entries = DeadLetters(r).entries()
+    counts = collections.Counter(e.sha256 for e in entries) - before
+    wrong = {h: (pushed[h], counts[h]) for h in pushed if counts[h] != pushed[h]}
+    assert not wrong, f"{len(wrong)} of {len(pushed)} items not dead-lettered exactly once"
+    mine = [e for e in entries if e.sha256 in pushed]
+    assert all(e.reason and e.kind in DeadLetterKind for e in mine)
+    assert {e.queue for e in mine if e.queue} <= {QUEUE_WEBHOOKS}
+    text = log.read_text(errors="replace")
+    assert "Unrecoverable error" not in text and "dead-lettered as" in text
+    assert proc.poll() is None

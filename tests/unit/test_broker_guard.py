@@ -19,11 +19,11 @@ from kombu import Connection
 from kombu.transport.virtual import Message
 from kombu.utils.json import dumps, loads
 
+from lcm_fleet.consuming import broker_guard
+from lcm_fleet.consuming.screen import ScreenPolicy, screen
 from lcm_fleet.contract import TASK_RENDER, WIRE_CONFIG
 from lcm_fleet.dead_letter import RAW_PREFIX_BYTES, DeadLetterKind, DeadLetters, make_entry
 from tests import poison
-from worker.consumer import broker_guard
-from worker.consumer.screen import ScreenPolicy, screen
 
 QUEUE = "lcm.test.q"
 POLICY = ScreenPolicy(
@@ -265,8 +265,8 @@ def test_events_are_on_in_the_workers_app(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LCM_S3_SECRET_ACCESS_KEY", "s")
     app = configure(WorkerSettings(), "w@h")  # type: ignore[call-arg]
     assert app.conf.worker_send_task_events and app.conf.task_send_sent_event
-    assert app.conf.broker_transport == "worker.consumer.broker_guard:Transport"
-    assert app.conf.worker_consumer == "worker.consumer.broker_guard:GuardedConsumer"
+    assert app.conf.broker_transport == "lcm_fleet.consuming.broker_guard:Transport"
+    assert app.conf.worker_consumer == "lcm_fleet.consuming.broker_guard:GuardedConsumer"
     with app.connection_for_write() as conn:
         assert conn.transport_cls is broker_guard.Transport or isinstance(
             conn.transport, broker_guard.Transport

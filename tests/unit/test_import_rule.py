@@ -1,8 +1,12 @@
 """The import rule (README, Architecture): imports point one way, and light roles stay light.
 
     bench -> model_build -> worker -> lcm_fleet <- producer
+                            worker -> lcm_fleet.consuming <- producer (lcm-webhooks)
 
-(a) Each package's modules, imported in a fresh interpreter, load none of the packages its
+``lcm_fleet.consuming`` (the queue screen, the guarded kombu transport, the class order) is
+a role of its own: the kernel's part that may load Celery and kombu, imported by the two
+roles that consume queues (worker, and producer's lcm-webhooks) and by nothing else of the
+kernel. (a) Each package's modules, imported in a fresh interpreter, load none of the packages its
 role must not need (``sys.modules`` after the imports). (b) No .py file of a package imports
 from a package above it or beside it, at module level or inside a function (``ast``).
 A failure lists the offending module or file:line.
@@ -19,23 +23,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("lcm_fleet", "producer", "worker", "model_build", "bench")
+#: Sub-packages that are roles of their own: their parent's checks skip them.
+SUB_ROLES = {"lcm_fleet": ("lcm_fleet.consuming",)}
 
 HEAVY = ("torch", "diffusers", "nncf", "optimum", "transformers")
 
+#: The roles' packages, and what no light role loads.
+ROLE_PACKAGES = {"producer", "worker", "model_build", "bench"}
+NOT_LIGHT = {"openvino", "openvino_genai", "numpy", *HEAVY}
+
 #: What importing each package's modules must not load (top-level names in sys.modules).
 MUST_NOT_LOAD = {
-    "lcm_fleet": {
-        "celery",
-        "kombu",
-        "openvino",
-        "openvino_genai",
-        "numpy",
-        "producer",
-        "worker",
-        "model_build",
-        "bench",
-        *HEAVY,
-    },
+    "lcm_fleet": {"celery", "kombu", *NOT_LIGHT, *ROLE_PACKAGES},
+    # Celery and kombu, for the consumers of queues; nothing of any role, nothing heavy.
+    "lcm_fleet.consuming": {*NOT_LIGHT, *ROLE_PACKAGES},
     "producer": {"worker", "model_build", "bench", "openvino", "openvino_genai", *HEAVY},
     # openvino_genai is loaded by the render process when it builds its pipelines.
     "worker": {"model_build", "bench", "producer", "openvino_genai", *HEAVY},
@@ -43,25 +44,43 @@ MUST_NOT_LOAD = {
 
 #: What each package's source must not import, anywhere in it.
 MUST_NOT_IMPORT = {
-    "lcm_fleet": {"producer", "worker", "model_build", "bench"},
+    "lcm_fleet": {*ROLE_PACKAGES, "celery", "kombu", *SUB_ROLES["lcm_fleet"]},
+    "lcm_fleet.consuming": ROLE_PACKAGES,
     "producer": {"worker", "model_build", "bench"},
     "worker": {"producer", "model_build", "bench"},
     "model_build": {"producer", "bench"},
 }
 
 
+def package_dir(package: str) -> Path:
+    return ROOT.joinpath(*package.split("."))
+
+
+def skipped(package: str) -> tuple[str, ...]:
+    return SUB_ROLES.get(package, ())
+
+
 def modules_of(package: str) -> list[str]:
-    """Every module and sub-package of ``package``, found on disk (nothing is imported)."""
+    """Every module and sub-package of ``package`` but its sub-roles', found on disk
+    (nothing is imported)."""
     names = [package]
 
     def walk(path: Path, prefix: str) -> None:
         for info in pkgutil.iter_modules([str(path)]):
+            if prefix + info.name in skipped(package):
+                continue
             names.append(prefix + info.name)
             if info.ispkg:
                 walk(path / info.name, f"{prefix}{info.name}.")
 
-    walk(ROOT / package, f"{package}.")
+    walk(package_dir(package), f"{package}.")
     return sorted(names)
+
+
+def is_under(name: str, forbidden: set[str]) -> bool:
+    """Whether module ``name`` is one of ``forbidden`` or inside one of them."""
+    parts = name.split(".")
+    return any(".".join(parts[:n]) in forbidden for n in range(1, len(parts) + 1))
 
 
 def loaded_after_import(modules: list[str]) -> set[str]:
@@ -125,11 +144,13 @@ def imported_names(path: Path, module: str) -> list[tuple[int, str]]:
 def static_offences(package: str) -> list[str]:
     forbidden = MUST_NOT_IMPORT[package]
     offences = []
-    for path in sorted((ROOT / package).rglob("*.py")):
+    for path in sorted(package_dir(package).rglob("*.py")):
         rel = path.relative_to(ROOT)
         module = ".".join(rel.with_suffix("").parts)
+        if is_under(module, set(skipped(package))):
+            continue
         for line, name in imported_names(path, module):
-            if name.split(".")[0] in forbidden:
+            if is_under(name, forbidden):
                 offences.append(f"  {rel}:{line}: imports {name}")
     return offences
 
@@ -146,6 +167,16 @@ def test_the_kernel_loads_nothing_heavy_and_no_role():
     check_loads("lcm_fleet")
 
 
+def test_the_consuming_role_loads_no_role_and_nothing_heavy():
+    assert {
+        "lcm_fleet.consuming.screen",
+        "lcm_fleet.consuming.broker_guard",
+        "lcm_fleet.consuming.order",
+    } <= set(modules_of("lcm_fleet.consuming"))
+    assert not set(modules_of("lcm_fleet")) & set(modules_of("lcm_fleet.consuming"))
+    check_loads("lcm_fleet.consuming")
+
+
 def test_the_producer_loads_no_worker_build_or_openvino():
     assert {"producer.cli", "producer.api", "producer.download"} <= set(modules_of("producer"))
     check_loads("producer")
@@ -160,6 +191,10 @@ def test_the_worker_loads_no_torch_nncf_or_build_code_and_no_genai_at_import():
 
 def test_the_kernel_imports_no_role():
     check_imports("lcm_fleet")
+
+
+def test_the_consuming_role_imports_no_role():
+    check_imports("lcm_fleet.consuming")
 
 
 def test_the_producer_imports_nothing_of_worker_build_or_bench():
@@ -191,3 +226,13 @@ def test_the_rule_finds_an_offence(tmp_path):
     source = tmp_path / "mod.py"
     source.write_text("def f():\n    from worker.cli import main\n\nfrom .. import cli\n")
     assert imported_names(source, "producer.sub.mod") == [(4, "producer"), (2, "worker.cli")]
+
+
+def test_the_rule_sees_the_kernel_reach_for_its_consuming_role(tmp_path):
+    # lcm_fleet.consuming loads kombu; a kernel module importing it, even in a function, is
+    # an offence, and the sub-role's own modules are left to its own checks.
+    forbidden = MUST_NOT_IMPORT["lcm_fleet"]
+    assert is_under("lcm_fleet.consuming.screen", forbidden)
+    assert is_under("kombu.transport.redis", forbidden)
+    assert not is_under("lcm_fleet.contract", forbidden)
+    assert "lcm_fleet.consuming.order" not in modules_of("lcm_fleet")

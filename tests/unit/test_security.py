@@ -173,7 +173,7 @@ def test_settings_errors_quote_no_secret(monkeypatch: pytest.MonkeyPatch) -> Non
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("lcm_fleet", "producer", "worker", "model_build")
 #: Files that build a redis-py client themselves, passing the TLS arguments they are given.
-OWN_CLIENTS = {"lcm_fleet/settings.py", "worker/consumer/broker_guard.py", "worker/metrics.py"}
+OWN_CLIENTS = {"lcm_fleet/settings.py", "lcm_fleet/consuming/broker_guard.py", "worker/metrics.py"}
 
 
 def _sources() -> list[tuple[str, str]]:

@@ -297,3 +297,37 @@ def test_the_http_api_answers_400_naming_the_field_and_the_sizes_served():
         body = unserved_error(info.value, field).body().error
         assert (body.param, body.code, body.value) == (param, "unserved_size", "128x128")
         assert body.type == "invalid_request_error" and "64x64, 128x96" in (body.allowed or "")
+
+
+def test_a_known_queue_empty_and_unconsumed_for_the_prune_age_is_forgotten():
+    redis, now = FakeRedis(), [0.0]
+    redis.sadd(QUEUES_KEY, "lcm.render.128x128", "lcm.render.256x256", "lcm.render.64x64")
+    redis.lists.update({"lcm.render.256x256": 2})
+    mine = Advertiser(redis, advert("me"), ttl_s=30, prune_after_s=100, clock=lambda: now[0])
+    mine.beat()
+    now[0] += 99
+    mine.beat()
+    assert redis.sets[QUEUES_KEY] == {
+        "lcm.render.128x128",
+        "lcm.render.256x256",
+        "lcm.render.64x64",
+    }
+    now[0] += 1
+    mine.beat()
+    # 128x128: empty and unconsumed for 100 s; 256x256 holds jobs; 64x64 is consumed (by me).
+    assert redis.sets[QUEUES_KEY] == {"lcm.render.256x256", "lcm.render.64x64"}
+    # Jobs in a queue start its idle time again.
+    redis.lists["lcm.render.256x256"] = 0
+    mine.beat()
+    now[0] += 60
+    redis.lists["lcm.render.256x256"] = 1
+    mine.beat()
+    redis.lists["lcm.render.256x256"] = 0
+    now[0] += 60
+    mine.beat()
+    assert "lcm.render.256x256" in redis.sets[QUEUES_KEY]
+    never = Advertiser(redis, advert("me"), ttl_s=30, prune_after_s=0, clock=lambda: now[0])
+    now[0] += 10_000
+    never.beat()
+    never.beat()
+    assert "lcm.render.256x256" in redis.sets[QUEUES_KEY]

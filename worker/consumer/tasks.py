@@ -58,6 +58,7 @@ from worker.render.limits import Deadlines
 from worker.render.process import RenderSlots, SizeClass
 from worker.render.sizes import format_size
 from worker.results.recovery import remove_partial, stored_result
+from worker.results.waiting import StorageWaiting
 
 __all__ = ["NEVER_RETRY", "decode_payload", "queue_wait_s", "render_job"]
 
@@ -174,7 +175,8 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         done = run_job(
             checked,
             slots=slots,
-            store=rt.store(),
+            # Its record shows while its writes wait for S3 (worker/results/waiting.py).
+            store=rt.store().watched(StorageWaiting(rt.records(), task_id)),
             prefix=settings.s3_prefix,
             model_manifest_sha256=rt.model.manifest.sha256,
             worker=rt.name,

@@ -8,7 +8,7 @@ backoff. A worker that exits with code 2 (bad settings or artifact) is not resta
 one that exits with code 4 (Redis unreachable at start) is restarted after the backoff
 without counting towards giving up (Redis may come back); one that keeps dying otherwise
 within ``stable_s`` is given up after ``max_restarts`` (worker/exit_codes.py). Nothing on a
-queue makes a worker exit (worker/consumer/broker_guard.py), so no message makes a unit
+queue makes a worker exit (lcm_fleet/consuming/broker_guard.py), so no message makes a unit
 give up.
 SIGTERM or SIGINT is passed on to every worker (each finishes its running job).
 

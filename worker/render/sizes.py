@@ -1,7 +1,9 @@
 """Size classes: the sizes a worker serves, one compiled pipeline each, and job routing.
 
 A job that names its size is queued on that size's queue (``lcm.render.512x768``); a
-worker consumes the queue of every size it serves plus the default queue, and renders
+worker consumes the queue of every size it serves plus the default queue, each with its
+bulk queue beside it (``lcm.render.512x768.bulk``, taken after the interactive ones:
+lcm_fleet/consuming/order.py), and renders
 each job with the pipeline compiled for the job's size. Jobs without a size take the
 worker's default size, the first one listed. Light module: no OpenVINO.
 """
@@ -70,8 +72,8 @@ def parse_sizes(value: object) -> tuple[Size, ...]:
 
 
 def queues_for(base: str, sizes: Iterable[Size]) -> list[str]:
-    """The default queue, then the size-class queue of every size served, then the bulk
-    queue beside each (lcm_fleet.contract.class_queue)."""
+    """The default queue, then the size-class queue of every size served; then the bulk
+    queue of each of them, in the same order (lcm_fleet.contract.class_queue)."""
     interactive = [base, *(size_queue(base, w, h) for w, h in sizes)]
     return [*interactive, *(class_queue(q, JobClass.BULK) for q in interactive)]
 

@@ -1,7 +1,8 @@
 """Decide, from the raw bytes of a queue item, whether kombu and Celery can take it as a job.
 
-A render queue holds kombu's Redis envelopes of Celery (protocol 2) task messages. Every
-step that kombu and Celery take with an item runs in the worker's main process, and most of
+An lcm queue (render or webhooks) holds kombu's Redis envelopes of Celery (protocol 2) task
+messages. Every step that kombu and Celery take with an item runs in the consuming worker's
+(``lcm-worker``'s, ``lcm-webhooks``') main process, and most of
 them raise on an item that is not what a Celery producer writes; that exception stops the
 worker ("Unrecoverable error"). Where each case breaks in the pinned versions (kombu 5.7,
 celery 5.7):

@@ -1,7 +1,8 @@
-"""Keep every malformed queue item from stopping the worker: refuse it once, dead-letter it.
+"""Keep every malformed queue item from stopping a consumer (``lcm-worker``, ``lcm-webhooks``):
+refuse it once, dead-letter it.
 
-Three guards, each where kombu or Celery would otherwise raise in the worker's main process
-(worker/consumer/screen.py lists where each kind of item breaks):
+Three guards, each where kombu or Celery would otherwise raise in the consumer's main process
+(lcm_fleet/consuming/screen.py lists where each kind of item breaks):
 
 1. :class:`Channel`, kombu's Redis channel with one addition: the reply of each ``BRPOP``
    (and ``RPOP``) that takes an item off a queue goes through :func:`screen` first, as a
@@ -10,8 +11,9 @@ Three guards, each where kombu or Celery would otherwise raise in the worker's m
    written to the dead-letter list (lcm_fleet/dead_letter.py) and kombu sees an empty reply,
    so it never enters kombu's unacknowledged set and is never restored at shutdown.
    :class:`Transport` is kombu's Redis transport with this channel; the worker's app names
-   it as ``broker_transport`` (worker/consumer/app.py), so the URL stays ``redis://`` or
-   ``rediss://``.
+   it as ``broker_transport`` (lcm_fleet/consuming/config.py, for ``lcm-worker`` and
+   ``lcm-webhooks``), so the URL stays ``redis://`` or ``rediss://``. With the option
+   ``lcm_interactive_burst`` its queue cycle is the class order of order.py.
 2. ``Transport._deliver``: what the screen passed and kombu still cannot build into a
    message (it should not happen) is dead-lettered instead of raised.
 3. :class:`GuardedConsumer` (Celery's ``worker_consumer``): whatever Celery's task handler
@@ -41,8 +43,9 @@ from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 from prometheus_client import Counter
 
+from lcm_fleet.consuming.order import ClassOrder
+from lcm_fleet.consuming.screen import Refusal, ScreenPolicy, screen, short
 from lcm_fleet.dead_letter import DEFAULT_MAX_ENTRIES, DeadLetterKind, DeadLetters, make_entry
-from worker.consumer.screen import Refusal, ScreenPolicy, screen, short
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ OPTION_TASKS = "lcm_tasks"
 OPTION_MAX_ETA_AHEAD_S = "lcm_max_eta_ahead_s"
 OPTION_MAX_ENTRIES = "lcm_dead_letter_max"
 OPTION_WORKER = "lcm_worker_name"
+#: With it, interactive queues are fetched first, bulk after that many in a row (order.py).
+OPTION_INTERACTIVE_BURST = "lcm_interactive_burst"
 
 _WRITE_ATTEMPTS = 3
 
@@ -162,6 +167,11 @@ class Channel(kombu_redis.Channel):
         # Before kombu's __init__, which already creates a client (_create_client).
         self._kept_client = connection.client
         super().__init__(connection, *args, **kwargs)
+        burst = self._options().get(OPTION_INTERACTIVE_BURST)
+        if burst is not None:
+            # In place of kombu's round robin over all queues: the class order (order.py).
+            self._queue_cycle = ClassOrder(int(burst))
+            self._update_queue_cycle()  # type: ignore[attr-defined]  # (not in kombu's stubs)
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         transport: Any = self.connection
@@ -259,7 +269,9 @@ class Transport(kombu_redis.Transport):
 
 
 def _no_client() -> Any:
-    raise RuntimeError("broker_guard.set_client_factory was not called (worker/consumer/app.py)")
+    raise RuntimeError(
+        "broker_guard.set_client_factory was not called (lcm_fleet/consuming/config.py)"
+    )
 
 
 _client_factory: Callable[[], Any] = _no_client

@@ -1,0 +1,141 @@
+"""Interactive work ahead of bulk, without starving bulk (lcm_fleet/consuming/order.py).
+
+On real Redis: the guarded kombu channel's fetch order, exactly (one delivery at a time, as
+a worker thread takes them); on a real worker: interactive jobs queued behind a bulk backlog
+start before the rest of it, and the bulk backlog still runs to the end; and a worker started
+on a continuous interactive backlog with bulk waiting takes bulk once in every burst + 1
+(Celery's "received" lines, logged in fetch order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import time
+import uuid
+from typing import Any
+
+import redis
+from kombu import Connection, Consumer, Queue
+
+from lcm_fleet.consuming import broker_guard
+from lcm_fleet.contract import TASK_RENDER, JobClass, JobState, class_queue
+from producer.api import submit
+from producer.settings import ProducerSettings
+from tests import poison
+from tests.integration.conftest import start_worker, stop_worker, worker_env
+from worker.runtime import JOBS_PER_RENDER_PROCESS
+
+BURST = 3
+
+
+def _fetch_order(url: str, queue: str, count: int) -> list[str]:
+    """Task ids in the order the guarded channel delivers them, one held at a time."""
+    options = {
+        broker_guard.OPTION_MAX_MESSAGE_BYTES: 1 << 20,
+        broker_guard.OPTION_TASKS: [TASK_RENDER],
+        broker_guard.OPTION_MAX_ETA_AHEAD_S: 600.0,
+        broker_guard.OPTION_INTERACTIVE_BURST: BURST,
+    }
+    got: list[str] = []
+
+    def take(_body: Any, message: Any) -> None:
+        got.append(message.headers["id"])
+        message.ack()
+
+    with Connection(url, transport=broker_guard.Transport, transport_options=options) as conn:
+        channel = conn.default_channel
+        channel.basic_qos(0, 1, False)
+        queues = [Queue(queue), Queue(class_queue(queue, JobClass.BULK))]
+        Consumer(channel, queues, callbacks=[take]).consume()
+        deadline = time.monotonic() + 30
+        while len(got) < count and time.monotonic() < deadline:
+            with contextlib.suppress(socket.timeout):
+                conn.drain_events(timeout=1)
+    return got
+
+
+def test_the_fetch_order_puts_interactive_first_and_bulk_once_in_every_burst_plus_one(
+    service_env: dict[str, str],
+) -> None:
+    url = service_env["LCM_REDIS_URL"]
+    queue = f"lcm.order.{uuid.uuid4().hex[:8]}"
+    bulk = class_queue(queue, JobClass.BULK)
+    r = redis.Redis.from_url(url)
+    try:
+        # The bulk backlog first, then a stream of interactive jobs (more than the burst).
+        for n in range(5):
+            r.lpush(bulk, poison.encode(poison.envelope([{"prompt": "b"}], bulk, task_id=f"b{n}")))
+        for n in range(12):
+            item = poison.envelope([{"prompt": "i"}], queue, task_id=f"i{n}")
+            r.lpush(queue, poison.encode(item))
+        got = _fetch_order(url, queue, 17)
+    finally:
+        r.delete(queue, bulk)
+    # Interactive first; after BURST of them in a row, one bulk; bulk alone at the end.
+    assert got == [
+        *("i0", "i1", "i2", "b0"),
+        *("i3", "i4", "i5", "b1"),
+        *("i6", "i7", "i8", "b2"),
+        *("i9", "i10", "i11", "b3"),
+        "b4",
+    ]
+
+
+def test_interactive_jobs_start_before_the_bulk_backlog_and_bulk_still_runs(
+    worker, producer_settings, queue_name
+) -> None:
+    bulk_queue = class_queue(queue_name, JobClass.BULK)
+    # Bulk jobs long enough (4 images of 8 steps) that a backlog waits while they render.
+    bulk = [
+        submit(f"bulk {n}", settings=producer_settings, queue=bulk_queue, steps=8, num_images=4)
+        for n in range(8)
+    ]
+    interactive = [submit(f"interactive {n}", settings=producer_settings) for n in range(3)]
+    queued_at = time.time()
+    for handle in [*interactive, *bulk]:
+        assert handle.wait(timeout_s=300).images
+    records = {h.job_id: h.record() for h in [*bulk, *interactive]}
+    assert all(r is not None and r.state is JobState.SUCCEEDED for r in records.values())
+
+    def started(handle: Any) -> float:
+        record = records[handle.job_id]
+        assert record is not None and record.started_at is not None
+        return record.started_at
+
+    # Bulk not yet taken when the interactive jobs were queued: the remaining backlog.
+    remaining = [b for b in bulk if started(b) > queued_at]
+    assert len(remaining) >= 4, "no bulk backlog left to overtake: make the bulk jobs longer"
+    last_interactive = max(started(i) for i in interactive)
+    # Only what a worker thread already held when the interactive jobs came may start first.
+    overtaken = [b for b in remaining if started(b) < last_interactive]
+    assert len(overtaken) <= JOBS_PER_RENDER_PROCESS, (
+        f"{len(overtaken)} bulk jobs started before the last interactive one"
+    )
+
+
+def test_a_worker_on_a_continuous_interactive_backlog_still_takes_bulk_once_per_burst(
+    service_env, model_dirs, producer_settings, tmp_path
+) -> None:
+    queue = f"lcm.order.{uuid.uuid4().hex[:8]}"
+    settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
+    bulk_queue = class_queue(queue, JobClass.BULK)
+    # Everything is queued before the worker starts (no worker advertises the family yet,
+    # so the jobs are queued with a warning): the fetch order is the policy's alone.
+    bulk = [submit(f"bulk {n}", settings=settings, queue=bulk_queue) for n in range(4)]
+    interactive = [submit(f"interactive {n}", settings=settings) for n in range(10)]
+    env = worker_env(
+        service_env, model_dirs["int8"], tmp_path, queue, LCM_INTERACTIVE_BURST=str(BURST - 1)
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        for handle in [*interactive, *bulk]:
+            assert handle.wait(timeout_s=120).images
+    finally:
+        stop_worker(worker)
+    kind = {h.job_id: "b" for h in bulk} | {h.job_id: "i" for h in interactive}
+    received = re.findall(r"lcm_fleet\.render\[([^\]]+)\] received", worker.log_text())
+    order = "".join(kind[job_id] for job_id in received if job_id in kind)
+    # Burst 2: two interactive, then one bulk, while both wait; the rest of the class after.
+    assert order == "iib" * 4 + "ii", order
