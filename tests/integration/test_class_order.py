@@ -20,8 +20,8 @@ import redis
 from kombu import Connection, Consumer, Queue
 
 from lcm_fleet.consuming import broker_guard
-from lcm_fleet.contract import TASK_RENDER, JobClass, JobState, class_queue
-from producer.api import submit
+from lcm_fleet.contract import TASK_RENDER, JobClass, JobState, class_queue, parse_job
+from producer.api import JobHandle, submit, submit_job
 from producer.settings import ProducerSettings
 from tests import poison
 from tests.integration.conftest import start_worker, stop_worker, worker_env
@@ -83,15 +83,17 @@ def test_the_fetch_order_puts_interactive_first_and_bulk_once_in_every_burst_plu
     ]
 
 
+def submit_bulk(prompt: str, settings: ProducerSettings, **fields: Any) -> JobHandle:
+    """One job of the bulk class, as a batch submits its rows."""
+    job = parse_job({"prompt": prompt, **fields})
+    return submit_job(job, settings=settings, job_class=JobClass.BULK)
+
+
 def test_interactive_jobs_start_before_the_bulk_backlog_and_bulk_still_runs(
     worker, producer_settings, queue_name
 ) -> None:
-    bulk_queue = class_queue(queue_name, JobClass.BULK)
     # Bulk jobs long enough (4 images of 8 steps) that a backlog waits while they render.
-    bulk = [
-        submit(f"bulk {n}", settings=producer_settings, queue=bulk_queue, steps=8, num_images=4)
-        for n in range(8)
-    ]
+    bulk = [submit_bulk(f"bulk {n}", producer_settings, steps=8, num_images=4) for n in range(8)]
     interactive = [submit(f"interactive {n}", settings=producer_settings) for n in range(3)]
     queued_at = time.time()
     for handle in [*interactive, *bulk]:
@@ -120,10 +122,9 @@ def test_a_worker_on_a_continuous_interactive_backlog_still_takes_bulk_once_per_
 ) -> None:
     queue = f"lcm.order.{uuid.uuid4().hex[:8]}"
     settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
-    bulk_queue = class_queue(queue, JobClass.BULK)
     # Everything is queued before the worker starts (no worker advertises the family yet,
     # so the jobs are queued with a warning): the fetch order is the policy's alone.
-    bulk = [submit(f"bulk {n}", settings=settings, queue=bulk_queue) for n in range(4)]
+    bulk = [submit_bulk(f"bulk {n}", settings) for n in range(4)]
     interactive = [submit(f"interactive {n}", settings=settings) for n in range(10)]
     env = worker_env(
         service_env, model_dirs["int8"], tmp_path, queue, LCM_INTERACTIVE_BURST=str(BURST - 1)
