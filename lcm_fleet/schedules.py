@@ -150,7 +150,7 @@ def check_cron(expr: str) -> str:
         probe = ["*"] * len(CRON_FIELDS)
         probe[index] = fields[index]
         if not croniter.is_valid(" ".join(probe)):
-            raise ValueError(f"its {field} field {fields[index]!r} is not valid ({span})")
+            raise ValueError(f"its {field} field {quote(fields[index])} is not valid ({span})")
     text = " ".join(fields)
     if not croniter.is_valid(text):
         raise ValueError("is not a valid cron expression")
@@ -342,7 +342,7 @@ class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    cron: str
+    cron: str = Field(max_length=200)
     timezone: str = "UTC"
     source: str = Field(min_length=1, max_length=2000)
     template: str | None = Field(default=None, max_length=2000)

@@ -197,10 +197,9 @@ class Runner:
         if run is None:
             return None
         logger.info("schedule %s: expanding run %s (%s, taken over)", name, slot, run.trigger)
-        # A lapsed run may have created its batch and queued part of it: keep that batch.
-        return self.expand(
-            schedule, run, new_batch=run.jobs == 0 and run.trigger is RunTrigger.MANUAL
-        )
+        # A lapsed run may have created its batch and queued part of it: keep that batch
+        # (submit_rows creates it if there is none yet).
+        return self.expand(schedule, run, new_batch=False)
 
     def run_now(self, name: str, owner: str, *, expand: bool = True) -> ScheduleRun | None:
         """A manual run of ``name`` at this second (the slot is now's UTC time): expanded here,

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from lcm_fleet.records import BatchCounts
 from lcm_fleet.schedules import (
@@ -22,8 +22,8 @@ from lcm_fleet.schedules import (
     QUEUE_SCHEDULES,
     TASK_SCHEDULE_EXPAND,
     RunState,
-    RunTrigger,
     Schedule,
+    ScheduleRun,
 )
 from producer.http.deps import KeyDep, ServicesDep, scope_of
 from producer.http.errors import ApiError, from_validation, responses
@@ -36,22 +36,20 @@ from producer.schedules.store import OwnedElsewhere, PutOutcome
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The schedule's name")]
-_BODY_SCHEMA = {k: v for k, v in Schedule.model_json_schema().items() if k not in ("title",)}
-_BODY_SCHEMA["properties"] = {k: v for k, v in _BODY_SCHEMA["properties"].items() if k != "owner"}
+# The body: a schedule without its owner (the key's). Its $refs point at the components the
+# response models put in the document (Schedule's JobDefaults and MissedPolicy).
+_BODY_SCHEMA = Schedule.model_json_schema(ref_template="#/components/schemas/{model}")
+_BODY_SCHEMA.pop("$defs", None)
+_BODY_SCHEMA.pop("title", None)
+_BODY_SCHEMA["properties"].pop("owner")
 
 
-class RunOut(BaseModel):
-    slot: str
-    slot_at: float
-    trigger: RunTrigger
-    state: RunState
-    batch_id: str
-    output_prefix: str
-    claimed_at: float
-    submitted_at: float | None
-    jobs: int
-    skipped_before: int
-    reason: str | None
+class RunOut(ScheduleRun):
+    """A run as the API shows it: with its batch's counts, without the scheduler's lease."""
+
+    schedule: str = Field(exclude=True)
+    worker: str | None = Field(default=None, exclude=True)
+    lease_until: float | None = Field(default=None, exclude=True)
     #: The batch's counts and end, while its record lives (None: expired or not yet made).
     batch_counts: BatchCounts | None = None
     batch_finished_at: float | None = None
@@ -86,7 +84,7 @@ def _not_found(name: str) -> ApiError:
 def _out(view: ScheduleView) -> ScheduleOut:
     runs = [
         RunOut(
-            **v.run.model_dump(exclude={"schedule", "worker", "lease_until"}),
+            **v.run.model_dump(),
             batch_counts=v.batch.counts if v.batch else None,
             batch_finished_at=v.batch.finished_at if v.batch else None,
         )
@@ -276,7 +274,7 @@ def run_schedule_now(name: Name, services: ServicesDep, key: KeyDep) -> RunOut:
             value=name,
             code="run_exists",
         )
-    return RunOut(**run.model_dump(exclude={"schedule", "worker", "lease_until"}))
+    return RunOut(**run.model_dump())
 
 
 @router.delete(

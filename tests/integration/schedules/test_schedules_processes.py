@@ -34,32 +34,17 @@ from tests.integration.conftest import (
     start_api,
     stop_api,
 )
-from tests.integration.schedules_kit import (
+from tests.integration.schedules.conftest import (
     LOCK_TIMEOUT_S,
     SCHEDULER_METRICS_PORTS,
     TICK_S,
     SchedulerProcess,
-    clean_schedules,
-    redis_client,
     scheduler_env,
     start_scheduler,
     stop_scheduler,
     wait_until,
     write_source,
 )
-
-
-@pytest.fixture
-def redis() -> Iterator[Any]:
-    client = redis_client()
-    clean_schedules(client)
-    yield client
-    clean_schedules(client)
-
-
-@pytest.fixture
-def queue() -> str:
-    return f"lcm.test.sched.{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -88,6 +73,21 @@ def fire_soon(ops: Schedules, name: str, source: Path) -> None:
     entry.reschedule(past)
 
 
+def leader_and_standby(
+    queue: str, schedulers: list[SchedulerProcess], tmp_path: Path
+) -> tuple[SchedulerProcess, SchedulerProcess, list[dict[str, str]]]:
+    """Two lcm-schedulers: the first holds the beat lock, the second waits on it."""
+    env = [scheduler_env(queue, port) for port in SCHEDULER_METRICS_PORTS[:2]]
+    leader = start_scheduler(env[0], tmp_path / "a.log")
+    schedulers.append(leader)
+    wait_until(leader.leads, 15, leader)
+    standby = start_scheduler(env[1], tmp_path / "b.log")
+    schedulers.append(standby)
+    time.sleep(2 * TICK_S)
+    assert not standby.leads()
+    return leader, standby, env
+
+
 def submitted_runs(ops: Schedules, name: str) -> list[Any]:
     return [r for r in ops.store.runs(name, 100) if r.state is RunState.SUBMITTED]
 
@@ -96,14 +96,7 @@ def test_two_schedulers_fire_once_per_slot_and_the_standby_takes_over_a_killed_l
     ops, redis, queue, schedulers, tmp_path
 ):
     source = write_source(tmp_path / "p.jsonl", ["a red fox", "a blue owl"])
-    env = [scheduler_env(queue, port) for port in SCHEDULER_METRICS_PORTS]
-    leader = start_scheduler(env[0], tmp_path / "a.log")
-    schedulers.append(leader)
-    wait_until(leader.leads, 15, leader)
-    standby = start_scheduler(env[1], tmp_path / "b.log")
-    schedulers.append(standby)
-    time.sleep(2 * TICK_S)
-    assert not standby.leads()  # it waits on the lock
+    leader, standby, env = leader_and_standby(queue, schedulers, tmp_path)
 
     names = [f"two-{uuid.uuid4().hex[:6]}" for _ in range(3)]
     fire_soon(ops, names[0], source)
@@ -147,13 +140,7 @@ def test_two_schedulers_fire_once_per_slot_and_the_standby_takes_over_a_killed_l
 
 
 def test_a_cleanly_stopped_leader_hands_over_within_a_tick(ops, queue, schedulers, tmp_path):
-    env = [scheduler_env(queue, port) for port in SCHEDULER_METRICS_PORTS[:2]]
-    leader = start_scheduler(env[0], tmp_path / "a.log")
-    schedulers.append(leader)
-    wait_until(leader.leads, 15, leader)
-    standby = start_scheduler(env[1], tmp_path / "b.log")
-    schedulers.append(standby)
-    time.sleep(2 * TICK_S)
+    leader, standby, _ = leader_and_standby(queue, schedulers, tmp_path)
     started = time.monotonic()
     stop_scheduler(leader)  # SIGTERM: RedBeat releases the lock
     handover_s = wait_until(standby.leads, 10, standby, poll_s=0.05)

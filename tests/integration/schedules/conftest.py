@@ -1,5 +1,6 @@
-"""What the schedule tests share: a clean Redis database, settings, schedule files, and
-lcm-scheduler processes (started and stopped by the tests that use them)."""
+"""What the schedule tests share: a clean Redis database (fixture ``redis``), a render queue
+of their own (``queue``), prompt files, and lcm-scheduler processes (started and stopped by
+the tests that use them)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
+import pytest
+import redis as redis_py
 
 from tests.integration.conftest import METRICS_PORT, ROOT, TEST_REDIS_URL
 
@@ -32,7 +36,22 @@ def clean_schedules(client: Any) -> None:
 
 
 def redis_client() -> Any:
-    return redis.Redis.from_url(TEST_REDIS_URL)
+    return redis_py.Redis.from_url(TEST_REDIS_URL)
+
+
+@pytest.fixture
+def redis() -> Iterator[Any]:
+    """The test database, without schedules or RedBeat keys before and after the test."""
+    client = redis_client()
+    clean_schedules(client)
+    yield client
+    clean_schedules(client)
+
+
+@pytest.fixture
+def queue() -> str:
+    """A render queue of the test's own (nothing consumes it: its jobs stay queued)."""
+    return f"lcm.test.sched.{uuid.uuid4().hex[:8]}"
 
 
 def write_source(path: Path, prompts: list[str]) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,13 @@ from producer.schedules.runner import Runner
 from producer.schedules.store import ClaimOutcome, ScheduleStore
 from producer.settings import ProducerSettings
 from tests.integration.conftest import TEST_REDIS_URL, run_cli
-from tests.integration.schedules_kit import (
+from tests.integration.schedules.conftest import (
     batch_keys,
-    clean_schedules,
-    redis_client,
     write_source,
 )
 
 #: The driven clock: just after an hour, so hourly slots are easy to count.
 NOW = datetime(2026, 12, 3, 10, 2, tzinfo=UTC)
-
-
-@pytest.fixture
-def redis() -> Iterator[Any]:
-    client = redis_client()
-    clean_schedules(client)
-    yield client
-    clean_schedules(client)
-
-
-@pytest.fixture
-def queue() -> str:
-    return f"lcm.test.sched.{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
