@@ -42,7 +42,11 @@ UTC = timezone.utc
 TASK_SCHEDULE_RUN = "lcm_fleet.schedule_run"
 #: Celery task that expands one claimed run: ``args=[name, slot]`` (run-now over HTTP).
 TASK_SCHEDULE_EXPAND = "lcm_fleet.schedule_expand"
-#: Queue of both, consumed only by lcm-scheduler (never by render workers).
+#: Celery task that takes over stalled runs of every schedule, sent by the beat's own entry
+#: ``SWEEP_ENTRY`` every LCM_SCHEDULER_SWEEP_S (a name no schedule can have: it has a dot).
+TASK_SCHEDULE_SWEEP = "lcm_fleet.schedule_sweep"
+SWEEP_ENTRY = "lcm.sweep"
+#: Queue of these tasks, consumed only by lcm-scheduler (never by render workers).
 QUEUE_SCHEDULES = "lcm.schedules"
 #: A schedule's name: it becomes part of Redis keys, batch and job ids and object keys.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"

@@ -187,6 +187,18 @@ class Runner:
                 out.append(resumed)
         return out
 
+    def sweep(self, now: datetime | None = None) -> list[RunReport]:
+        """Take over the stalled runs of every schedule (what the beat's sweep entry runs)."""
+        at = now or datetime.now(UTC)
+        reports = []
+        for name in self.store.names():
+            schedule = self.store.get(name)
+            if schedule is not None:
+                resumed = self.resume_stalled(schedule, at)
+                if resumed:
+                    reports.append(RunReport(name, resumed))
+        return reports
+
     def resume(self, name: str, slot: str, now: datetime | None = None) -> ScheduleRun | None:
         """Expand a PENDING run, or one whose expander's lease lapsed (None: not ours)."""
         at = (now or datetime.now(UTC)).timestamp()

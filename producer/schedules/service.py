@@ -12,10 +12,10 @@ One process holds two things:
   firings included, so expansion needs no second role, and a claim (not the lock) is what
   guarantees one batch per (schedule, slot).
 
-Tasks are acknowledged after they ran, so a scheduler killed mid-run has its task
-delivered again (after the broker's visibility timeout); a run whose expander died is also
-taken over by the next firing of its schedule, or by any lcm-scheduler when it starts, once
-its lease (``LCM_SCHEDULER_LEASE_S``) lapsed.
+A run whose expander died (its lease, ``LCM_SCHEDULER_LEASE_S``, lapsed) is taken over by
+the sweep the beat sends every ``LCM_SCHEDULER_SWEEP_S`` (a RedBeat entry of its own), by
+the next firing of its schedule, or by any lcm-scheduler when it starts; tasks are also
+acknowledged after they ran.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import logging
 import socket
 import threading
 import time
-from datetime import datetime
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -37,9 +36,10 @@ from lcm_fleet.contract import WIRE_CONFIG
 from lcm_fleet.records import open_records
 from lcm_fleet.schedules import (
     QUEUE_SCHEDULES,
+    SWEEP_ENTRY,
     TASK_SCHEDULE_EXPAND,
     TASK_SCHEDULE_RUN,
-    UTC,
+    TASK_SCHEDULE_SWEEP,
     RunState,
     RunTrigger,
 )
@@ -63,6 +63,8 @@ class SchedulerSettings(ProducerSettings):
     scheduler_concurrency: int = Field(default=2, ge=1, le=64)
     #: Lease of a run being expanded; a run whose expander went silent this long is taken over.
     scheduler_lease_s: float = Field(default=LEASE_S_DEFAULT, ge=5, le=3600)
+    #: How often the beat sends the sweep that takes over runs whose expander died.
+    scheduler_sweep_s: float = Field(default=30.0, ge=1, le=3600)
     #: Run the beat here (False: only expand runs, e.g. more expanders beside one beat).
     scheduler_beat: bool = True
     #: Prometheus /metrics port (0: off) and the address it binds.
@@ -145,6 +147,14 @@ def make_app(
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_max_loop_interval=settings.scheduler_tick_s,
+        # RedBeat's static entry beside the schedules' own: the sweep of stalled runs.
+        beat_schedule={
+            SWEEP_ENTRY: {
+                "task": TASK_SCHEDULE_SWEEP,
+                "schedule": settings.scheduler_sweep_s,
+                "options": {"queue": QUEUE_SCHEDULES, "expires": settings.scheduler_sweep_s},
+            }
+        },
     )
     configure_beat(app, settings, settings.scheduler_lock_timeout_s)
 
@@ -162,7 +172,19 @@ def make_app(
             metrics.observe(RunReport(name, [run]))
         return {"run": run.slot if run else None}
 
+    @app.task(name=TASK_SCHEDULE_SWEEP)
+    def sweep() -> dict[str, Any]:
+        return {"resumed": _sweep(runner, metrics)}
+
     return app
+
+
+def _sweep(runner: Runner, metrics: SchedulerMetrics | None) -> int:
+    reports = runner.sweep()
+    for report in reports:
+        if metrics is not None:
+            metrics.observe(report)
+    return sum(len(r.expanded) for r in reports)
 
 
 class BeatThread(bootsteps.StartStopStep):
@@ -249,16 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     @worker_ready.connect(weak=False)
-    def _sweep(**_: Any) -> None:
-        def sweep() -> None:
-            for name in store.names():
-                schedule = store.get(name)
-                if schedule is not None:
-                    for run in runner.resume_stalled(schedule, datetime.now(UTC)):
-                        if metrics is not None:
-                            metrics.observe(RunReport(name, [run]))
-
-        threading.Thread(target=sweep, name="sweep", daemon=True).start()
+    def _ready(**_: Any) -> None:
+        # Runs a previous process left half-done are taken over at once (not at the next sweep).
+        threading.Thread(target=_sweep, args=(runner, metrics), name="sweep", daemon=True).start()
         logger.info("lcm-scheduler %s ready: consuming %s", runner.worker, QUEUE_SCHEDULES)
 
     if settings.scheduler_beat:

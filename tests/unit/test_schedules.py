@@ -322,3 +322,71 @@ def test_the_scheduler_deployment_runs_the_console_script_with_its_settings():
     assert refs == {"lcm-fleet", "lcm-fleet-s3"}
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"] == labels
+
+
+def test_scheduler_metrics_count_runs_by_outcome_and_keep_the_latest_slot():
+    from prometheus_client import CollectorRegistry
+
+    from lcm_fleet.schedules import RunState, RunTrigger, ScheduleRun
+    from producer.schedules.runner import RunReport
+    from producer.schedules.service import SchedulerMetrics
+
+    def run(slot_at: float, trigger: RunTrigger, state: RunState = RunState.SUBMITTED):
+        return ScheduleRun(
+            schedule="s",
+            slot="x",
+            slot_at=slot_at,
+            trigger=trigger,
+            state=state,
+            batch_id="s.x",
+            output_prefix="schedules/s/x",
+            claimed_at=slot_at,
+        )
+
+    registry = CollectorRegistry()
+    metrics = SchedulerMetrics(registry)
+    report = RunReport(
+        "s",
+        [
+            run(100.0, RunTrigger.CATCH_UP),
+            run(200.0, RunTrigger.CRON),
+            run(300.0, RunTrigger.CRON, RunState.FAILED),
+        ],
+        skipped=4,
+    )
+    metrics.observe(report)
+    metrics.observe(RunReport("s", [run(50.0, RunTrigger.CATCH_UP)]))  # an older one resumed
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"schedule": "s", **labels})
+
+    assert value("lcm_schedule_runs_started_total", trigger="cron") == 1
+    assert value("lcm_schedule_runs_started_total", trigger="catch_up") == 2
+    assert value("lcm_schedule_runs_caught_up_total") == 2
+    assert value("lcm_schedule_runs_skipped_total") == 4
+    assert value("lcm_schedule_runs_failed_total") == 1
+    assert value("lcm_schedule_last_run_timestamp_seconds") == 200.0
+
+
+def test_the_scheduler_app_sends_its_tasks_to_its_own_queue_and_sweeps_by_a_beat_entry():
+    from lcm_fleet.schedules import (
+        QUEUE_SCHEDULES,
+        SWEEP_ENTRY,
+        TASK_SCHEDULE_EXPAND,
+        TASK_SCHEDULE_RUN,
+        TASK_SCHEDULE_SWEEP,
+        schedule_problems,
+    )
+    from producer.schedules.service import SchedulerSettings, make_app
+
+    settings = SchedulerSettings(redis_url="redis://127.0.0.1:1/0", scheduler_sweep_s=7)
+    app = make_app(settings, runner=None, metrics=None)  # type: ignore[arg-type]
+    assert {TASK_SCHEDULE_RUN, TASK_SCHEDULE_EXPAND, TASK_SCHEDULE_SWEEP} <= set(app.tasks)
+    assert app.conf.task_default_queue == QUEUE_SCHEDULES and app.conf.task_acks_late
+    entry = app.conf.beat_schedule[SWEEP_ENTRY]
+    assert entry["task"] == TASK_SCHEDULE_SWEEP and entry["schedule"] == 7
+    assert entry["options"]["queue"] == QUEUE_SCHEDULES
+    assert app.conf.redbeat_key_prefix == "lcm-fleet:redbeat:"
+    assert app.conf.redbeat_lock_timeout == settings.scheduler_lock_timeout_s
+    # The sweep's entry can never be confused with a schedule's: no schedule has its name.
+    assert schedule_problems({"name": SWEEP_ENTRY, "cron": "* * * * *", "source": "a.csv"})

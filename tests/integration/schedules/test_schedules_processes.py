@@ -152,6 +152,56 @@ def test_a_cleanly_stopped_leader_hands_over_within_a_tick(ops, queue, scheduler
     assert "beat: Releasing lock" in leader.log_text()
 
 
+def test_a_scheduler_killed_mid_run_has_its_run_finished_by_another_into_the_same_batch(
+    ops, redis, queue, schedulers, tmp_path
+):
+    rows = 8000  # about 4 s of publishing here: long enough to be killed part-way
+    source = write_source(tmp_path / "big.jsonl", [f"row {i}" for i in range(rows)])
+    env = [
+        scheduler_env(queue, port, LCM_SCHEDULER_SWEEP_S="1")
+        for port in SCHEDULER_METRICS_PORTS[:2]
+    ]
+    first = start_scheduler(env[0], tmp_path / "a.log")
+    schedulers.append(first)
+    wait_until(first.leads, 15, first)
+    name = f"big-{uuid.uuid4().hex[:6]}"
+    fire_soon(ops, name, source)
+    records = open_records(ProducerSettings(redis_url=TEST_REDIS_URL))
+
+    def batch_total() -> int:
+        runs = ops.store.runs(name)
+        batch = records.get_batch(runs[0].batch_id) if runs else None
+        return batch.total if batch is not None else 0
+
+    wait_until(lambda: batch_total() > 200, 30, first, poll_s=0.02)
+    first.proc.send_signal(signal.SIGKILL)  # mid-run: its lease lapses, nobody extends it
+    first.proc.wait()
+    queued_before = redis.llen(queue)
+    assert 0 < queued_before < rows
+    (slot,) = [r.slot for r in ops.store.runs(name)]
+    # Paused: no next minute's run, but a run begun is finished (pause stops firing only).
+    ops.set_enabled(name, "local", enabled=False)
+    second = start_scheduler(env[1], tmp_path / "b.log")
+    schedulers.append(second)
+
+    def finished() -> bool:
+        run = ops.store.run(name, slot)
+        return run is not None and run.state is RunState.SUBMITTED
+
+    wait_until(finished, 60, second, poll_s=0.2)
+    assert [r.slot for r in ops.store.runs(name)] == [slot]
+    run = ops.store.run(name, slot)
+    assert run is not None and run.worker is not None and run.worker.endswith(str(second.proc.pid))
+    assert run.jobs == rows
+    batch = records.get_batch(run.batch_id)
+    assert batch is not None and batch.total == rows and batch.sealed  # exact, not doubled
+    assert batch.counts.queued == rows
+    assert len(records.batch_job_ids(run.batch_id, 0, 2 * rows)) >= rows
+    # The jobs queued before the kill are queued again under the same ids (a render of one
+    # already finished is skipped by its record); none is lost.
+    assert rows <= redis.llen(queue) <= rows + queued_before + 100
+
+
 # ---------------------------------------------------------------- /v1/schedules
 
 
