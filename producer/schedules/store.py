@@ -49,6 +49,13 @@ if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'last_slot', ARGV[1]) end
 return 'claimed'
 """
 
+# KEYS[1]: state. ARGV[1]: a time; the last slot moves up to it, never back.
+_START_FROM = """
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_slot') or '0')
+if tonumber(ARGV[1]) > last then redis.call('HSET', KEYS[1], 'last_slot', ARGV[1]) end
+return 0
+"""
+
 # KEYS[1]: run. ARGV: 1 now, 2 worker, 3 lease until. A pending run, or one whose lease lapsed.
 _TAKE = """
 local run = redis.call('HMGET', KEYS[1], 'state', 'lease_until')
@@ -118,6 +125,7 @@ class ScheduleStore:
         self._claim = redis.register_script(_CLAIM)
         self._take = redis.register_script(_TAKE)
         self._hold = redis.register_script(_HOLD)
+        self._start_from = redis.register_script(_START_FROM)
 
     # ---------------------------------------------------------------- definitions
 
@@ -173,10 +181,7 @@ class ScheduleStore:
 
     def start_from(self, name: str, at: float) -> None:
         """No slot at or before ``at`` runs (resume, a changed cron): the last slot moves up."""
-        key = schedule_state_key(name)
-        current = _float(self.redis.hget(key, "last_slot")) or 0.0
-        if at > current:  # a claim racing this one only moves it further; both are "done"
-            self.redis.hset(key, "last_slot", repr(at))
+        self._start_from([schedule_state_key(name)], [repr(at)])
 
     def delete(self, name: str) -> bool:
         """Remove the definition and its state; its run records expire with their TTL."""
