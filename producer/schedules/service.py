@@ -25,6 +25,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -32,6 +33,7 @@ from celery.beat import Service
 from celery.signals import beat_init, worker_ready
 from pydantic import Field, ValidationError
 
+from lcm_fleet.backoff import Backoff
 from lcm_fleet.contract import WIRE_CONFIG
 from lcm_fleet.records import open_records
 from lcm_fleet.schedules import (
@@ -187,38 +189,62 @@ def _sweep(runner: Runner, metrics: SchedulerMetrics | None) -> int:
     return sum(len(r.expanded) for r in reports)
 
 
+#: Waits before a beat that failed (Redis away, its lock lost) starts again and waits on
+#: the lock: capped and jittered.
+BEAT_RESTART = Backoff(base_s=1.0, cap_s=30.0, attempts=1_000_000)
+
+
 class BeatThread(bootsteps.StartStopStep):
     """The beat, in a thread of the worker: started and stopped with it. A clean stop
-    releases the lock (RedBeat's close); a standby blocked on the lock just ends."""
+    releases the lock (RedBeat's close); a standby blocked on the lock just ends. A beat that
+    fails (Redis away mid-tick, its lock taken by another meanwhile) is started again after
+    a backoff, and waits on the lock like a standby."""
 
     label = "lcm-beat"
+    #: Called when the beat stopped holding the lock (the metrics' leader gauge).
+    on_lost: Callable[[], None] | None = None
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.service: Service | None = None
         self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
 
     def start(self, parent: Any) -> None:
-        app = parent.app
-        self.service = Service(
-            app, max_interval=app.conf.beat_max_loop_interval, scheduler_cls=CronScheduler
+        self.thread = threading.Thread(
+            target=self._run, args=(parent.app,), name="beat", daemon=True
         )
-        self.thread = threading.Thread(target=self._run, args=(app,), name="beat", daemon=True)
         self.thread.start()
 
     def _run(self, app: Celery) -> None:
         app.set_current()
-        assert self.service is not None
-        self.service.start()
+        failures = 0
+        while not self.stopping.is_set():
+            self.service = Service(
+                app, max_interval=app.conf.beat_max_loop_interval, scheduler_cls=CronScheduler
+            )
+            try:
+                self.service.start()
+                return  # stopped
+            except Exception as e:  # a beat must outlive a Redis outage
+                if self.on_lost is not None:
+                    self.on_lost()
+                delay = BEAT_RESTART.delay(failures)
+                failures += 1
+                logger.warning(
+                    "beat stopped (%s: %s); starting it again in %.1f s", type(e).__name__, e, delay
+                )
+                self.stopping.wait(delay)
 
     def stop(self, parent: Any) -> None:
-        if self.service is None or self.thread is None:
-            return
-        self.service.stop(wait=False)
-        self.thread.join(timeout=float(parent.app.conf.beat_max_loop_interval) + 5.0)
+        self.stopping.set()
+        if self.service is not None:
+            self.service.stop(wait=False)
+        if self.thread is not None:
+            self.thread.join(timeout=float(parent.app.conf.beat_max_loop_interval) + 5.0)
 
 
-def _serve_metrics(settings: SchedulerSettings) -> SchedulerMetrics | None:
+def _serve_metrics(settings: SchedulerSettings) -> SchedulerMetrics:
     if not settings.scheduler_metrics_port:
         return SchedulerMetrics()
     from prometheus_client import start_http_server
@@ -262,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     def _leader(sender: Any = None, **_: Any) -> None:
         # RedBeat's own beat_init handler (connected first) returns once the lock is held.
         if getattr(sender.scheduler, "lock", None) is not None:
-            if metrics is not None:
-                metrics.leader.set(1)
+            metrics.leader.set(1)
             logger.info(
                 "lcm-scheduler %s holds the beat lock after %.2f s: it fires the schedules",
                 runner.worker,
@@ -277,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("lcm-scheduler %s ready: consuming %s", runner.worker, QUEUE_SCHEDULES)
 
     if settings.scheduler_beat:
-        app.steps["worker"].add(BeatThread)
+        lost = staticmethod(lambda: metrics.leader.set(0))
+        app.steps["worker"].add(type("LcmBeat", (BeatThread,), {"on_lost": lost}))
     app.worker_main(
         [
             "worker",

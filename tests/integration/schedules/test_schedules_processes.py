@@ -28,6 +28,7 @@ from producer.schedules.manage import Schedules
 from producer.settings import ProducerSettings
 from tests.integration.conftest import (
     TEST_REDIS_URL,
+    TEST_S3_PORT,
     ApiProcess,
     api_env,
     run_cli,
@@ -200,6 +201,39 @@ def test_a_scheduler_killed_mid_run_has_its_run_finished_by_another_into_the_sam
     # The jobs queued before the kill are queued again under the same ids (a render of one
     # already finished is skipped by its record); none is lost.
     assert rows <= redis.llen(queue) <= rows + queued_before + 100
+
+
+#: A redis-server of the Redis restart test's own: inside this run's S3 port range
+#: (SeaweedFS takes the S3 port and the next 9).
+OWN_REDIS_PORT = TEST_S3_PORT + 15
+
+
+@pytest.mark.faults
+def test_the_beat_outlives_a_redis_restart_and_fires_again(queue, schedulers, tmp_path):
+    from tests.faultkit import OwnRedis
+
+    server = OwnRedis(tmp_path / "own-redis", port=OWN_REDIS_PORT)
+    if not server.port_is_free():
+        pytest.skip(f"port {OWN_REDIS_PORT} is in use")
+    with server:
+        own = Schedules(ProducerSettings(redis_url=server.url, queue=queue))
+        source = write_source(tmp_path / "p.jsonl", ["a red fox", "a blue owl"])
+        env = scheduler_env(queue, SCHEDULER_METRICS_PORTS[0], LCM_REDIS_URL=server.url)
+        process = start_scheduler(env, tmp_path / "s.log")
+        schedulers.append(process)
+        wait_until(process.leads, 15, process)
+        before = f"before-{uuid.uuid4().hex[:6]}"
+        fire_soon(own, before, source)
+        wait_until(lambda: submitted_runs(own, before), 20, process)
+        server.kill()  # SIGKILL: AOF keeps what was fsynced
+        time.sleep(LOCK_TIMEOUT_S + 2)  # the beat's ticks fail meanwhile
+        server.start()
+        after = f"after-{uuid.uuid4().hex[:6]}"
+        fire_soon(own, after, source)
+        wait_until(lambda: submitted_runs(own, after), 60, process, poll_s=0.5)
+        assert "beat stopped (" in process.log_text()
+        assert process.log_text().count("holds the beat lock") >= 2  # it took the lock again
+        assert [len(submitted_runs(own, n)) >= 1 for n in (before, after)] == [True, True]
 
 
 # ---------------------------------------------------------------- /v1/schedules
