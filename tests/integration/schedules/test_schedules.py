@@ -4,6 +4,7 @@ downtime, a stalled run taken over once, pause and resume, and `lcm schedule` it
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from datetime import datetime, timedelta
@@ -262,3 +263,31 @@ def test_lcm_schedule_apply_checks_the_whole_file_then_applies_shows_runs_and_pr
     assert _lcm("show", "good", queue=queue).returncode == 1
     assert _lcm("remove", "second", queue=queue).returncode == 0
     assert _lcm("list", queue=queue).stdout.strip() == ""
+
+
+def test_lcm_schedule_add_takes_job_defaults_and_names_a_bad_field(redis, queue, tmp_path):
+    source = write_source(tmp_path / "p.jsonl", ["a red fox"])
+    name = unique("added")
+    done = _lcm("add", name, "--cron", "0 25 * * *", "--source", str(source), queue=queue)
+    assert done.returncode == 2
+    assert f"schedule '{name}': field 'cron' got '0 25 * * *': its hour field '25'" in done.stderr
+    done = _lcm(
+        "add", name, "--cron", "0 2 * * *", "--source", str(source), "--steps", "9", queue=queue
+    )
+    assert done.returncode == 2 and "argument --steps: '9' is not an integer in 1..8" in done.stderr
+    args = ["--cron", "0 2 * * 1-5", "--source", str(source), "--timezone", "America/New_York"]
+    args += ["--missed", "catch_up", "--catch-up-max", "2", "--steps", "2", "--paused"]
+    done = _lcm("add", name, *args, queue=queue)
+    assert done.returncode == 0 and f"schedule {name}: created" in done.stderr
+    shown = json.loads(_lcm("show", name, "--json", queue=queue).stdout)
+    assert shown["schedule"]["defaults"] == {
+        "seed": None,
+        "steps": 2,
+        "guidance_scale": None,
+        "width": None,
+        "height": None,
+        "num_images": None,
+    }
+    assert shown["schedule"]["catch_up_max"] == 2 and shown["schedule"]["enabled"] is False
+    assert shown["next_slot"] is None and shown["runs"] == []
+    assert _lcm("remove", name, queue=queue).returncode == 0
