@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from tests.integration.conftest import METRICS_PORT, ROOT, TEST_REDIS_URL
+from tests.integration.conftest import METRICS_PORT, ROOT, TEST_REDIS_URL, stop_worker
 
 #: lcm-scheduler's lock timeout and tick in these tests (the defaults are 10 s and 1 s).
 LOCK_TIMEOUT_S = 3
@@ -111,13 +110,8 @@ def start_scheduler(env: dict[str, str], log: Path) -> SchedulerProcess:
 
 
 def stop_scheduler(process: SchedulerProcess) -> None:
-    if process.proc.poll() is None:
-        process.proc.send_signal(signal.SIGTERM)
-        try:
-            process.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.proc.kill()
-            process.proc.wait()
+    """SIGTERM (its beat releases the lock), then SIGKILL if it has not stopped in time."""
+    stop_worker(process)  # type: ignore[arg-type]  # the same stop as a worker's, on .proc
 
 
 def wait_until(
