@@ -76,6 +76,37 @@ def alive_key(incarnation: str) -> str:
     return f"{INCARNATION_PREFIX}:{incarnation}:alive"
 
 
+# ---------------------------------------------------------------- schedules
+
+#: Set of every schedule's name; each one's definition is :func:`schedule_key`.
+SCHEDULES_KEY = f"{REDIS_PREFIX}:schedules"
+#: Prefix of schedule keys: ``lcm-fleet:schedule:<name>`` (JSON of its definition), and
+#: ``...:state``, ``...:runs``, ``...:run:<slot>`` beside it.
+SCHEDULE_PREFIX = f"{REDIS_PREFIX}:schedule:"
+#: celery-redbeat's key prefix: its entries (``lcm-fleet:redbeat:<name>``), its schedule
+#: sorted set (``lcm-fleet:redbeat::schedule``) and the beat lock (``...::lock``).
+REDBEAT_PREFIX = f"{REDIS_PREFIX}:redbeat:"
+
+
+def schedule_key(name: str) -> str:
+    return f"{SCHEDULE_PREFIX}{name}"
+
+
+def schedule_state_key(name: str) -> str:
+    """Hash: the last slot claimed (Unix seconds), when it was armed, created, changed."""
+    return f"{SCHEDULE_PREFIX}{name}:state"
+
+
+def schedule_runs_key(name: str) -> str:
+    """Sorted set of the schedule's runs: slot id scored by the slot's Unix time."""
+    return f"{SCHEDULE_PREFIX}{name}:runs"
+
+
+def schedule_run_key(name: str, slot: str) -> str:
+    """Hash of one run (schedule, slot): created once, atomically (SET-if-absent)."""
+    return f"{SCHEDULE_PREFIX}{name}:run:{slot}"
+
+
 # ---------------------------------------------------------------- S3 objects
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")

@@ -9,6 +9,7 @@
     lcm download JOB_ID DIR
     lcm batch status|watch|cancel BATCH_ID      lcm batch download BATCH_ID DIR
     lcm dead-letter list|show ID|purge --yes    queue items the workers refused
+    lcm schedule add|list|show|validate|apply|pause|resume|remove|run-now   scheduled runs
 
 Connection settings come from LCM_* environment variables (LCM_REDIS_URL, LCM_S3_*).
 Exit codes: 0 done, 2 invalid input (nothing submitted), 1 a job failed, timed out, or the
@@ -43,6 +44,7 @@ from lcm_fleet.contract import (
 from lcm_fleet.errors import InvalidJob
 from producer import deadletter
 from producer.errors import ProducerError
+from producer.schedules import cli as schedules_cli
 from producer.settings import ProducerSettings
 
 
@@ -148,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("out", type=Path)
     deadletter.add_parser(sub)
+    schedules_cli.add_parser(sub)
     return parser
 
 
@@ -321,6 +324,8 @@ def run(args: argparse.Namespace) -> int:
         return watch.run(args, settings)
     if args.command == "dead-letter":
         return deadletter.run(args, settings)
+    if args.command == "schedule":
+        return schedules_cli.run(args, settings)
     if args.command == "download":
         for path in download(args.job_id, args.out, settings):
             print(path)

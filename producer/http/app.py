@@ -18,7 +18,7 @@ from lcm_fleet.errors import InvalidJob
 from producer.http import errors
 from producer.http.limits import BodyLimitMiddleware
 from producer.http.metrics import Metrics, MetricsMiddleware
-from producer.http.routes import batches, gallery, health, images, jobs, queues
+from producer.http.routes import batches, gallery, health, images, jobs, queues, schedules
 from producer.http.services import Services
 from producer.http.settings import ApiSettings
 
@@ -73,7 +73,7 @@ def create_app(settings: ApiSettings | None = None, services: Services | None = 
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
     app.add_exception_handler(Exception, _unexpected)
-    for module in (jobs, batches, images, health, gallery, queues):
+    for module in (jobs, batches, images, health, gallery, queues, schedules):
         app.include_router(module.router)
     app.add_middleware(
         BodyLimitMiddleware,
