@@ -34,6 +34,8 @@ from celery.signals import beat_init, worker_ready
 from pydantic import Field, ValidationError
 
 from lcm_fleet.backoff import Backoff
+from lcm_fleet.consuming.config import Guard, guard_app
+from lcm_fleet.consuming.settings import ConsumerSettings
 from lcm_fleet.contract import WIRE_CONFIG
 from lcm_fleet.records import open_records
 from lcm_fleet.schedules import (
@@ -54,7 +56,7 @@ from producer.settings import ProducerSettings
 logger = logging.getLogger(__name__)
 
 
-class SchedulerSettings(ProducerSettings):
+class SchedulerSettings(ProducerSettings, ConsumerSettings):
     """One object for ``lcm-scheduler`` (prefix ``LCM_``): the producer's and these."""
 
     #: The beat lock's lifetime: a dead holder's lock expires this long after its last tick.
@@ -133,6 +135,13 @@ class SchedulerMetrics:
             self.last_run.labels(name).set(latest)
 
 
+#: The task names QUEUE_SCHEDULES carries; anything else on it is dead-lettered.
+SCHEDULER_TASKS = frozenset({TASK_SCHEDULE_RUN, TASK_SCHEDULE_EXPAND, TASK_SCHEDULE_SWEEP})
+#: kombu's default: an unacknowledged schedule task is delivered again after an hour (a run's
+#: expansion also has its lease, LCM_SCHEDULER_LEASE_S, and the sweep).
+SCHEDULES_VISIBILITY_TIMEOUT_S = 3600.0
+
+
 def make_app(
     settings: SchedulerSettings, runner: Runner, metrics: SchedulerMetrics | None
 ) -> Celery:
@@ -159,6 +168,18 @@ def make_app(
         },
     )
     configure_beat(app, settings, settings.scheduler_lock_timeout_s)
+    # The render worker's guard: a malformed item on QUEUE_SCHEDULES is dead-lettered once,
+    # with its reason, and the scheduler keeps running (lcm_fleet/consuming).
+    guard_app(
+        app,
+        settings,
+        Guard(
+            tasks=SCHEDULER_TASKS,
+            visibility_timeout_s=SCHEDULES_VISIBILITY_TIMEOUT_S,
+            max_eta_ahead_s=SCHEDULES_VISIBILITY_TIMEOUT_S / 2,
+            consumer_name=f"lcm-scheduler@{socket.gethostname()}",
+        ),
+    )
 
     @app.task(name=TASK_SCHEDULE_RUN)
     def run_schedule(name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 
+from lcm_fleet.contract import JobClass, class_queue
 from tests.integration.conftest import METRICS_PORT, ROOT, TEST_REDIS_URL, stop_worker
 
 #: lcm-scheduler's lock timeout and tick in these tests (the defaults are 10 s and 1 s).
@@ -51,6 +52,12 @@ def redis() -> Iterator[Any]:
 def queue() -> str:
     """A render queue of the test's own (nothing consumes it: its jobs stay queued)."""
     return f"lcm.test.sched.{uuid.uuid4().hex[:8]}"
+
+
+def queued(client: Any, queue: str) -> int:
+    """Jobs waiting from the runs of schedules on ``queue``: runs are bulk work, so their jobs
+    wait on the bulk queue beside it (lcm_fleet.contract.class_queue)."""
+    return int(client.llen(class_queue(queue, JobClass.BULK)))
 
 
 def write_source(path: Path, prompts: list[str]) -> Path:

@@ -23,6 +23,7 @@ from producer.settings import ProducerSettings
 from tests.integration.conftest import TEST_REDIS_URL, run_cli
 from tests.integration.schedules.conftest import (
     batch_keys,
+    queued,
     write_source,
 )
 
@@ -112,7 +113,7 @@ def test_catch_up_after_a_downtime_runs_the_latest_n_once_even_with_two_runners(
     assert batch_keys(redis, name) == [
         f"lcm-fleet:batch:{name}.{r.slot}" for r in sorted(expanded, key=lambda r: r.slot)
     ]
-    assert redis.llen(queue) == 3 * 2  # every run's two jobs, queued once
+    assert queued(redis, queue) == 3 * 2  # every run's two jobs, queued once
     runs = {r.slot: r for r in store.runs(name)}
     assert runs["20261203T080000Z"].trigger is RunTrigger.CATCH_UP
     assert runs["20261203T080000Z"].skipped_before == 2
@@ -127,7 +128,7 @@ def test_catch_up_after_a_downtime_runs_the_latest_n_once_even_with_two_runners(
     ]
     # Fired again (a restart, a redelivered task): nothing new.
     again = runners[0].run_due(name, now=NOW + timedelta(minutes=1))
-    assert again.expanded == [] and redis.llen(queue) == 6
+    assert again.expanded == [] and queued(redis, queue) == 6
 
 
 def test_skip_after_a_downtime_runs_only_the_latest_slot(store, settings, redis, tmp_path):
@@ -164,7 +165,7 @@ def test_a_run_whose_scheduler_died_is_taken_over_once_into_the_same_batch(
     (run,) = store.runs(name)
     assert run.state is RunState.SUBMITTED and run.worker == "alive-0" and run.jobs == 2
     assert batch_keys(redis, name) == [f"lcm-fleet:batch:{name}.{slot_id(slot)}"]
-    assert redis.llen(queue) == 2
+    assert queued(redis, queue) == 2
 
 
 def test_a_failed_run_records_why_and_is_not_retried_as_a_new_batch(
@@ -244,7 +245,7 @@ def test_lcm_schedule_apply_checks_the_whole_file_then_applies_shows_runs_and_pr
     done = _lcm("run-now", "good", queue=queue)
     assert done.returncode == 0, done.stderr
     batch_id = done.stdout.strip()
-    assert batch_id.startswith("good.") and redis.llen(queue) == 2
+    assert batch_id.startswith("good.") and queued(redis, queue) == 2
     shown = _lcm("show", "good", queue=queue).stdout
     assert batch_id in shown and "manual" in shown and "submitted" in shown
     assert "next slot" in shown and "+01:00" in shown  # 02:00 in Berlin, in December

@@ -9,6 +9,7 @@ fires it at its next tick, without waiting for a minute boundary (the slow test 
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import time
 import uuid
@@ -20,12 +21,25 @@ from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
+from lcm_fleet.dead_letter import DeadLetters
 from lcm_fleet.keys import schedule_state_key
 from lcm_fleet.records import open_records
-from lcm_fleet.schedules import UTC, RunState, RunTrigger, parse_schedule
+from lcm_fleet.schedules import (
+    QUEUE_SCHEDULES,
+    TASK_SCHEDULE_EXPAND,
+    TASK_SCHEDULE_RUN,
+    UTC,
+    RunState,
+    RunTrigger,
+    parse_schedule,
+)
 from producer.schedules.manage import Schedules
 from producer.settings import ProducerSettings
+from tests import poison
 from tests.integration.conftest import (
     TEST_REDIS_URL,
     TEST_S3_PORT,
@@ -40,6 +54,7 @@ from tests.integration.schedules.conftest import (
     SCHEDULER_METRICS_PORTS,
     TICK_S,
     SchedulerProcess,
+    queued,
     scheduler_env,
     start_scheduler,
     stop_scheduler,
@@ -128,7 +143,7 @@ def test_two_schedulers_fire_once_per_slot_and_the_standby_takes_over_a_killed_l
     assert all(r.trigger is RunTrigger.CRON for r in runs)
     expansions = Counter(leader.expanded() + standby.expanded() + restarted.expanded())
     assert expansions == Counter({r.batch_id: 1 for r in runs})
-    assert redis.llen(queue) == 2 * len(runs)
+    assert queued(redis, queue) == 2 * len(runs)
     records = open_records(ProducerSettings(redis_url=TEST_REDIS_URL))
     for run in runs:
         batch = records.get_batch(run.batch_id)
@@ -177,7 +192,7 @@ def test_a_scheduler_killed_mid_run_has_its_run_finished_by_another_into_the_sam
     wait_until(lambda: batch_total() > 200, 30, first, poll_s=0.02)
     first.proc.send_signal(signal.SIGKILL)  # mid-run: its lease lapses, nobody extends it
     first.proc.wait()
-    queued_before = redis.llen(queue)
+    queued_before = queued(redis, queue)
     assert 0 < queued_before < rows
     (slot,) = [r.slot for r in ops.store.runs(name)]
     # Paused: no next minute's run, but a run begun is finished (pause stops firing only).
@@ -200,7 +215,7 @@ def test_a_scheduler_killed_mid_run_has_its_run_finished_by_another_into_the_sam
     assert len(records.batch_job_ids(run.batch_id, 0, 2 * rows)) >= rows
     # The jobs queued before the kill are queued again under the same ids (a render of one
     # already finished is skipped by its record); none is lost.
-    assert rows <= redis.llen(queue) <= rows + queued_before + 100
+    assert rows <= queued(redis, queue) <= rows + queued_before + 100
 
 
 #: A redis-server of the Redis restart test's own: inside this run's S3 port range
@@ -342,7 +357,7 @@ def test_an_applied_every_minute_schedule_fires_at_the_next_minute_boundary(
     boundary = (applied_at + timedelta(minutes=1)).replace(second=0, microsecond=0)
     assert run.slot_at == boundary.timestamp() and run.trigger is RunTrigger.CRON
     assert run.claimed_at - run.slot_at < 3.0  # fired within a few ticks of its slot
-    assert redis.llen(queue) == 2
+    assert queued(redis, queue) == 2
 
 
 @pytest.mark.slow
@@ -374,3 +389,45 @@ def test_a_scheduled_run_renders_end_to_end_on_a_real_worker(
         assert s3.head_object(Bucket=producer_settings.s3_bucket, Key=image.key)
         if "output_prefix" in Job.model_fields:  # the batches change: the run's own prefix
             assert f"schedules/{name}/" in image.key
+
+
+def test_malformed_items_on_the_schedules_queue_are_dead_lettered_and_runs_go_on(
+    ops, queue, schedulers, redis, tmp_path
+):
+    """The render worker's guard (lcm_fleet/consuming) screens lcm.schedules too."""
+    env = scheduler_env(
+        queue, SCHEDULER_METRICS_PORTS[0], LCM_MAX_MESSAGE_BYTES=str(poison.MAX_MESSAGE_BYTES)
+    )
+    process = start_scheduler(env, tmp_path / "s.log")
+    schedulers.append(process)
+    name = f"poison-{uuid.uuid4().hex[:6]}"
+    source = write_source(tmp_path / "prompts.jsonl", ["a red circle"])
+    ops.put(parse_schedule({"name": name, "cron": "0 2 * * *", "source": str(source)}, "local"))
+    app = Celery(broker=TEST_REDIS_URL)
+    before = Counter(e.sha256 for e in DeadLetters(redis).entries())
+    pushed: Counter[str] = Counter()
+
+    @settings(
+        max_examples=4,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(items=st.lists(poison.bad_items(QUEUE_SCHEDULES, TASK_SCHEDULE_RUN), min_size=5))
+    def throw(items: list[bytes]) -> None:
+        redis.lpush(QUEUE_SCHEDULES, *items)
+        pushed.update(hashlib.sha256(i).hexdigest() for i in items)
+        time.sleep(1.05)  # one manual run per second
+        run = ops.run_now(name, "local", expand=False)
+        assert run is not None and run.state is RunState.PENDING
+        # Queued behind the items (FIFO): once it is expanded, every item before it was taken.
+        app.send_task(TASK_SCHEDULE_EXPAND, args=[name, run.slot], queue=QUEUE_SCHEDULES)
+        wait_until(lambda: ops.store.run(name, run.slot).state is RunState.SUBMITTED, 30, process)
+
+    throw()
+    counts = Counter(e.sha256 for e in DeadLetters(redis).entries()) - before
+    wrong = {h: (pushed[h], counts[h]) for h in pushed if counts[h] != pushed[h]}
+    assert not wrong, f"{len(wrong)} of {len(pushed)} items not dead-lettered exactly once"
+    assert "Unrecoverable error" not in process.log_text()
+    assert process.proc.poll() is None
