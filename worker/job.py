@@ -13,6 +13,7 @@ from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from lcm_fleet.contract import JobClass
 from lcm_fleet.storage import ObjectStore
 from worker.durations import TimedResult
 from worker.render.images import CheckedJob, render
@@ -27,7 +28,9 @@ class Slots(Protocol):
 
     classes: PipelineSet[SizeClass]
 
-    def session(self, deadlines: Deadlines) -> AbstractContextManager[Any]: ...
+    def session(
+        self, deadlines: Deadlines, job_class: JobClass = JobClass.INTERACTIVE
+    ) -> AbstractContextManager[Any]: ...
 
 
 def run_job(
@@ -43,12 +46,14 @@ def run_job(
     on_step: Callable[[int, int, int, int], bool] | None = None,
     kept: list[str] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    job_class: JobClass = JobClass.INTERACTIVE,
 ) -> TimedResult:
     """``checked``: from ``check_job(job, slots.classes)`` (worker/render/images.py).
 
     ``on_step(image, images, step, steps)``: see :func:`render`. When the job fails or is
     cancelled, the keys of the images it had stored are appended to ``kept``. ``cancelled()``
-    is asked while the job waits for its uploads (JobCanceled when true).
+    is asked while the job waits for its uploads (JobCanceled when true). ``job_class``: a
+    bulk job yields a free render slot to interactive work (worker/render/slot_pool.py).
     """
     writer = ResultWriter(
         store,
@@ -59,7 +64,7 @@ def run_job(
         executor=executor,
     )
     try:
-        with slots.session(deadlines) as session:
+        with slots.session(deadlines, job_class) as session:
             rendered = render(
                 checked,
                 session.pipeline(checked.size_class),

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from lcm_fleet.contract import interactive_queue
 from lcm_fleet.records import RecordStore, open_records
 from lcm_fleet.storage import ObjectStore
 from worker.errors import StartupError
@@ -120,8 +121,18 @@ class Runtime:
             processes=self.settings.concurrency,
             startup_timeout_s=self.settings.startup_timeout_s,
             on_fatal=on_fatal,
+            interactive_waiting=self.interactive_waiting,
+            bulk_yield_max_s=self.settings.bulk_yield_max_s,
         )
         self.slots.launch()
+
+    def interactive_waiting(self) -> bool:
+        """True while an interactive queue this worker consumes holds a job (one LLEN each)."""
+        queues = [q for q in self.queues if interactive_queue(q) == q]
+        pipe = self.redis().pipeline(transaction=False)
+        for q in queues:
+            pipe.llen(q)
+        return any(int(n) for n in pipe.execute())
 
     def render_slots(self) -> RenderSlots:
         if self.slots is None:

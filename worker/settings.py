@@ -99,6 +99,10 @@ class WorkerSettings(ConsumerSettings):
     #: takes bulk first (lcm_fleet/consuming/order.py): bulk gets at least 1 job start in
     #: LCM_INTERACTIVE_BURST + 1 while both classes wait.
     interactive_burst: int = Field(default=8, ge=1, le=1000)
+    #: A bulk job holding a free render process yields it to interactive jobs queued for this
+    #: worker for at most this long, until one of them has taken it (worker/render/
+    #: slot_pool.py); 0: bulk jobs never yield.
+    bulk_yield_max_s: float = Field(default=5.0, ge=0, le=600)
     #: Seconds the worker tries to reach Redis at start before it exits (code 4), before it
     #: compiles anything or opens its metrics port.
     broker_connect_timeout_s: float = Field(default=30.0, gt=0, le=3600)

@@ -229,7 +229,7 @@ def bulk_waiting(fleet: Fleet) -> int:
 
 
 def run_interactive(
-    fleet: Fleet, count: int, pace_s: float, steps: int, timeout_s: float
+    fleet: Fleet, count: int, pace_s: float, fields: dict[str, int], timeout_s: float
 ) -> tuple[Interactive, ...]:
     """``count`` interactive jobs, one every ``pace_s``, each timed to its stored PNG."""
     from producer.api import submit
@@ -241,7 +241,7 @@ def run_interactive(
         time.sleep(max(0.0, start + n * pace_s - time.monotonic()))
         waiting = bulk_waiting(fleet)
         at = time.time()
-        handle = submit(texts[(7 * n) % len(texts)], settings=fleet.settings, seed=n, steps=steps)
+        handle = submit(texts[(7 * n) % len(texts)], settings=fleet.settings, seed=n, **fields)
         submitted.append((handle, at, waiting))
     done: list[Interactive] = []
     for handle, at, waiting in submitted:
@@ -256,7 +256,9 @@ def run_interactive(
     return tuple(done)
 
 
-def submit_bulk(fleet: Fleet, count: int, steps: int, work: Path) -> tuple[str, list[str]]:
+def submit_bulk(
+    fleet: Fleet, count: int, fields: dict[str, int], work: Path
+) -> tuple[str, list[str]]:
     """A batch of ``count`` bulk jobs, queued whole (``producer.bulk``); its id and job ids."""
     from producer.bulk import read_jobs_file, submit_rows
 
@@ -264,7 +266,7 @@ def submit_bulk(fleet: Fleet, count: int, steps: int, work: Path) -> tuple[str, 
     path = work / f"bulk-{count}.jsonl"
     path.write_text(
         "".join(
-            json.dumps({"prompt": texts[n % len(texts)], "seed": n, "steps": steps}) + "\n"
+            json.dumps({"prompt": texts[n % len(texts)], "seed": n, **fields}) + "\n"
             for n in range(count)
         )
     )
@@ -395,6 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pace-s", type=float, default=1.0, help="between interactive submits")
     parser.add_argument("--workers", type=int, default=1, help="lcm-worker processes")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument(
+        "--size",
+        default="",
+        help="WxH to serve and render (default: the artifact's shape); a larger size makes "
+        "the render, not the per-job bookkeeping, the bulk of a job's time",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="LCM_NAME=VALUE",
+        help="a setting of every worker (repeatable), e.g. LCM_BULK_YIELD_MAX_S=0 for an A/B",
+    )
     parser.add_argument("--artifact", type=Path, help="default: build the reference INT8")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "var" / "bench-priority")
     parser.add_argument("--s3-port", type=int, default=18936)
@@ -416,33 +431,43 @@ def main(argv: list[str] | None = None) -> int:
     artifact = (args.artifact or reference_artifact(work)).resolve()
     services = local_services()
     env = services.start(work / "services", s3_port=args.s3_port, bucket="lcm-bench")
+    fields: dict[str, int] = {"steps": args.steps}
+    if args.size:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        fields.update(width=width, height=height)
+        env = {**env, "LCM_SIZES": f"{width}x{height}"}
+    for item in args.worker_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("LCM_"):
+            parser.error(f"--worker-env {item!r}: expected LCM_NAME=VALUE")
+        env = {**env, name: value}
     fleet = Fleet(artifact, env, work, args.workers, args.metrics_port)
     try:
         fleet.wait_ready()
         from producer.api import submit
 
         for n in range(2 * args.workers):
-            submit(prompts()[n], settings=fleet.settings, seed=n, steps=args.steps).wait(900)
+            submit(prompts()[n], settings=fleet.settings, seed=n, **fields).wait(900)
         # 3. Idle, 4. bulk alone, 5. the batch queued whole, then the interactive jobs.
         load = Load([p.pid for p in fleet.procs])
         idle = Phase(
             "idle",
-            run_interactive(fleet, args.interactive, args.pace_s, args.steps, args.timeout_s),
+            run_interactive(fleet, args.interactive, args.pace_s, fields, args.timeout_s),
             other_cpu_share=load.share(),
         )
         print(f"idle: {idle.latency()}", flush=True)
-        batch_id, ids = submit_bulk(fleet, args.bulk, args.steps, work)
+        batch_id, ids = submit_bulk(fleet, args.bulk, fields, work)
         load.start()
         bulk_alone = finish_bulk(fleet, batch_id, ids, args.timeout_s)
         bulk = Phase("bulk", bulk=bulk_alone, other_cpu_share=load.share())
         print(f"bulk: {bulk.bulk}", flush=True)
-        batch_id, ids = submit_bulk(fleet, args.bulk, args.steps, work)
+        batch_id, ids = submit_bulk(fleet, args.bulk, fields, work)
         load.start()
         wait_first_start(fleet, ids, args.timeout_s)
         found: list[tuple[Interactive, ...]] = []
         paced = threading.Thread(
             target=lambda: found.append(
-                run_interactive(fleet, args.interactive, args.pace_s, args.steps, args.timeout_s)
+                run_interactive(fleet, args.interactive, args.pace_s, fields, args.timeout_s)
             )
         )
         paced.start()
@@ -459,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     from lcm_fleet.artifact.manifest import read_manifest
 
     manifest = read_manifest(artifact)
-    shape = f"{manifest.shape.width}x{manifest.shape.height}" if manifest.shape else "unknown"
+    shape = args.size or (
+        f"{manifest.shape.width}x{manifest.shape.height}" if manifest.shape else "unknown"
+    )
     phases = (idle, bulk, mixed)
     report = {
         "benchmark": "priority",
@@ -470,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": shape,
         "precision": manifest.precision,
         "steps": args.steps,
+        "worker_env": args.worker_env,
         "workers": args.workers,
         "bulk_jobs": args.bulk,
         "interactive_jobs": args.interactive,

@@ -140,3 +140,35 @@ def test_a_worker_on_a_continuous_interactive_backlog_still_takes_bulk_once_per_
     order = "".join(kind[job_id] for job_id in received if job_id in kind)
     # Burst 2: two interactive, then one bulk, while both wait; the rest of the class after.
     assert order == "iib" * 4 + "ii", order
+
+
+def test_the_bulk_job_a_worker_holds_yields_the_render_slot_to_an_interactive_one(
+    worker, producer_settings
+) -> None:
+    """Sparse interactive work among a bulk backlog: the bulk job waiting in the worker for
+    the render slot lets the interactive job queued meanwhile render first
+    (worker/render/slot_pool.py), so it waits for the current render only."""
+    bulk = [
+        submit_bulk(f"yield bulk {n}", producer_settings, steps=8, num_images=4) for n in range(4)
+    ]
+
+    def running() -> list[Any]:
+        return [h for h in bulk if (r := h.record()) is not None and r.started_at is not None]
+
+    deadline = time.monotonic() + 120
+    while len(running()) < 2:  # one renders, the next waits in the worker for the slot
+        assert time.monotonic() < deadline, "the worker did not take two bulk jobs"
+        time.sleep(0.01)
+    held = max(running(), key=lambda h: h.record().started_at)
+    interactive = submit("yield interactive", settings=producer_settings)
+    for handle in [interactive, *bulk]:
+        assert handle.wait(timeout_s=300).images
+
+    def render_started(handle: Any) -> float:
+        record = handle.record()
+        assert record is not None and record.started_at is not None and record.result
+        return record.started_at + (record.result.durations_s.get("slot_wait") or 0.0)
+
+    assert render_started(interactive) < render_started(held), (
+        "the bulk job held when the interactive one was queued rendered first"
+    )

@@ -70,7 +70,7 @@ class LocalSlots:
         self._lock = threading.Lock()
 
     @contextmanager
-    def session(self, deadlines):
+    def session(self, deadlines, job_class=None):
         t0 = time.monotonic()
         left = deadlines.soft_left()
         if not self._lock.acquire(timeout=-1 if left == float("inf") else max(0.0, left)):

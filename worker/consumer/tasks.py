@@ -35,7 +35,15 @@ from celery.exceptions import Reject
 
 from lcm_fleet.backoff import Backoff, call_with_backoff
 from lcm_fleet.broker import REDIS_TRANSIENT
-from lcm_fleet.contract import HEADER_SUBMITTED_AT, TASK_RENDER, Job, JobResult, parse_job
+from lcm_fleet.contract import (
+    HEADER_SUBMITTED_AT,
+    TASK_RENDER,
+    Job,
+    JobClass,
+    JobResult,
+    interactive_queue,
+    parse_job,
+)
 from lcm_fleet.errors import InvalidJob
 from worker import metrics, runtime
 from worker.consumer import report
@@ -105,6 +113,12 @@ def decode_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
             f"{len(args)} positional and {sorted(kwargs)} keyword arguments"
         )
     return parse_job(args[0])
+
+
+def class_of_delivery(delivery_info: Any) -> JobClass:
+    """Bulk for a message taken from a bulk queue (``q.bulk``), else interactive."""
+    queue = (delivery_info or {}).get("routing_key") or ""
+    return JobClass.INTERACTIVE if interactive_queue(str(queue)) == queue else JobClass.BULK
 
 
 def queue_wait_s(submitted_at: Any) -> float | None:
@@ -185,6 +199,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             on_step=life.on_step,
             kept=life.kept,
             cancelled=life.cancelled,
+            job_class=class_of_delivery(self.request.delivery_info),
         )
     except AlreadySucceeded as e:
         logger.info("job %s: its record says succeeded (a redelivery); not rendered", task_id)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import threading
 import time
@@ -37,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lcm_fleet.artifact.kinds import InferencePrecision
+from lcm_fleet.contract import JobClass
 from worker.errors import (
     JobCanceled,
     ModelLoadError,
@@ -65,6 +65,7 @@ from worker.render.messages import (
 )
 from worker.render.pipeline import ImagePipeline, StageTimes, StepCallback
 from worker.render.sizes import PipelineSet, Size, format_size
+from worker.render.slot_pool import SlotPool, SlotTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -436,12 +437,17 @@ class RenderSlots:
         processes: int = 1,
         startup_timeout_s: float = 600.0,
         on_fatal: Callable[[str], None] | None = None,
+        interactive_waiting: Callable[[], bool] | None = None,
+        bulk_yield_max_s: float = 0.0,
     ) -> None:
+        """``interactive_waiting()``: True while interactive jobs wait in Redis for this
+        worker; a bulk job then yields a free render process to them for at most
+        ``bulk_yield_max_s`` (worker/render/slot_pool.py)."""
         self.spec = spec
         self.classes = spec.size_classes()
         self.renderers = [Renderer(spec, startup_timeout_s, i) for i in range(processes)]
         self.on_fatal = on_fatal
-        self._idle: queue.Queue[Renderer] = queue.Queue()
+        self._idle: SlotPool[Renderer] = SlotPool(interactive_waiting, bulk_yield_max_s)
         self._restarts: list[threading.Thread] = []
 
     def start(self) -> list[LoadReport]:
@@ -470,13 +476,18 @@ class RenderSlots:
         return reports
 
     @contextmanager
-    def session(self, deadlines: Deadlines) -> Iterator[RenderSession]:
-        """Wait (until the soft limit) for a free render process and hold it."""
+    def session(
+        self, deadlines: Deadlines, job_class: JobClass = JobClass.INTERACTIVE
+    ) -> Iterator[RenderSession]:
+        """Wait (until the soft limit) for a free render process and hold it; interactive
+        jobs get a free one before bulk jobs (worker/render/slot_pool.py)."""
         t0 = time.monotonic()
         left = deadlines.soft_left()
         try:
-            renderer = self._idle.get(timeout=None if left == float("inf") else max(0.0, left))
-        except queue.Empty:
+            renderer = self._idle.get(
+                job_class, timeout_s=None if left == float("inf") else max(0.0, left)
+            )
+        except SlotTimeout:
             raise deadlines.soft_exceeded("waiting for a free render process") from None
         try:
             yield RenderSession(renderer, deadlines, time.monotonic() - t0)
