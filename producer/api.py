@@ -229,6 +229,7 @@ def submit_job(
     batch_id: str | None = None,
     webhook_url: str | None = None,
     guards: Guards | None = None,
+    row: int | None = None,
 ) -> JobHandle:
     """Record an already validated job as queued, then publish it.
 
@@ -237,6 +238,7 @@ def submit_job(
     in the broker's Redis (the default) the record and the message go in one script
     (lcm_fleet/records.py), so a job is never queued without its record. ``guards``: the
     HTTP API's checks (see :class:`Guards`); a refusal raises :class:`SubmitRefused`.
+    ``row``: the job's line in its bulk file, kept in its record (the batch manifest's row).
     """
     settings = settings or ProducerSettings()
     check_before_publish(job, settings)
@@ -263,6 +265,7 @@ def submit_job(
             webhook_url=webhook_url,
             guards=guards,
             enqueue=message if together else None,
+            row=row,
         )
         if outcome.status is not SubmitStatus.QUEUED:
             raise SubmitRefused(outcome)

@@ -57,6 +57,7 @@ from worker.render.images import CheckedJob, check_job
 from worker.render.limits import Deadlines
 from worker.render.process import RenderSlots, SizeClass
 from worker.render.sizes import format_size
+from worker.results.manifest import manifest_writer
 from worker.results.recovery import remove_partial, stored_result
 
 __all__ = ["NEVER_RETRY", "decode_payload", "queue_wait_s", "render_job"]
@@ -137,7 +138,8 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     job: Job | None = None
     slots: RenderSlots | None = None
     checked: CheckedJob[SizeClass] | None = None
-    life = JobLifecycle(rt.records(), task_id, rt.name, app.send_task)
+    ended = manifest_writer(rt.records(), rt.store(), settings.s3_prefix)
+    life = JobLifecycle(rt.records(), task_id, rt.name, app.send_task, on_batch_finished=ended)
     try:
         # Redis away before anything was rendered: give the message back, to come again.
         try:
