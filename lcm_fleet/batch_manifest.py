@@ -114,7 +114,7 @@ def batch_lines(records: RecordStore, batch_id: str, s3_prefix: str) -> list[Man
     seen: set[str] = set()
     offset = 0
     while ids := records.batch_job_ids(batch_id, offset, READ_PAGE):
-        fresh = [i for i in ids if i not in seen]
+        fresh = [i for i in dict.fromkeys(ids) if i not in seen]
         seen.update(fresh)
         for job_id, record in zip(fresh, records.get_jobs(fresh), strict=True):
             lines.append(_line(len(lines) + 1, job_id, record, s3_prefix))

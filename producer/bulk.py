@@ -823,7 +823,7 @@ def batch_jobs(records: RecordStore, batch_id: str, page: int = 500) -> Iterator
     seen: set[str] = set()
     offset = 0
     while ids := records.batch_job_ids(batch_id, offset, page):
-        fresh = [i for i in ids if i not in seen]
+        fresh = [i for i in dict.fromkeys(ids) if i not in seen]
         seen.update(fresh)
         for record in records.get_jobs(fresh):
             if record is not None:
