@@ -223,6 +223,7 @@ def _run_batch(args: argparse.Namespace, records: RecordStore, settings: Produce
             f"{counts[CancelOutcome.REQUESTED]} running job(s) stop at their next step, "
             f"{counts[CancelOutcome.FINISHED]} already finished"
         )
+        _manifest_after_cancel(records, batch_id, settings)
         return 0
     if args.action == "watch":
         record = watch_batch(records, batch_id, args.timeout_s)
@@ -239,6 +240,17 @@ def _run_batch(args: argparse.Namespace, records: RecordStore, settings: Produce
     if args.action == "watch":
         return 0 if record.finished and record.counts.finished == record.counts.succeeded else 1
     return 0
+
+
+def _manifest_after_cancel(records: Any, batch_id: str, settings: ProducerSettings) -> None:
+    """A cancel that ended the batch (nothing was running) writes its manifest: no worker's
+    job ends it. With jobs still running, the last of them does."""
+    from lcm_fleet.batch_manifest import write_manifest
+    from producer.download import result_store
+
+    record = records.get_batch(batch_id)
+    if record is not None and record.finished and record.summary is None:
+        write_manifest(records.records, result_store(settings), settings.s3_prefix, batch_id)
 
 
 def _manifest(records: Any, batch: BatchRecord, write: bool, settings: ProducerSettings) -> int:

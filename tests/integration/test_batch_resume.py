@@ -184,3 +184,26 @@ def test_a_killed_producer_resumes_every_row_exactly_once_and_a_deleted_png_rend
         lines[6].images[0].key == lost
         and len(_keys_under(s3, bucket, f"jobs/{batch}-")) == 2 * rows
     )
+
+
+def test_a_batch_cancelled_before_any_job_ran_gets_its_manifest_from_the_cancel(
+    service_env, producer_settings, s3, tmp_path
+):
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+    batch = f"cancel-{uuid.uuid4().hex[:8]}"
+    queue = f"{producer_settings.queue}.nobody-{uuid.uuid4().hex[:6]}"
+    env = {**service_env, "LCM_QUEUE": queue, "LCM_SERVED_SIZE_CHECK": "off"}
+    try:
+        run_cli("producer.cli", "submit-file", str(f), "--batch-id", batch, env=env)
+        run_cli("producer.cli", "batch", "cancel", batch, env=env)
+        lines = _manifest(s3, producer_settings.s3_bucket, batch_manifest_key("", batch))
+        assert [(line.row, line.state, line.reason) for line in lines] == [
+            (1, "canceled", "canceled before it started"),
+            (2, "canceled", "canceled before it started"),
+        ]
+        record = _records(service_env).get_batch(batch)
+        assert record is not None and record.summary is not None
+        assert record.summary.counts.canceled == 2 and record.summary.images == 0
+    finally:
+        redis.Redis.from_url(service_env["LCM_REDIS_URL"]).delete(queue)

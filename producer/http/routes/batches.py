@@ -289,6 +289,9 @@ def cancel_batch(batch_id: BatchId, services: ServicesDep, key: KeyDep) -> Any:
     if services.records.get_batch(batch_id, scope_of(key)) is None:
         raise _not_found(batch_id)
     counts = services.records.cancel_batch(batch_id, scope_of(key))
+    record = services.records.get_batch(batch_id)
+    if record is not None and record.finished and record.summary is None:  # nothing ran on
+        write_manifest(services.records, services.store, services.settings.s3_prefix, batch_id)
     return BatchCancelView(
         id=batch_id,
         canceled=counts[CancelOutcome.CANCELED],
