@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pipeline.machine import describe
-from bench.services import ROOT, local_services
+from bench.services import ROOT, local_services, start_worker
 from lcm_fleet.batch_manifest import parse_manifest
 from lcm_fleet.keys import batch_manifest_key, image_key, result_key
 from lcm_fleet.records import RecordStore
@@ -58,33 +58,6 @@ def write_rows(path: Path, rows: int, images: int) -> None:
         for n in range(rows):
             f.write(json.dumps({"prompt": captions[n % len(captions)], "num_images": images}))
             f.write("\n")
-
-
-def start_worker(artifact: Path, env: dict[str, str], queue: str, work: Path, n: int) -> Any:
-    worker_env = {k: v for k, v in os.environ.items() if not k.startswith("LCM_")}
-    worker_env.update(
-        env,
-        LCM_MODEL_DIR=str(artifact),
-        LCM_QUEUE=queue,
-        LCM_METRICS_PORT="0",
-        LCM_CACHE_DIR=str(work / "ov-cache"),
-    )
-    log = work / f"worker-{n}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli"],
-            cwd=ROOT,
-            env=worker_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 900
-    while " ready." not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"worker {n} did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return proc
 
 
 def timed_submit(args: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -250,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     workers = []
     try:
-        workers = [start_worker(artifact, env, queue, work, n) for n in range(args.workers)]
+        workers = [
+            start_worker(artifact, env, queue, work / f"worker-{n}.log")
+            for n in range(args.workers)
+        ]
         # 1. rows through the fleet
         tag = uuid.uuid4().hex[:8]
         batch = f"bulk-{tag}"
