@@ -228,8 +228,7 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
     batch_id = checked.batch_id
 
     def record(row: Any, outcome: Any, made: Any) -> None:
-        print(row.job.job_id)
-        if ids_out is not None:
+        if ids_out is not None:  # before stdout: a reader of stdout finds the line written
             entry = {
                 "line": row.line,
                 "job_id": row.job.job_id,
@@ -238,6 +237,7 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
             }
             ids_out.write(json.dumps(entry) + "\n")
             ids_out.flush()
+        print(row.job.job_id)
 
     try:
         report = submit_stream(
