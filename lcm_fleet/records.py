@@ -276,6 +276,21 @@ end
 """
 )
 
+# A job recorded again leaves its old state's count in its old batch (when that still exists);
+# true when the old batch is `this` one: the job is in its job list already.
+_UNCOUNT = """
+local function uncount(state, batch, this)
+  if not state or not batch or batch == '' then return false end
+  local okey = ARGV[3] .. batch
+  if redis.call('EXISTS', okey) == 0 then return false end
+  redis.call('HINCRBY', okey, state, -1)
+  redis.call('HINCRBY', okey, 'total', -1)
+  local final = {succeeded=1, failed=1, canceled=1}
+  if final[state] then redis.call('HINCRBY', okey, 'done', -1) end
+  return batch == this
+end
+"""
+
 # ARGV[4]: the new state, ARGV[5]: allowed states before it (space-separated),
 # ARGV[6...]: field, value pairs to set with it.
 _TRANSITION = (
@@ -329,6 +344,7 @@ return {'finished', cur}
 # 11... field, value pairs of the record.
 _SUBMIT = (
     _MOVE
+    + _UNCOUNT
     + """
 if KEYS[4] ~= '' then
   local key = redis.call('HMGET', KEYS[4], 'digest', 'revoked_at')
@@ -351,17 +367,7 @@ if limit >= 0 then
 end
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[8]) end
 if old[2] and live[old[2]] then in_flight(old[1], -1) end
-local listed = false
-if old[2] and old[3] and old[3] ~= '' then
-  local okey = ARGV[3] .. old[3]
-  if redis.call('EXISTS', okey) == 1 then
-    redis.call('HINCRBY', okey, old[2], -1)
-    redis.call('HINCRBY', okey, 'total', -1)
-    local final = {succeeded=1, failed=1, canceled=1}
-    if final[old[2]] then redis.call('HINCRBY', okey, 'done', -1) end
-    listed = old[3] == ARGV[10]
-  end
-end
+local listed = uncount(old[2], old[3], ARGV[10])
 redis.call('DEL', KEYS[1])
 for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -412,21 +418,14 @@ return 0
 # alone; one already succeeded in this batch is already counted.
 _ADOPT = (
     _MOVE
+    + _UNCOUNT
     + """
 local old = redis.call('HMGET', KEYS[1], 'owner', 'state', 'batch_id')
 if old[2] and live[old[2]] then return 'in_flight' end
 if old[2] == 'succeeded' and old[3] == ARGV[4] and redis.call('EXISTS', KEYS[2]) == 1 then
   return 'counted'
 end
-local listed = false
-if old[2] and old[3] and old[3] ~= '' and redis.call('EXISTS', ARGV[3] .. old[3]) == 1 then
-  local okey = ARGV[3] .. old[3]
-  redis.call('HINCRBY', okey, old[2], -1)
-  redis.call('HINCRBY', okey, 'total', -1)
-  local final = {succeeded=1, failed=1, canceled=1}
-  if final[old[2]] then redis.call('HINCRBY', okey, 'done', -1) end
-  listed = old[3] == ARGV[4]
-end
+local listed = uncount(old[2], old[3], ARGV[4])
 redis.call('DEL', KEYS[1])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
