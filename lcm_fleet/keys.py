@@ -93,12 +93,17 @@ def normalise_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
+def jobs_root(prefix: str, output_prefix: str | None = None) -> str:
+    """The folder of jobs' folders: ``<prefix>jobs/``, or ``<prefix><output_prefix>/``."""
+    root = f"{output_prefix.strip('/')}/" if output_prefix else "jobs/"
+    return f"{normalise_prefix(prefix)}{root}"
+
+
 def job_prefix(prefix: str, job_id: str, output_prefix: str | None = None) -> str:
     """Where a job's objects go: ``<prefix>jobs/<job_id>/``, or, with the job's
     ``output_prefix`` (a validated relative prefix, lcm_fleet/contract.py),
     ``<prefix><output_prefix>/<job_id>/``."""
-    root = f"{output_prefix.strip('/')}/" if output_prefix else "jobs/"
-    return f"{normalise_prefix(prefix)}{root}{job_id}/"
+    return f"{jobs_root(prefix, output_prefix)}{job_id}/"
 
 
 def image_key(prefix: str, job_id: str, index: int, output_prefix: str | None = None) -> str:

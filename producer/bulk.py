@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lcm_fleet.batch_manifest import StoredCheck, verify_stored, write_manifest
+from lcm_fleet.batch_manifest import NO_RESULT, StoredCheck, verify_stored, write_manifest
 from lcm_fleet.broker import REDIS_TRANSIENT, BrokerUnavailable, ride_out
 from lcm_fleet.contract import (
     SEED_MAX,
@@ -50,6 +50,7 @@ from lcm_fleet.contract import (
 )
 from lcm_fleet.enums import TextEnum
 from lcm_fleet.errors import InvalidJob, StorageError
+from lcm_fleet.keys import job_prefix, jobs_root
 from lcm_fleet.records import (
     LOCAL_OWNER,
     AdoptStatus,
@@ -554,7 +555,7 @@ def submit_stream(
     done = 0
     with ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="lcm-verify") as pool:
         for chunk in _chunks(rows, CHUNK_ROWS):
-            decided = _decide(chunk, records, store, pool, prefix)
+            decided = _decide(chunk, records, store, pool, prefix, batch_id)
             for row, (record, stored) in zip(chunk, decided, strict=True):
                 outcome, made = _submit_row(
                     row, record, stored, records, settings, queue, batch_id, owner,
@@ -601,22 +602,49 @@ def submit_stream(
     return report
 
 
+def _listed(
+    chunk: list[BulkRow], store: ObjectStore, s3_prefix: str, batch_id: str | None
+) -> set[str] | None:
+    """The job folders stored for a chunk of rows with default ids (``<batch>-<line>``,
+    consecutive in key order under one output prefix), in one listing instead of a read per
+    row; None for any other chunk. A folder not listed has nothing stored."""
+    prefixes = {row.job.output_prefix for row in chunk}
+    ids = [row.job.job_id for row in chunk]
+    if batch_id is None or len(prefixes) != 1 or ids != [f"{batch_id}-{r.line:06d}" for r in chunk]:
+        return None
+    return store.folders_between(jobs_root(s3_prefix, prefixes.pop()), ids[0][:-1], ids[-1])
+
+
 def _decide(
     chunk: list[BulkRow],
     records: RecordStore | None,
     store: ObjectStore | None,
     pool: ThreadPoolExecutor,
     s3_prefix: str,
+    batch_id: str | None = None,
 ) -> list[tuple[JobRecord | None, StoredCheck | None]]:
     """Each row's record (one round trip) and, unless its job is in flight, what is stored."""
     if records is None or store is None:
         return [(None, None)] * len(chunk)
     found = records.get_jobs([row.job.job_id for row in chunk])
+    try:
+        listed = _listed(chunk, store, s3_prefix, batch_id)
+    except StorageError as e:
+        raise BulkSubmitError(
+            f"cannot list what is stored for lines {chunk[0].line}-{chunk[-1].line}: {e}. The "
+            "rows before them are queued or stored; resubmit the file once S3 answers "
+            "(nothing is queued twice)",
+            [],
+            chunk[0].line,
+        ) from e
 
     def check(pair: tuple[BulkRow, JobRecord | None]) -> StoredCheck | None:
         row, record = pair
         if record is not None and record.state in _LIVE:
             return None
+        folder = job_prefix(s3_prefix, row.job.job_id, row.job.output_prefix)
+        if listed is not None and folder not in listed:
+            return StoredCheck(None, NO_RESULT)
         try:
             return verify_stored(store, s3_prefix, row.job)
         except StorageError as e:
