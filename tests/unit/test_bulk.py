@@ -146,6 +146,9 @@ def test_submit_file_checks_the_whole_file_then_queues_every_row(tmp_path, monke
             return False
 
     class NothingStored:  # the resume's checks run on the real S3 (test_batch_resume.py)
+        def folders_between(self, prefix, after, last):
+            return set()
+
         def get(self, key):
             return None
 
