@@ -19,8 +19,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -101,6 +104,9 @@ SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
 IMAGES_MIN, IMAGES_MAX = 1, 8
 SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 2000
+#: Characters of a job's ``output_prefix`` (relative to LCM_S3_PREFIX).
+OUTPUT_PREFIX_MAX_CHARS = 200
+OUTPUT_PREFIX_PATTERN = r"^[A-Za-z0-9._/-]+$"
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 #: Control characters a prompt may hold: tab and the two line ends (LF, CR). Every other C0
 #: control (NUL, BEL, ESC, 0x01 ...), DEL, the C1 controls and lone surrogates are refused.
@@ -123,6 +129,9 @@ ALLOWED: dict[str, str] = {
     "height": f"a multiple of {SIZE_MULTIPLE} from {SIZE_MIN} to {SIZE_MAX} that the worker's "
     "model serves (default: the model's size)",
     "num_images": f"an integer from {IMAGES_MIN} to {IMAGES_MAX} (default 1)",
+    "output_prefix": f"a relative key prefix of at most {OUTPUT_PREFIX_MAX_CHARS} letters, "
+    "digits, '.', '_', '-' or '/', not starting with '/' and without '.' or '..' segments, e.g. "
+    "'catalogue/2026-12-03' (default: none, the images go under jobs/<job_id>/)",
 }
 
 
@@ -159,6 +168,19 @@ def control_character(text: str) -> tuple[int, str] | None:
     return found.start(), f"{what} U+{code:04X}{_CONTROL_NAMES.get(code, '')}"
 
 
+def check_output_prefix(value: str) -> str:
+    """An output prefix past its pattern: relative, no '.' or '..' segment, no empty one;
+    a trailing '/' is dropped. ValueError says what is wrong."""
+    if value.startswith("/"):
+        raise ValueError("a prefix is relative to LCM_S3_PREFIX: drop the leading '/'")
+    if any(part in ("..", ".") for part in value.split("/")):
+        raise ValueError("'.' and '..' segments are not allowed")
+    value = value.rstrip("/")
+    if not value or "//" in value:
+        raise ValueError("empty segments ('//', or only '/') are not allowed")
+    return value
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -188,6 +210,14 @@ class Job(BaseModel):
     width: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX, strict=True)
     height: int | None = Field(default=None, ge=SIZE_MIN, le=SIZE_MAX, strict=True)
     num_images: int = Field(default=1, ge=IMAGES_MIN, le=IMAGES_MAX, strict=True)
+    #: Where the job's objects go, below LCM_S3_PREFIX: ``<output_prefix>/<job_id>/NNN.png``
+    #: and result.json beside; None: ``jobs/<job_id>/`` (lcm_fleet/keys.py).
+    output_prefix: str | None = Field(
+        default=None,
+        max_length=OUTPUT_PREFIX_MAX_CHARS,
+        pattern=OUTPUT_PREFIX_PATTERN,
+        strict=True,
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -206,6 +236,22 @@ class Job(BaseModel):
         if value is not None and value % SIZE_MULTIPLE:
             raise ValueError(f"{value} is not a multiple of {SIZE_MULTIPLE}")
         return value
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _relative_prefix(cls, value: str | None) -> str | None:
+        return None if value is None else check_output_prefix(value)
+
+    @model_serializer(mode="wrap")
+    def _without_default_prefix(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # No prefix: the job serialises as before the field existed (the same message and
+        # record bytes, which workers without the field still accept).
+        data: dict[str, Any] = handler(self)
+        if data.get("output_prefix", "") is None:
+            del data["output_prefix"]
+        return data
 
     @model_validator(mode="after")
     def _size_pair(self) -> Job:

@@ -124,16 +124,38 @@ def normalise_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-def job_prefix(prefix: str, job_id: str) -> str:
-    return f"{normalise_prefix(prefix)}jobs/{job_id}/"
+def jobs_root(prefix: str, output_prefix: str | None = None) -> str:
+    """The folder of jobs' folders: ``<prefix>jobs/``, or ``<prefix><output_prefix>/``."""
+    root = f"{output_prefix.strip('/')}/" if output_prefix else "jobs/"
+    return f"{normalise_prefix(prefix)}{root}"
 
 
-def image_key(prefix: str, job_id: str, index: int) -> str:
-    return f"{job_prefix(prefix, job_id)}{index:03d}.png"
+def job_prefix(prefix: str, job_id: str, output_prefix: str | None = None) -> str:
+    """Where a job's objects go: ``<prefix>jobs/<job_id>/``, or, with the job's
+    ``output_prefix`` (a validated relative prefix, lcm_fleet/contract.py),
+    ``<prefix><output_prefix>/<job_id>/``."""
+    return f"{jobs_root(prefix, output_prefix)}{job_id}/"
 
 
-def result_key(prefix: str, job_id: str) -> str:
-    return f"{job_prefix(prefix, job_id)}result.json"
+def image_key(prefix: str, job_id: str, index: int, output_prefix: str | None = None) -> str:
+    return f"{job_prefix(prefix, job_id, output_prefix)}{index:03d}.png"
+
+
+def result_key(prefix: str, job_id: str, output_prefix: str | None = None) -> str:
+    return f"{job_prefix(prefix, job_id, output_prefix)}result.json"
+
+
+def result_key_beside(image: str) -> str:
+    """The result.json of the job that stored the image at key ``image`` (same folder)."""
+    return f"{image.rsplit('/', 1)[0]}/result.json"
+
+
+def batch_manifest_key(prefix: str, batch_id: str, output_prefix: str | None = None) -> str:
+    """A batch's output manifest (lcm_fleet/batch_manifest.py): beside its images,
+    ``<prefix><output_prefix>/manifest.jsonl``, or ``<prefix>batches/<batch_id>/manifest.jsonl``
+    for a batch without an output prefix."""
+    root = f"{output_prefix.strip('/')}/" if output_prefix else f"batches/{batch_id}/"
+    return f"{normalise_prefix(prefix)}{root}manifest.jsonl"
 
 
 def models_root(prefix: str) -> str:

@@ -121,6 +121,8 @@ class JobRecord(BaseModel):
     job_class: JobClass | None = None
     #: Set while the running job waits (e.g. for storage); cleared when it goes on or ends.
     waiting: Waiting | None = None
+    #: The job's row in its batch: the file's line for a bulk file (the manifest's ``row``).
+    row: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -141,6 +143,24 @@ class BatchCounts(BaseModel):
         return self.succeeded + self.failed + self.canceled
 
 
+class BatchSummary(BaseModel):
+    """What an ended batch produced, written with its manifest (lcm_fleet/batch_manifest.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    counts: BatchCounts
+    #: Rows in the manifest (one per job of the batch).
+    rows: int = Field(ge=0)
+    #: Images of the succeeded jobs.
+    images: int = Field(ge=0)
+    #: From the batch's first submit to the end of its last job, in seconds.
+    wall_s: float = Field(ge=0)
+    images_per_s: float = Field(ge=0)
+    #: The manifest's object key and when it was written (Unix seconds).
+    manifest_key: str
+    written_at: float
+
+
 class BatchRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -155,6 +175,10 @@ class BatchRecord(BaseModel):
     counts: BatchCounts
     webhook_url: str | None = None
     source: str | None = None
+    #: The batch's output prefix (its jobs' objects and its manifest go under it), or None.
+    output_prefix: str | None = None
+    #: Set with the manifest when the batch ends (and again after a resume).
+    summary: BatchSummary | None = None
 
     @property
     def finished(self) -> bool:
@@ -281,6 +305,21 @@ end
 """
 )
 
+# A job recorded again leaves its old state's count in its old batch (when that still exists);
+# true when the old batch is `this` one: the job is in its job list already.
+_UNCOUNT = """
+local function uncount(state, batch, this)
+  if not state or not batch or batch == '' then return false end
+  local okey = ARGV[3] .. batch
+  if redis.call('EXISTS', okey) == 0 then return false end
+  redis.call('HINCRBY', okey, state, -1)
+  redis.call('HINCRBY', okey, 'total', -1)
+  local final = {succeeded=1, failed=1, canceled=1}
+  if final[state] then redis.call('HINCRBY', okey, 'done', -1) end
+  return batch == this
+end
+"""
+
 # ARGV[4]: the new state, ARGV[5]: allowed states before it (space-separated),
 # ARGV[6...]: field, value pairs to set with it.
 _TRANSITION = (
@@ -334,6 +373,7 @@ return {'finished', cur}
 # 11... field, value pairs of the record.
 _SUBMIT = (
     _MOVE
+    + _UNCOUNT
     + """
 if KEYS[4] ~= '' then
   local key = redis.call('HMGET', KEYS[4], 'digest', 'revoked_at')
@@ -356,15 +396,7 @@ if limit >= 0 then
 end
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[8]) end
 if old[2] and live[old[2]] then in_flight(old[1], -1) end
-if old[2] and old[3] and old[3] ~= '' then
-  local okey = ARGV[3] .. old[3]
-  if redis.call('EXISTS', okey) == 1 then
-    redis.call('HINCRBY', okey, old[2], -1)
-    redis.call('HINCRBY', okey, 'total', -1)
-    local final = {succeeded=1, failed=1, canceled=1}
-    if final[old[2]] then redis.call('HINCRBY', okey, 'done', -1) end
-  end
-end
+local listed = uncount(old[2], old[3], ARGV[10])
 redis.call('DEL', KEYS[1])
 for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -373,7 +405,7 @@ if ARGV[10] ~= '' then
   redis.call('HINCRBY', KEYS[5], 'queued', 1)
   redis.call('HINCRBY', KEYS[5], 'total', 1)
   redis.call('EXPIRE', KEYS[5], ARGV[2])
-  redis.call('RPUSH', KEYS[6], redis.call('HGET', KEYS[1], 'job_id'))
+  if not listed then redis.call('RPUSH', KEYS[6], redis.call('HGET', KEYS[1], 'job_id')) end
   redis.call('EXPIRE', KEYS[6], ARGV[2])
 end
 if ARGV[9] ~= '' then
@@ -422,6 +454,44 @@ end
 return 0
 """
 
+# KEYS: 1 job, 2 batch, 3 the batch's job list; ARGV (after the three of _MOVE): 4 batch id,
+# 5... field, value pairs of the record (state succeeded). A row found stored and verified
+# on a resume, counted as succeeded in its batch without rendering. A job in flight is left
+# alone; one already succeeded in this batch is already counted.
+_ADOPT = (
+    _MOVE
+    + _UNCOUNT
+    + """
+local old = redis.call('HMGET', KEYS[1], 'owner', 'state', 'batch_id')
+if old[2] and live[old[2]] then return 'in_flight' end
+if old[2] == 'succeeded' and old[3] == ARGV[4] and redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'counted'
+end
+local listed = uncount(old[2], old[3], ARGV[4])
+redis.call('DEL', KEYS[1])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'succeeded', 1)
+redis.call('HINCRBY', KEYS[2], 'total', 1)
+redis.call('HINCRBY', KEYS[2], 'done', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if not listed then redis.call('RPUSH', KEYS[3], redis.call('HGET', KEYS[1], 'job_id')) end
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 'adopted'
+"""
+)
+
+
+class AdoptStatus(TextEnum):
+    """What :meth:`RecordStore.adopt_stored` did with a stored, verified row."""
+
+    #: Recorded as succeeded in the batch.
+    ADOPTED = "adopted"
+    #: Its record already says succeeded in this batch.
+    COUNTED = "counted"
+    #: Its job is queued or running: left alone (it renders once).
+    IN_FLIGHT = "in_flight"
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -448,6 +518,7 @@ class RecordStore:
         self._progress = redis.register_script(_PROGRESS)
         self._seal = redis.register_script(_SEAL)
         self._waiting = redis.register_script(_WAITING)
+        self._adopt = redis.register_script(_ADOPT)
 
     def _argv(self, now: float | None) -> list[Any]:
         return [repr(time.time() if now is None else now), self.ttl_s, batch_key("")]
@@ -461,6 +532,7 @@ class RecordStore:
         *,
         webhook_url: str | None = None,
         source: str | None = None,
+        output_prefix: str | None = None,
         now: float | None = None,
     ) -> None:
         """A new batch with no jobs yet (a batch id used before starts afresh)."""
@@ -472,6 +544,8 @@ class RecordStore:
             fields["webhook_url"] = webhook_url
         if source:
             fields["source"] = source
+        if output_prefix:
+            fields["output_prefix"] = output_prefix
         pipe = self.redis.pipeline()
         pipe.delete(batch_key(batch_id), batch_jobs_key(batch_id))
         pipe.hset(batch_key(batch_id), mapping=fields)
@@ -489,6 +563,7 @@ class RecordStore:
         enqueue: Enqueue | None = None,
         now: float | None = None,
         job_class: JobClass | None = None,
+        row: int | None = None,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the submission script (:data:`SUBMIT_SCRIPT`), for any client."""
         guards = guards or Guards()
@@ -507,6 +582,8 @@ class RecordStore:
             fields["webhook_url"] = webhook_url
         if job_class is not None:
             fields["job_class"] = job_class.value
+        if row is not None:
+            fields["row"] = str(row)
         idem_key, idem_value, idem_ttl = guards.idempotency or ("", "", 0)
         keys = [
             job_key(job.job_id),
@@ -542,6 +619,7 @@ class RecordStore:
         enqueue: Enqueue | None = None,
         now: float | None = None,
         job_class: JobClass | None = None,
+        row: int | None = None,
     ) -> SubmitOutcome:
         """Record a job as queued after ``guards`` pass, and push ``enqueue``: one script,
         one round trip. A reused id starts afresh (unless ``guards`` refuse it)."""
@@ -554,6 +632,7 @@ class RecordStore:
             enqueue=enqueue,
             now=now,
             job_class=job_class,
+            row=row,
         )
         return self.run_submission(keys, argv)
 
@@ -575,6 +654,54 @@ class RecordStore:
         self.submit(
             job, owner, batch_id=batch_id, webhook_url=webhook_url, now=now, job_class=job_class
         )
+
+    def reopen_batch(self, batch_id: str) -> bool:
+        """A resume of an existing batch: unsealed and not finished until it is sealed again
+        (its summary goes with it, to be written again). False when there is no such batch."""
+        pipe = self.redis.pipeline()
+        pipe.exists(batch_key(batch_id))
+        pipe.hset(batch_key(batch_id), "sealed", "0")
+        pipe.hdel(batch_key(batch_id), "finished_at", "summary")
+        exists, *_ = pipe.execute()
+        if not exists:
+            self.redis.delete(batch_key(batch_id))  # the HSET above made a stub
+        return bool(exists)
+
+    def adopt_stored(
+        self,
+        job: Job,
+        owner: str,
+        batch_id: str,
+        result: JobResult,
+        *,
+        row: int | None = None,
+        now: float | None = None,
+    ) -> AdoptStatus:
+        """Count a job whose objects are stored and verified as succeeded in ``batch_id``
+        (a resumed batch), without rendering it; see :class:`AdoptStatus`."""
+        at = repr(time.time() if now is None else now)
+        fields = {
+            "job_id": job.job_id,
+            "owner": owner,
+            "batch_id": batch_id,
+            "state": JobState.SUCCEEDED.value,
+            "job": job.model_dump_json(),
+            "created_at": at,
+            "updated_at": at,
+            "finished_at": at,
+            "result": result.model_dump_json(),
+        }
+        if row is not None:
+            fields["row"] = str(row)
+        keys = [job_key(job.job_id), batch_key(batch_id), batch_jobs_key(batch_id)]
+        argv = [*self._argv(now), batch_id, *(x for pair in fields.items() for x in pair)]
+        return AdoptStatus(_text(self._adopt(keys, argv)))
+
+    def set_batch_summary(self, batch_id: str, summary: BatchSummary) -> None:
+        """Keep the ended batch's summary in its record (when the record still exists)."""
+        self.redis.hset(batch_key(batch_id), "summary", summary.model_dump_json())
+        if not self.redis.hexists(batch_key(batch_id), "batch_id"):
+            self.redis.delete(batch_key(batch_id))  # expired meanwhile: no stub
 
     def seal_batch(self, batch_id: str, now: float | None = None) -> bool:
         """Every job of the batch is recorded; True if that finished it (all already done)."""
@@ -714,7 +841,17 @@ class RecordStore:
 
     def get_job(self, job_id: str, owner: str = ANY_OWNER) -> JobRecord | None:
         """The record, or None when it does not exist or belongs to another owner."""
-        raw = {_text(k): _text(v) for k, v in self.redis.hgetall(job_key(job_id)).items()}
+        return self._job_record(self.redis.hgetall(job_key(job_id)), owner)
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Many records in one round trip (None for the ones that do not exist)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(job_key(job_id))
+        return [self._job_record(raw, ANY_OWNER) for raw in pipe.execute()]
+
+    def _job_record(self, hash_: dict[Any, Any], owner: str) -> JobRecord | None:
+        raw = {_text(k): _text(v) for k, v in hash_.items()}
         if not raw or (owner != ANY_OWNER and raw.get("owner") != owner):
             return None
         progress = raw.get("progress")
@@ -737,6 +874,7 @@ class RecordStore:
             webhook_url=raw.get("webhook_url") or None,
             job_class=JobClass(raw["job_class"]) if raw.get("job_class") else None,
             waiting=Waiting.model_validate_json(raw["waiting"]) if raw.get("waiting") else None,
+            row=int(raw["row"]) if raw.get("row") else None,
         )
 
     def in_flight(self, owner: str) -> int:
@@ -766,6 +904,10 @@ class RecordStore:
             counts=BatchCounts(**{s: max(0, int(raw.get(s, 0))) for s in _STATE_COUNTS}),
             webhook_url=raw.get("webhook_url") or None,
             source=raw.get("source") or None,
+            output_prefix=raw.get("output_prefix") or None,
+            summary=BatchSummary.model_validate_json(raw["summary"])
+            if raw.get("summary")
+            else None,
         )
 
     def batch_job_ids(self, batch_id: str, offset: int = 0, limit: int = 100) -> list[str]:

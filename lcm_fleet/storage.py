@@ -390,6 +390,26 @@ class ObjectStore:
             lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
         )
 
+    def folders_between(self, prefix: str, after: str, last: str) -> set[str]:
+        """The sub-prefixes (``prefix + name + "/"``) directly under ``prefix`` whose name sorts
+        after ``after`` and not after ``last``: one listing page per 1000 of them."""
+        high = f"{prefix}{last}/"
+
+        def once() -> set[str]:
+            found: set[str] = set()
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/", StartAfter=f"{prefix}{after}"
+            )
+            for page in pages:
+                names = [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+                found.update(n for n in names if n <= high)
+                if any(n >= high for n in names) or not names:
+                    break
+            return found
+
+        return self.retry(f"list {self.uri(prefix)}", once)
+
     def list(self, prefix: str) -> tuple[list[str], list[dict[str, Any]]]:
         """(sub-prefixes, objects) directly under ``prefix``."""
 

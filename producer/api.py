@@ -275,6 +275,7 @@ def prepare_submission(
     webhook_url: str | None = None,
     guards: Guards | None = None,
     client: Celery | None = None,
+    row: int | None = None,
 ) -> Submission:
     """The one builder of a job's submission (see :class:`Submission`); ``queue`` from
     :func:`check_before_publish`. The message deletes the id's old result (a resubmitted
@@ -289,6 +290,7 @@ def prepare_submission(
         guards=guards,
         enqueue=None if push_after else message,
         job_class=job_class,
+        row=row,
     )
     return Submission(message, keys, argv, push_after)
 
@@ -309,6 +311,7 @@ def submit_job(
     guards: Guards | None = None,
     job_class: JobClass = JobClass.INTERACTIVE,
     served_checked: bool = False,
+    row: int | None = None,
 ) -> JobHandle:
     """Record an already validated job as queued, then publish it.
 
@@ -323,6 +326,7 @@ def submit_job(
 
     Redis away: publishing is retried with capped, jittered backoff for
     LCM_PUBLISH_BUDGET_S seconds, then :class:`SubmitError` in one line.
+    ``row``: the job's line in its bulk file, kept in its record (the batch manifest's row).
     """
     settings = settings or ProducerSettings()
     target = check_before_publish(job, settings, queue, job_class, served_checked=served_checked)
@@ -345,6 +349,7 @@ def submit_job(
             webhook_url=webhook_url,
             guards=guards,
             client=client,
+            row=row,
         )
         outcome = records.run_submission(submission.keys, submission.argv)
         if outcome.status is not SubmitStatus.QUEUED:

@@ -3,11 +3,13 @@
     lcm submit "a lighthouse at dusk" [--seed N --steps N --num-images N ...]
                [--wait] [--download DIR]
     lcm submit-file prompts.jsonl|prompts.csv [--steps N ... (defaults for every row)]
-               [--skip-invalid] [--from-line N] [--ids-out FILE] [--wait] [--download DIR]
+               [--batch-id ID] [--output-prefix PREFIX] [--skip-invalid] [--from-line N]
+               [--ids-out FILE] [--wait] [--download DIR]   (the same file again resumes it)
     lcm wait JOB_ID [--timeout-s S]
     lcm status JOB_ID [--json]       lcm watch JOB_ID       lcm cancel JOB_ID
     lcm download JOB_ID DIR
     lcm batch status|watch|cancel BATCH_ID      lcm batch download BATCH_ID DIR
+    lcm batch manifest BATCH_ID [--write]       the batch's output manifest (JSONL)
     lcm dead-letter list|show ID|purge --yes    queue items the workers refused
     lcm schedule add|list|show|validate|apply|pause|resume|remove|run-now   scheduled runs
 
@@ -101,7 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-id",
         help="rows without job_id get BATCH_ID-<line> (default: a digest of the file, so "
-        "resubmitting the same file overwrites the same jobs)",
+        "resubmitting the same file resumes the same batch: only rows not stored and "
+        "verified, and not queued or running, are queued)",
+    )
+    p.add_argument(
+        "--output-prefix",
+        metavar="PREFIX",
+        help="store the batch's images and manifest under PREFIX/ (below LCM_S3_PREFIX) "
+        "instead of jobs/<job_id>/ and batches/<batch_id>/",
     )
     p.add_argument(
         "--skip-invalid",
@@ -140,11 +149,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
 
     p = sub.add_parser("batch", help="a batch's counts, progress, cancel or images")
-    p.add_argument("action", choices=("status", "watch", "cancel", "download"))
+    p.add_argument("action", choices=("status", "watch", "cancel", "download", "manifest"))
     p.add_argument("batch_id")
     p.add_argument("out", type=Path, nargs="?", help="download: the folder for the PNGs")
     p.add_argument("--timeout-s", type=_SECONDS, default=3600.0, help="watch: give up after")
     p.add_argument("--json", action="store_true", help="status: print the record as JSON")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="manifest: build it from the records and write it again (else print the stored one)",
+    )
 
     p = sub.add_parser("download", help="download a finished job's PNGs")
     p.add_argument("job_id")
@@ -198,46 +212,59 @@ def _job_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
-    from producer.bulk import BulkSubmitError, read_jobs_file, submit_rows, wait_all
-    from producer.download import download_images, result_store
+    from producer.bulk import (
+        BulkSubmitError,
+        check_jobs_file,
+        check_sizes,
+        iter_rows,
+        submit_stream,
+    )
 
     if args.from_line < 1:
         raise InvalidJob(f"--from-line got {args.from_line}; give a line number from 1")
-    bulk = read_jobs_file(
+    checked = check_jobs_file(
         args.file,
         fmt=args.format,
         defaults=_job_fields(args),
         batch_id=args.batch_id,
         skip_invalid=args.skip_invalid,
+        output_prefix=args.output_prefix,
     )
-    for reject in bulk.rejected:
+    for reject in checked.rejected:
         print(f"lcm: skipped line {reject.line}: {reject.reason}", file=sys.stderr)
-    rows = [row for row in bulk.rows if row.line >= args.from_line]
+    check_sizes(checked, settings, args.queue)
     ids_out = open(args.ids_out, "w") if args.ids_out else None  # noqa: SIM115
+    batch_id = checked.batch_id
 
-    def record(row: Any, handle: Any) -> None:
-        print(handle.job_id)
-        if ids_out is not None:
-            entry = {"line": row.line, "job_id": handle.job_id, "seed": row.job.seed}
+    def record(row: Any, outcome: Any, made: Any) -> None:
+        if ids_out is not None:  # before stdout: a reader of stdout finds the line written
+            entry = {
+                "line": row.line,
+                "job_id": row.job.job_id,
+                "seed": row.job.seed,
+                "outcome": outcome.value,
+            }
             ids_out.write(json.dumps(entry) + "\n")
             ids_out.flush()
+        print(row.job.job_id)
 
     try:
-        handles = submit_rows(
-            rows,
+        report = submit_stream(
+            iter_rows(checked, args.from_line),
             settings,
             queue=args.queue,
-            on_submitted=record,
-            batch_id=bulk.batch_id,
-            new_batch=args.from_line == 1,
+            on_row=record,
+            batch_id=batch_id,
             source=str(args.file),
+            output_prefix=checked.output_prefix,
         )
     except BulkSubmitError as e:
         print(
-            f"lcm: {e}. Batch {bulk.batch_id}: resume with `lcm submit-file {args.file} "
-            f"--from-line {e.next_line}"
+            f"lcm: {e}. Batch {batch_id}: resume with `lcm submit-file {args.file}"
             + (f" --batch-id {args.batch_id}" if args.batch_id else "")
-            + f"`, follow it with `lcm batch status {bulk.batch_id}`",
+            + (f" --output-prefix {checked.output_prefix}" if checked.output_prefix else "")
+            + f"` (rows queued or stored are not queued again), follow it with `lcm batch "
+            f"status {batch_id}`",
             file=sys.stderr,
         )
         return 1
@@ -245,44 +272,20 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
         if ids_out is not None:
             ids_out.close()
     print(
-        f"submitted {len(handles)} job(s) from {args.file} (batch {bulk.batch_id}"
-        + (f", {len(bulk.rejected)} invalid row(s) skipped" if bulk.rejected else "")
-        + (f", lines before {args.from_line} skipped" if args.from_line > 1 else "")
-        + ")",
+        f"submitted {report.queued} job(s) from {args.file} (batch {batch_id}"
+        + (", resumed" if report.resumed else "")
+        + (f"; {report.stored} row(s) already stored" if report.stored else "")
+        + (f"; {report.in_flight} row(s) already queued or running" if report.in_flight else "")
+        + (f"; {len(checked.rejected)} invalid row(s) skipped" if checked.rejected else "")
+        + (f"; lines before {args.from_line} skipped" if args.from_line > 1 else "")
+        + f"; {report.rows / max(report.elapsed_s, 1e-9):.0f} rows/s)",
         file=sys.stderr,
     )
     if not (args.wait or args.download):
         return 0
-    outcome = wait_all(handles, args.timeout_s)
-    if outcome.broker_lost is not None:
-        print(
-            f"lcm: stopped waiting: {outcome.broker_lost}. {len(handles)} job(s) of batch "
-            f"{bulk.batch_id} are queued ({len(outcome.results)} succeeded, "
-            f"{len(outcome.failed)} failed before); once Redis answers follow them with "
-            f"`lcm batch status {bulk.batch_id}` or `lcm batch watch {bulk.batch_id}`",
-            file=sys.stderr,
-        )
-        return 1
-    for job_id, reason in outcome.failed.items():
-        print(f"lcm: job {job_id} failed: {reason}", file=sys.stderr)
-    if outcome.unfinished:
-        print(
-            f"lcm: {len(outcome.unfinished)} job(s) not finished after {args.timeout_s:.0f}s "
-            f"(first: {outcome.unfinished[0]}); wait for them with `lcm wait ID`",
-            file=sys.stderr,
-        )
-    images = sum(len(r.images) for r in outcome.results.values())
-    print(
-        f"{len(outcome.results)} succeeded ({images} image(s)), {len(outcome.failed)} failed, "
-        f"{len(outcome.unfinished)} unfinished",
-        file=sys.stderr,
-    )
-    if args.download:
-        store = result_store(settings)
-        for result in outcome.results.values():
-            for path in download_images(result, args.download, settings, store):
-                print(f"saved {path}", file=sys.stderr)
-    return 0 if outcome.ok else 1
+    from producer import watch
+
+    return watch.wait_and_report(batch_id, args.timeout_s, args.download, settings)
 
 
 #: ``lcm submit`` says that the broker has no persistence at most once an hour per broker.

@@ -19,9 +19,20 @@ def result_store(settings: ProducerSettings) -> ObjectStore:
     return ObjectStore.from_settings(settings)
 
 
+def _output_prefix(job_id: str, settings: ProducerSettings) -> str | None:
+    """The job's output prefix, from its record (None: no record, or the default layout)."""
+    from producer.queue import cached_records
+
+    try:
+        record = cached_records(settings).get_job(job_id)
+    except Exception:  # no record to read: the default layout is tried
+        return None
+    return record.job.output_prefix if record is not None and record.job is not None else None
+
+
 def fetch_result(job_id: str, settings: ProducerSettings) -> JobResult:
     store = result_store(settings)
-    key = result_key(settings.s3_prefix, job_id)
+    key = result_key(settings.s3_prefix, job_id, _output_prefix(job_id, settings))
     try:
         got = store.get(key)
     except StorageError as e:

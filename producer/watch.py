@@ -1,4 +1,5 @@
-"""``lcm status|watch|cancel JOB_ID`` and ``lcm batch status|watch|cancel|download BATCH_ID``.
+"""``lcm status|watch|cancel JOB_ID``, ``lcm batch status|watch|cancel|download|manifest
+BATCH_ID``, and the wait of ``lcm submit-file --wait``.
 
 All of them read the job and batch records (lcm_fleet/records.py), the same records the
 HTTP API reads. The CLI talks to Redis directly, so it sees every owner's jobs.
@@ -101,6 +102,12 @@ def describe_batch(record: BatchRecord) -> str:
     )
     if record.finished_at is not None:
         line += f"; took {record.finished_at - record.created_at:.1f}s"
+    if record.output_prefix:
+        line += f"; output prefix {record.output_prefix}/"
+    if record.summary is not None:
+        from producer.bulk import describe_summary
+
+        line += f"\nsummary: {describe_summary(record.summary)}"
     return line
 
 
@@ -222,6 +229,7 @@ def _run_batch(args: argparse.Namespace, records: RecordStore, settings: Produce
             f"{counts[CancelOutcome.REQUESTED]} running job(s) stop at their next step, "
             f"{counts[CancelOutcome.FINISHED]} already finished"
         )
+        _manifest_after_cancel(records, batch_id, settings)
         return 0
     if args.action == "watch":
         record = watch_batch(records, batch_id, args.timeout_s)
@@ -232,10 +240,101 @@ def _run_batch(args: argparse.Namespace, records: RecordStore, settings: Produce
         return 1
     if args.action == "download":
         return _download_batch(records, record, args.out, settings)
+    if args.action == "manifest":
+        return _manifest(records, record, args.write, settings)
     print(_record_json(record) if args.json else describe_batch(record))
     if args.action == "watch":
         return 0 if record.finished and record.counts.finished == record.counts.succeeded else 1
     return 0
+
+
+def _manifest_after_cancel(records: Any, batch_id: str, settings: ProducerSettings) -> None:
+    """A cancel that ended the batch (nothing was running) writes its manifest: no worker's
+    job ends it. With jobs still running, the last of them does."""
+    from lcm_fleet.batch_manifest import write_manifest
+    from producer.download import result_store
+
+    record = records.get_batch(batch_id)
+    if record is not None and record.finished and record.summary is None:
+        write_manifest(records.records, result_store(settings), settings.s3_prefix, batch_id)
+
+
+def _manifest(records: Any, batch: BatchRecord, write: bool, settings: ProducerSettings) -> int:
+    """Print the batch's stored manifest (JSONL), or build and write it again first."""
+    from lcm_fleet.batch_manifest import manifest_body, read_manifest, write_manifest
+    from lcm_fleet.keys import batch_manifest_key
+    from producer.bulk import describe_summary
+    from producer.download import result_store
+
+    store = result_store(settings)
+    if write:
+        summary = write_manifest(records.records, store, settings.s3_prefix, batch.batch_id)
+        if summary is None:
+            print(_expired_hint("batch", batch.batch_id, settings), file=sys.stderr)
+            return 1
+        print(f"batch {batch.batch_id}: {describe_summary(summary)}", file=sys.stderr)
+        return 0
+    key = batch_manifest_key(settings.s3_prefix, batch.batch_id, batch.output_prefix)
+    lines = read_manifest(store, key)
+    if lines is None:
+        print(
+            f"lcm: batch {batch.batch_id} has no manifest at {store.uri(key)} yet (it is "
+            f"written when the batch ends; `lcm batch manifest {batch.batch_id} --write` "
+            "writes it now)",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.write(manifest_body(lines).decode())
+    return 0
+
+
+def wait_and_report(
+    batch_id: str, timeout_s: float, download: Path | None, settings: ProducerSettings
+) -> int:
+    """``lcm submit-file --wait``: wait for the batch to end, print its counts, failures and
+    summary (writing the manifest when no worker did), download its images if asked."""
+    from lcm_fleet.batch_manifest import write_manifest
+    from producer.bulk import batch_jobs, describe_summary, wait_batch
+    from producer.download import download_images, result_store
+
+    records = cached_records(settings)
+    record = wait_batch(records, batch_id, timeout_s, url=settings.records_url)
+    if record is None:
+        print(_expired_hint("batch", batch_id, settings), file=sys.stderr)
+        return 1
+    store = result_store(settings)
+    if record.finished and record.summary is None:
+        write_manifest(records, store, settings.s3_prefix, batch_id)  # no worker wrote it
+        record = records.get_batch(batch_id) or record
+    c = record.counts
+    shown = 0
+    if c.failed or c.canceled:
+        for job in batch_jobs(records, batch_id):
+            if job.state in (JobState.FAILED, JobState.CANCELED) and shown < 20:
+                print(f"lcm: job {job.job_id} {job.state.value}: {job.reason}", file=sys.stderr)
+                shown += 1
+    unfinished = c.queued + c.running
+    if not record.finished:
+        print(
+            f"lcm: {unfinished} job(s) of batch {batch_id} not finished after {timeout_s:.0f}s; "
+            f"follow them with `lcm batch watch {batch_id}`",
+            file=sys.stderr,
+        )
+    images = record.summary.images if record.summary is not None else 0
+    print(
+        f"{c.succeeded} succeeded ({images} image(s)), {c.failed + c.canceled} failed, "
+        f"{unfinished} unfinished",
+        file=sys.stderr,
+    )
+    if record.summary is not None:
+        print(f"batch {batch_id}: {describe_summary(record.summary)}", file=sys.stderr)
+    if download is not None:
+        for job in batch_jobs(records, batch_id):
+            if job.result is not None:
+                for path in download_images(job.result, download, settings, store):
+                    print(f"saved {path}", file=sys.stderr)
+    ok = record.finished and c.succeeded == record.total
+    return 0 if ok else 1
 
 
 def _download_batch(

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.services import local_services
+from bench.services import local_services, start_worker
 from lcm_fleet.artifact.manifest import Shape, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,29 +241,7 @@ def start_fleet(
     from producer.settings import ProducerSettings
 
     queue = f"lcm.bench.{uuid.uuid4().hex[:8]}"
-    worker_env = {k: v for k, v in os.environ.items() if not k.startswith("LCM_")}
-    worker_env.update(
-        env,
-        LCM_MODEL_DIR=str(artifact),
-        LCM_QUEUE=queue,
-        LCM_METRICS_PORT="0",
-        LCM_CACHE_DIR=str(work / "ov-cache"),
-    )
-    log = work / f"fleet-worker-{label}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli"],
-            cwd=code_dir,
-            env=worker_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 900
-    while " ready." not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"worker {label} did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
+    proc = start_worker(artifact, env, queue, work / f"fleet-worker-{label}.log", code_dir)
     settings = ProducerSettings(
         redis_url=env["LCM_REDIS_URL"],
         queue=queue,

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lcm_fleet.contract import IMAGES_MAX, IMAGES_MIN, PROMPT_MAX_CHARS, Job, JobClass, JobState
-from lcm_fleet.records import BatchCounts, Progress, Waiting
+from lcm_fleet.contract import (
+    IMAGES_MAX,
+    IMAGES_MIN,
+    OUTPUT_PREFIX_MAX_CHARS,
+    OUTPUT_PREFIX_PATTERN,
+    PROMPT_MAX_CHARS,
+    Job,
+    JobClass,
+    JobState,
+    check_output_prefix,
+)
+from lcm_fleet.records import BatchCounts, BatchSummary, Progress, Waiting
 from producer.http.webhook_urls import MAX_URL_CHARS
 
 
@@ -91,6 +101,16 @@ class BatchRequest(BaseModel):
     jobs: list[Job] = Field(min_length=1)
     #: POSTed when the batch finishes.
     webhook_url: str | None = Field(default=None, max_length=MAX_URL_CHARS)
+    #: Where every job's objects (those not naming their own) and the batch's manifest go,
+    #: below LCM_S3_PREFIX (the job field's rules); None: jobs/<job_id>/, batches/<id>/.
+    output_prefix: str | None = Field(
+        default=None, max_length=OUTPUT_PREFIX_MAX_CHARS, pattern=OUTPUT_PREFIX_PATTERN
+    )
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _relative_prefix(cls, value: str | None) -> str | None:
+        return None if value is None else check_output_prefix(value)
 
 
 class BatchAccepted(BaseModel):
@@ -113,6 +133,9 @@ class BatchView(BaseModel):
     limit: int
     webhook_url: str | None = None
     source: str | None = None
+    output_prefix: str | None = None
+    #: Once the batch ended: counts, wall time, images/s and its manifest's key.
+    summary: BatchSummary | None = None
 
 
 class BatchCancelView(BaseModel):

@@ -71,4 +71,6 @@ def batch_view(record: BatchRecord, job_ids: list[str], offset: int, limit: int)
         limit=limit,
         webhook_url=record.webhook_url,
         source=record.source,
+        output_prefix=record.output_prefix,
+        summary=record.summary,
     )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from lcm_fleet.contract import Job, parse_job
+from lcm_fleet.contract import parse_job
 from lcm_fleet.errors import InvalidJob, LcmError, StorageError
 from lcm_fleet.schedules import (
     UTC,
@@ -86,8 +86,7 @@ def read_source_rows(
         fields = row.job.model_dump()
         fields["prompt"] = schedule.prompt_for(row.job.prompt, slot)
         fields["job_id"] = f"{batch_id}-{row.line:06d}"
-        if "output_prefix" in Job.model_fields:  # Job.output_prefix (the batches change)
-            fields["output_prefix"] = schedule.prefix_for(slot)
+        fields["output_prefix"] = schedule.prefix_for(slot)
         try:
             rows.append(BulkRow(row.line, parse_job(fields)))
         except InvalidJob as e:
@@ -260,6 +259,8 @@ class Runner:
                 owner=schedule.owner,
                 webhook_url=schedule.webhook_url,
                 source=f"schedule {schedule.name} slot {run.slot} ({source})",
+                # The batch record keeps it: the run's manifest is <prefix>/manifest.jsonl.
+                output_prefix=schedule.prefix_for(slot),
             )
         except _LeaseLost:
             logger.error(

@@ -69,7 +69,8 @@ def test_a_file_with_a_bad_row_queues_nothing_and_names_the_row(
 ):
     queue = producer_settings.queue + ".bulk-refused"
     f = tmp_path / "prompts.jsonl"
-    f.write_text('{"prompt": "fine"}\n{"prompt": "bad", "steps": 40}\n')
+    # A file of its own (its batch id is its digest): no record of an earlier run is resumed.
+    f.write_text(f'{{"prompt": "fine {uuid.uuid4().hex}"}}\n{{"prompt": "bad", "steps": 40}}\n')
     env = {**service_env, "LCM_QUEUE": queue}
     refused = run_cli("producer.cli", "submit-file", str(f), env=env, check=False)
     assert refused.returncode == 2
@@ -100,7 +101,8 @@ def test_a_broker_outage_part_way_names_the_line_and_from_line_resumes_there(
         }
     )
     f = tmp_path / "prompts.jsonl"
-    f.write_text("".join(f'{{"prompt": "prompt {n}", "seed": {n}}}\n' for n in range(1, 5)))
+    tag = uuid.uuid4().hex  # a file of its own: no record of an earlier run is resumed
+    f.write_text("".join(f'{{"prompt": "prompt {n} {tag}", "seed": {n}}}\n' for n in range(1, 5)))
     bulk = read_jobs_file(f)
     broker = redis.Redis.from_url(service_env["LCM_REDIS_URL"])
     try:

@@ -13,6 +13,7 @@ in ``tests/unit/fakes.py``.
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.unit.fakes import FakePipeline
 from worker.errors import JobCanceled, RenderCancelled
@@ -40,6 +42,11 @@ class FakeS3:
             raise self.failures.pop(0)
         self.objects[Key] = Body
         return {"ETag": f'"{hashlib.md5(Body).hexdigest()}"'}
+
+    def get_object(self, Bucket, Key):
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
+        return {"Body": io.BytesIO(self.objects[Key]), "ContentLength": len(self.objects[Key])}
 
 
 class SlowS3(FakeS3):

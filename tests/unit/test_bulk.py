@@ -127,12 +127,12 @@ def test_submit_file_checks_the_whole_file_then_queues_every_row(tmp_path, monke
     import producer.bulk as bulk_module
     from producer.bulk import submit_file
 
-    sent: list[tuple[str, int]] = []
+    sent: list[tuple[str, int, int | None]] = []
 
     def fake_submit_job(job, settings=None, queue=None, **record):
         # A bulk file's jobs are bulk, and their sizes were checked once, for the whole file.
         assert record["job_class"] is JobClass.BULK and record["served_checked"] is True
-        sent.append((job.job_id, job.steps))
+        sent.append((job.job_id, job.steps, record.get("row")))
         return type("H", (), {"job_id": job.job_id})()
 
     class NoRecords:  # the batch record is tested on the real Redis (test_bulk_submit.py)
@@ -142,17 +142,31 @@ def test_submit_file_checks_the_whole_file_then_queues_every_row(tmp_path, monke
         def create_batch(self, *args, **kwargs):
             pass
 
+        def get_jobs(self, ids):
+            return [None] * len(ids)
+
         def seal_batch(self, batch_id):
-            pass
+            return False
+
+    class NothingStored:  # the resume's checks run on the real S3 (test_batch_resume.py)
+        def folders_between(self, prefix, after, last):
+            return set()
+
+        def get(self, key):
+            return None
+
+    class Settings:
+        s3_prefix = ""
 
     monkeypatch.setattr(bulk_module, "submit_job", fake_submit_job)
     monkeypatch.setattr(bulk_module, "cached_records", lambda settings: NoRecords())
+    monkeypatch.setattr(bulk_module, "result_store", lambda settings: NothingStored())
     monkeypatch.setattr(bulk_module, "check_served", lambda jobs, settings, queue, job_class: None)
     bad = _write(tmp_path / "bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "steps": 0}\n')
     with pytest.raises(InvalidJob, match="line 2"):
-        submit_file(bad, settings=object())  # type: ignore[arg-type]
+        submit_file(bad, settings=Settings())  # type: ignore[arg-type]
     assert sent == []
-    good = _write(tmp_path / "good.jsonl", '{"prompt": "a"}\n{"prompt": "b", "steps": 2}\n')
-    handles = submit_file(good, settings=object(), defaults={"steps": 5}, batch_id="g")  # type: ignore[arg-type]
-    assert sent == [("g-000001", 5), ("g-000002", 2)]
-    assert [h.job_id for h in handles] == ["g-000001", "g-000002"]
+    good = _write(tmp_path / "good.jsonl", '{"prompt": "a"}\n\n{"prompt": "b", "steps": 2}\n')
+    report = submit_file(good, settings=Settings(), defaults={"steps": 5}, batch_id="g")  # type: ignore[arg-type]
+    assert sent == [("g-000001", 5, 1), ("g-000003", 2, 3)]
+    assert (report.queued, report.stored, report.in_flight) == (2, 0, 0)

@@ -61,8 +61,11 @@ class JobLifecycle:
         progress_interval_s: float = PROGRESS_INTERVAL_S,
         cancel_check_s: float = CANCEL_CHECK_S,
         clock: Callable[[], float] = time.monotonic,
+        on_batch_finished: Callable[[str], None] | None = None,
     ) -> None:
         self.records, self.job_id, self.worker = records, job_id, worker
+        #: Called with the batch id when this job's end finished its batch (its manifest).
+        self.on_batch_finished = on_batch_finished
         self.send_task = send_task
         self.progress_interval_s, self.cancel_check_s = progress_interval_s, cancel_check_s
         self.clock = clock
@@ -136,10 +139,15 @@ class JobLifecycle:
         self._ended(move, event)
 
     def _ended(self, move: Transition, event: WebhookEvent) -> None:
-        if not move.done or self.send_task is None:
+        if not move.done or (self.send_task is None and self.on_batch_finished is None):
             return
         record = self.records.get_job(self.job_id)
         if record is None:
+            return
+        # The manifest first, so that the batch's webhook finds it.
+        if move.batch_finished and record.batch_id and self.on_batch_finished is not None:
+            self.on_batch_finished(record.batch_id)
+        if self.send_task is None:
             return
         if record.webhook_url:
             self._webhook(WebhookKind.JOB, self.job_id, event)

@@ -65,6 +65,7 @@ from worker.render.images import CheckedJob, check_job
 from worker.render.limits import Deadlines
 from worker.render.process import RenderSlots, SizeClass
 from worker.render.sizes import format_size
+from worker.results.manifest import manifest_writer
 from worker.results.recovery import remove_partial, stored_result
 from worker.results.waiting import StorageWaiting
 
@@ -152,7 +153,8 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     job: Job | None = None
     slots: RenderSlots | None = None
     checked: CheckedJob[SizeClass] | None = None
-    life = JobLifecycle(rt.records(), task_id, rt.name, app.send_task)
+    ended = manifest_writer(rt.records(), rt.store(), settings.s3_prefix)
+    life = JobLifecycle(rt.records(), task_id, rt.name, app.send_task, on_batch_finished=ended)
     try:
         # Redis away before anything was rendered: give the message back, to come again.
         try:

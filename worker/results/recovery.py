@@ -14,31 +14,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
+from lcm_fleet.batch_manifest import NO_RESULT, verify_stored
 from lcm_fleet.contract import Job, JobResult
 from lcm_fleet.errors import StorageError
-from lcm_fleet.keys import image_key, result_key
+from lcm_fleet.keys import result_key_beside
 from lcm_fleet.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
 
-def _problem(result: JobResult, job: Job, model_sha256: str, size: tuple[int, int]) -> str | None:
-    if result.job_id != job.job_id or result.prompt != job.prompt or result.steps != job.steps:
-        return "it is another job's (id, prompt or steps differ)"
+def _problem(result: JobResult, model_sha256: str, size: tuple[int, int]) -> str | None:
     if result.model_manifest_sha256 != model_sha256:
         return f"it was rendered by another model ({result.model_manifest_sha256[:12]})"
     if (result.width, result.height) != size:
         return f"its size {result.width}x{result.height} is not {size[0]}x{size[1]}"
-    if [i.index for i in result.images] != list(range(job.num_images)):
-        return f"it lists {len(result.images)} image(s), the job asks for {job.num_images}"
-    if [i.seed for i in result.images] != [job.image_seed(i) for i in range(job.num_images)]:
-        return "its seeds are not the job's"
     return None
 
 
@@ -46,34 +38,14 @@ def stored_result(
     store: ObjectStore, prefix: str, job: Job, model_sha256: str, size: tuple[int, int]
 ) -> JobResult | None:
     """The job's stored result when it and every image it names verify; else None."""
-    found = store.get(result_key(prefix, job.job_id))
-    if found is None:
-        return None
-    try:
-        result = JobResult.model_validate_json(found[0])
-    except ValidationError as e:
-        logger.warning("job %s: its stored result.json does not parse (%s)", job.job_id, e)
-        return None
-    problem = _problem(result, job, model_sha256, size)
-    for image in result.images:
-        if problem is not None:
-            break
-        if image.key != image_key(prefix, job.job_id, image.index):
-            problem = f"image {image.index} has the key {image.key}"
-            continue
-        got = store.get(image.key)
-        if got is None:
-            problem = f"image {image.key} is missing"
-        elif len(got[0]) != image.bytes or hashlib.sha256(got[0]).hexdigest() != image.sha256:
-            problem = f"image {image.key} does not match its sha256 or size"
-    if problem is not None:
+    found = verify_stored(store, prefix, job, lambda r: _problem(r, model_sha256, size))
+    if found.problem is not None and found.problem != NO_RESULT:
         logger.warning(
             "job %s: its stored result.json does not verify (%s); rendering it again",
             job.job_id,
-            problem,
+            found.problem,
         )
-        return None
-    return result
+    return found.result
 
 
 def remove_partial(store: ObjectStore, prefix: str, job_id: str, keys: Sequence[str]) -> list[str]:
@@ -82,8 +54,8 @@ def remove_partial(store: ObjectStore, prefix: str, job_id: str, keys: Sequence[
         return []
     # A few attempts, not the upload budget: a job that failed in an outage ends now.
     store = ObjectStore(store.client, store.bucket, store.backoff)
-    try:
-        if store.head(result_key(prefix, job_id)) is not None:
+    try:  # beside the images: the job's own folder, whatever its output prefix
+        if store.head(result_key_beside(keys[0])) is not None:
             logger.info(
                 "job %s: result.json exists (another delivery succeeded); its images stay",
                 job_id,

@@ -74,7 +74,7 @@ class ResultWriter:
             ),
         )
         t1 = time.perf_counter()
-        key = image_key(self.prefix, job.job_id, image.index)
+        key = image_key(self.prefix, job.job_id, image.index, job.output_prefix)
         self.store.put(key, data, "image/png", stop=self._stop)
         record = ImageRecord(
             index=image.index,
@@ -154,6 +154,8 @@ class ResultWriter:
         )
         t1 = time.perf_counter()
         body = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True).encode()
-        self.store.put(result_key(self.prefix, job.job_id), body, "application/json")
+        self.store.put(
+            result_key(self.prefix, job.job_id, job.output_prefix), body, "application/json"
+        )
         upload = sum(s.upload_s for s in stored) + time.perf_counter() - t1
         return TimedResult.of(result, durations.but(upload=upload))

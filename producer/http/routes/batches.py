@@ -13,7 +13,8 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from lcm_fleet.contract import Job, JobClass
+from lcm_fleet.batch_manifest import write_manifest
+from lcm_fleet.contract import ALLOWED, Job, JobClass, parse_job
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.records import CancelOutcome
 from producer.bulk import FORMATS, MAX_ROWS, read_jobs_file
@@ -49,6 +50,7 @@ _UPLOAD_SCHEMA = {
         "file": {"type": "string", "format": "binary", "description": FILE_ALLOWED},
         "format": {"type": "string", "enum": list(FORMATS)},
         "webhook_url": {"type": "string", "maxLength": 2000},
+        "output_prefix": {"type": "string", "maxLength": 200},
     },
 }
 
@@ -64,7 +66,33 @@ def _not_found(batch_id: str) -> ApiError:
     )
 
 
-def _json_jobs(raw: bytes) -> tuple[list[Job], str | None]:
+def _with_prefix(jobs: list[Job], output_prefix: str | None) -> list[Job]:
+    """The batch's output prefix on every job that names none of its own."""
+    if output_prefix is None:
+        return jobs
+    return [
+        j if j.output_prefix else j.model_copy(update={"output_prefix": output_prefix})
+        for j in jobs
+    ]
+
+
+def _form_prefix(value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_job({"prompt": "-", "output_prefix": value}).output_prefix
+    except InvalidJob as e:
+        raise ApiError(
+            400,
+            str(e).removeprefix("invalid job: "),
+            param="output_prefix",
+            value=str(value),
+            allowed=ALLOWED["output_prefix"],
+            code="invalid_output_prefix",
+        ) from e
+
+
+def _json_jobs(raw: bytes) -> tuple[list[Job], str | None, str | None]:
     try:
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -92,10 +120,16 @@ def _json_jobs(raw: bytes) -> tuple[list[Job], str | None]:
                 code="duplicate_job_id",
             )
         seen[job.job_id] = index
-    return list(batch.jobs), batch.webhook_url
+    return (
+        _with_prefix(list(batch.jobs), batch.output_prefix),
+        batch.webhook_url,
+        batch.output_prefix,
+    )
 
 
-async def _file_jobs(request: Request, batch_id: str) -> tuple[list[Job], str | None, str]:
+async def _file_jobs(
+    request: Request, batch_id: str
+) -> tuple[list[Job], str | None, str, str | None]:
     limit = request.app.state.services.settings.max_upload_bytes
     try:
         form = await request.form(max_files=1, max_fields=10, max_part_size=limit)
@@ -119,6 +153,7 @@ async def _file_jobs(request: Request, batch_id: str) -> tuple[list[Job], str | 
             )
         fmt = form.get("format")
         webhook = form.get("webhook_url")
+        output_prefix = _form_prefix(form.get("output_prefix"))
         if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
             raise ApiError(
                 400,
@@ -137,13 +172,14 @@ async def _file_jobs(request: Request, batch_id: str) -> tuple[list[Job], str | 
         path = FilePath(tmp) / f"upload{suffix}"
         path.write_bytes(data)
         try:
-            bulk = read_jobs_file(path, fmt=fmt, batch_id=batch_id)
+            bulk = read_jobs_file(path, fmt=fmt, batch_id=batch_id, output_prefix=output_prefix)
         except InvalidJob as e:
             message = str(e).replace(str(path), name)
             raise ApiError(
                 400, message, param="file", value=name, allowed=FILE_ALLOWED, code="invalid_file"
             ) from e
-    return [row.job for row in bulk.rows], webhook if isinstance(webhook, str) else None, name
+    jobs = [row.job for row in bulk.rows]
+    return jobs, webhook if isinstance(webhook, str) else None, name, output_prefix
 
 
 def _submit_batch(
@@ -153,13 +189,16 @@ def _submit_batch(
     jobs: list[Job],
     webhook_url: str | None,
     source: str,
+    output_prefix: str | None = None,
 ) -> None:
     check_webhook(services, webhook_url)
     check_in_flight(services, key, len(jobs))
     check_job_ids(services, key, jobs, "jobs")
     check_served_jobs(services, jobs)
     records = services.records
-    records.create_batch(batch_id, key.key_id, webhook_url=webhook_url, source=source)
+    records.create_batch(
+        batch_id, key.key_id, webhook_url=webhook_url, source=source, output_prefix=output_prefix
+    )
     try:
         for index, job in enumerate(jobs):
             submit(
@@ -176,7 +215,8 @@ def _submit_batch(
         records.seal_batch(batch_id)
         records.cancel_batch(batch_id)
         raise
-    records.seal_batch(batch_id)
+    if records.seal_batch(batch_id):  # every job ended before the seal: the manifest is ours
+        write_manifest(records, services.store, services.settings.s3_prefix, batch_id)
     services.metrics.submits.labels("batches").inc(len(jobs))
 
 
@@ -204,9 +244,9 @@ async def create_batch(request: Request, services: ServicesDep, key: KeyDep) -> 
     batch_id = "b" + uuid.uuid4().hex
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        jobs, webhook_url, source = await _file_jobs(request, batch_id)
+        jobs, webhook_url, source, output_prefix = await _file_jobs(request, batch_id)
     elif content_type in ("application/json", ""):
-        jobs, webhook_url = _json_jobs(await request.body())
+        jobs, webhook_url, output_prefix = _json_jobs(await request.body())
         source = "json"
     else:
         raise ApiError(
@@ -218,7 +258,7 @@ async def create_batch(request: Request, services: ServicesDep, key: KeyDep) -> 
             code="unsupported_media_type",
         )
     await anyio.to_thread.run_sync(
-        _submit_batch, services, key, batch_id, jobs, webhook_url, source
+        _submit_batch, services, key, batch_id, jobs, webhook_url, source, output_prefix
     )
     return BatchAccepted(
         id=batch_id,
@@ -257,6 +297,9 @@ def cancel_batch(batch_id: BatchId, services: ServicesDep, key: KeyDep) -> Any:
     if services.records.get_batch(batch_id, scope_of(key)) is None:
         raise _not_found(batch_id)
     counts = services.records.cancel_batch(batch_id, scope_of(key))
+    record = services.records.get_batch(batch_id)
+    if record is not None and record.finished and record.summary is None:  # nothing ran on
+        write_manifest(services.records, services.store, services.settings.s3_prefix, batch_id)
     return BatchCancelView(
         id=batch_id,
         canceled=counts[CancelOutcome.CANCELED],

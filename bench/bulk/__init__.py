@@ -1,0 +1,1 @@
+"""bench/bulk: bulk files at scale (bench/bulk/run.py)."""
