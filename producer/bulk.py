@@ -526,10 +526,10 @@ def submit_stream(
 ) -> SubmitReport:
     """Enqueue the rows in order, holding at most :data:`CHUNK_ROWS` of them at once.
 
-    With ``batch_id`` the jobs count in that batch record (created, or reopened: a resume)
-    and each row is first looked up: queued or running, left alone; stored and verified,
-    counted as succeeded (``store``: the results bucket, default the settings'); else
-    queued. The batch is sealed once every row is through; if that ended it, its manifest
+    With ``batch_id`` the jobs count in that batch record (created, or reopened: a resume).
+    On a resume each row is first looked up: queued or running, left alone; stored and
+    verified, counted as succeeded (``store``: the results bucket, default the settings');
+    else queued. A new batch queues every row. The batch is sealed once every row is through; if that ended it, its manifest
     is written here. Without ``batch_id`` every row is queued.
 
     If the broker (or, on a resume, S3) stays unreachable, :class:`BulkSubmitError` says
@@ -550,7 +550,11 @@ def submit_stream(
             output_prefix=output_prefix,
             new_batch=new_batch,
         )
-        store = store or result_store(settings)
+        # A resume looks up what its rows stored; a new batch has stored nothing (its ids are
+        # its own: at worst, the same file after its records expired renders again over its
+        # own objects), so it needs no S3 round trip.
+        if resumed:
+            store = store or result_store(settings)
     prefix = settings.s3_prefix if store is not None else ""
     counts = dict.fromkeys(RowOutcome, 0)
     done = 0
