@@ -19,11 +19,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializationInfo,
-    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -217,6 +214,10 @@ class Job(BaseModel):
         max_length=OUTPUT_PREFIX_MAX_CHARS,
         pattern=OUTPUT_PREFIX_PATTERN,
         strict=True,
+        # No prefix: the job serialises as before the field existed (the same message and
+        # record bytes, which workers without the field still accept); a field rule, not a
+        # model serializer, so the job's JSON schema stays the same in both modes (OpenAPI).
+        exclude_if=lambda value: value is None,
     )
 
     @field_validator("prompt")
@@ -241,17 +242,6 @@ class Job(BaseModel):
     @classmethod
     def _relative_prefix(cls, value: str | None) -> str | None:
         return None if value is None else check_output_prefix(value)
-
-    @model_serializer(mode="wrap")
-    def _without_default_prefix(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> dict[str, Any]:
-        # No prefix: the job serialises as before the field existed (the same message and
-        # record bytes, which workers without the field still accept).
-        data: dict[str, Any] = handler(self)
-        if data.get("output_prefix", "") is None:
-            del data["output_prefix"]
-        return data
 
     @model_validator(mode="after")
     def _size_pair(self) -> Job:
