@@ -530,7 +530,8 @@ def submit_stream(
     On a resume each row is first looked up: queued or running, left alone; stored and
     verified, counted as succeeded (``store``: the results bucket, default the settings');
     else queued. A new batch queues every row. The batch is sealed once every row is
-    through; if that ended it, its manifest is written here. Without ``batch_id`` every row is queued.
+    through; if that ended it, its manifest is written here. Without ``batch_id`` every row
+    is queued.
 
     If the broker (or, on a resume, S3) stays unreachable, :class:`BulkSubmitError` says
     how many were queued and the line to resume from.
