@@ -148,18 +148,20 @@ def test_the_bulk_job_a_worker_holds_yields_the_render_slot_to_an_interactive_on
     """Sparse interactive work among a bulk backlog: the bulk job waiting in the worker for
     the render slot lets the interactive job queued meanwhile render first
     (worker/render/slot_pool.py), so it waits for the current render only."""
+    # Long bulk jobs (8 images of 8 steps): the render the interactive job arrives during
+    # lasts long enough for the job held behind it to be still waiting for the slot.
     bulk = [
-        submit_bulk(f"yield bulk {n}", producer_settings, steps=8, num_images=4) for n in range(4)
+        submit_bulk(f"yield bulk {n}", producer_settings, steps=8, num_images=8) for n in range(4)
     ]
 
-    def running() -> list[Any]:
+    def fetched() -> list[Any]:
         return [h for h in bulk if (r := h.record()) is not None and r.started_at is not None]
 
     deadline = time.monotonic() + 120
-    while len(running()) < 2:  # one renders, the next waits in the worker for the slot
+    while len(fetched()) < 2:  # one renders, the next waits in the worker for the slot
         assert time.monotonic() < deadline, "the worker did not take two bulk jobs"
         time.sleep(0.01)
-    held = max(running(), key=lambda h: h.record().started_at)
+    queued_at = time.time()
     interactive = submit("yield interactive", settings=producer_settings)
     for handle in [interactive, *bulk]:
         assert handle.wait(timeout_s=300).images
@@ -169,6 +171,13 @@ def test_the_bulk_job_a_worker_holds_yields_the_render_slot_to_an_interactive_on
         assert record is not None and record.started_at is not None and record.result
         return record.started_at + (record.result.durations_s.get("slot_wait") or 0.0)
 
-    assert render_started(interactive) < render_started(held), (
-        "the bulk job held when the interactive one was queued rendered first"
+    # The bulk jobs the worker held, not yet rendering, when the interactive job was queued.
+    held = [
+        b
+        for b in bulk
+        if b.record().started_at < queued_at < render_started(b)  # type: ignore[union-attr]
+    ]
+    assert held, "no bulk job was waiting for the slot when the interactive one came"
+    assert all(render_started(interactive) < render_started(b) for b in held), (
+        "a bulk job held when the interactive one was queued rendered first"
     )
