@@ -143,11 +143,25 @@ def test_a_worker_on_a_continuous_interactive_backlog_still_takes_bulk_once_per_
 
 
 def test_the_bulk_job_a_worker_holds_yields_the_render_slot_to_an_interactive_one(
-    worker, producer_settings
+    service_env, model_dirs, producer_settings, tmp_path
 ) -> None:
     """Sparse interactive work among a bulk backlog: the bulk job waiting in the worker for
     the render slot lets the interactive job queued meanwhile render first
     (worker/render/slot_pool.py), so it waits for the current render only."""
+    # A worker of its own: interactive jobs left queued by other tests would take the one
+    # yield (the first interactive job queued gets it, by design).
+    queue = f"lcm.yield.{uuid.uuid4().hex[:8]}"
+    settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
+    worker = start_worker(
+        worker_env(service_env, model_dirs["int8"], tmp_path, queue), tmp_path / "worker.log"
+    )
+    try:
+        _held_bulk_job_yields(settings)
+    finally:
+        stop_worker(worker)
+
+
+def _held_bulk_job_yields(producer_settings: ProducerSettings) -> None:
     # Long bulk jobs (8 images of 8 steps): the render the interactive job arrives during
     # lasts long enough for the job held behind it to be still waiting for the slot.
     bulk = [

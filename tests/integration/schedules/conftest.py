@@ -22,7 +22,7 @@ from lcm_fleet.contract import JobClass, class_queue
 from tests.integration.conftest import METRICS_PORT, ROOT, TEST_REDIS_URL, stop_worker
 
 #: lcm-scheduler's lock timeout and tick in these tests (the defaults are 10 s and 1 s).
-LOCK_TIMEOUT_S = 3
+LOCK_TIMEOUT_S = 5  # the defaults are 10 s; 3 s lost the lock under a full run's load
 TICK_S = 0.5
 #: Metrics ports of the scheduler processes: inside this run's metrics range.
 SCHEDULER_METRICS_PORTS = (METRICS_PORT + 20, METRICS_PORT + 21, METRICS_PORT + 22)
