@@ -3,8 +3,9 @@ batch per slot, a killed leader's standby takes over (timed), a restart duplicat
 /v1/schedules through a real lcm-api; and (slow) a minute boundary and a real render.
 
 A schedule made to fire "now" is a ``* * * * *`` schedule whose beat entry and last slot are
-set 70 s back, as if it had been created then: its next slot has passed, so the real beat
-fires it at its next tick, without waiting for a minute boundary (the slow test does wait).
+set just after the minute before the latest one, as if it had been created then: its next
+slot (the latest minute) has passed, so the real beat fires it at its next tick, without
+waiting for a minute boundary (the slow test does wait).
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def fire_soon(ops: Schedules, name: str, source: Path) -> None:
         owner="local",
     )
     ops.put(schedule)
-    past = datetime.now(UTC) - timedelta(seconds=70)
+    # As if made just after the minute before the latest one: exactly one slot (the latest
+    # minute) is due, whatever the missed-run policy.
+    latest = datetime.now(UTC).replace(second=0, microsecond=0)
+    past = latest - timedelta(seconds=59)
     ops.store.redis.hset(schedule_state_key(name), "last_slot", repr(past.timestamp()))
     entry = ops.entries.get(name)
     assert entry is not None
@@ -192,13 +196,14 @@ def test_a_scheduler_killed_mid_run_has_its_run_finished_by_another_into_the_sam
         return batch.total if batch is not None else 0
 
     wait_until(lambda: batch_total() > 200, 30, first, poll_s=0.02)
+    # Paused at once: no next minute's run however slow this run is, but a run begun is
+    # finished (pause stops firing only).
+    ops.set_enabled(name, "local", enabled=False)
     first.proc.send_signal(signal.SIGKILL)  # mid-run: its lease lapses, nobody extends it
     first.proc.wait()
     queued_before = queued(redis, queue)
     assert 0 < queued_before < rows
     (slot,) = [r.slot for r in ops.store.runs(name)]
-    # Paused: no next minute's run, but a run begun is finished (pause stops firing only).
-    ops.set_enabled(name, "local", enabled=False)
     second = start_scheduler(env[1], tmp_path / "b.log")
     schedulers.append(second)
 
