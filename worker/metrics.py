@@ -156,6 +156,7 @@ class QueueDepthCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        from lcm_fleet.consuming.depth import waiting_in
         from lcm_fleet.contract import QUEUE_WEBHOOKS
         from lcm_fleet.served import known_queues, read_adverts
 
@@ -178,10 +179,7 @@ class QueueDepthCollector:
             render = sorted(
                 (set(self.queues) | served.queues() | known_queues(self._client)) - {QUEUE_WEBHOOKS}
             )
-            pipe = self._client.pipeline()
-            for queue in [*render, QUEUE_WEBHOOKS]:
-                pipe.llen(queue)
-            counts = pipe.execute()
+            counts = waiting_in(self._client, [*render, QUEUE_WEBHOOKS])
             for queue, count in zip([*render, QUEUE_WEBHOOKS], counts, strict=True):
                 depth.add_metric([queue], float(count))
             for queue in render:

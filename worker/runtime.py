@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from lcm_fleet.consuming.depth import waiting_in
 from lcm_fleet.contract import interactive_queue
 from lcm_fleet.records import RecordStore, open_records
 from lcm_fleet.storage import ObjectStore
@@ -127,12 +128,10 @@ class Runtime:
         self.slots.launch()
 
     def interactive_waiting(self) -> bool:
-        """True while an interactive queue this worker consumes holds a job (one LLEN each)."""
+        """True while an interactive queue this worker consumes holds a job (every priority
+        list of each, one pipeline)."""
         queues = [q for q in self.queues if interactive_queue(q) == q]
-        pipe = self.redis().pipeline(transaction=False)
-        for q in queues:
-            pipe.llen(q)
-        return any(int(n) for n in pipe.execute())
+        return any(waiting_in(self.redis(), queues))
 
     def render_slots(self) -> RenderSlots:
         if self.slots is None:

@@ -221,7 +221,7 @@ def prompts() -> list[str]:
 
 
 def bulk_waiting(fleet: Fleet) -> int:
-    from producer.depth import family_depths
+    from lcm_fleet.consuming.depth import family_depths
     from producer.queue import cached_broker
 
     (depth,) = family_depths(cached_broker(fleet.settings), [fleet.queue])

@@ -17,10 +17,10 @@ import httpx
 import pytest
 import yaml
 
+from lcm_fleet.consuming.depth import priority_lists
 from lcm_fleet.contract import TASK_RENDER, Job, JobClass, parse_job
 from lcm_fleet.keys import job_key
 from producer.api import submit_job
-from producer.depth import priority_lists
 from producer.queue import cached_client
 from producer.settings import ProducerSettings
 from tests.integration.conftest import ApiProcess, api_env, start_api, stop_api

@@ -38,7 +38,7 @@ class FakeRedis:
             raise ConnectionError("redis is down")
         self.calls += 1
 
-    def pipeline(self) -> FakePipe:
+    def pipeline(self, transaction: bool = True) -> FakePipe:
         return FakePipe(self)
 
     def set(self, key: str, value: str, px: int | None = None) -> None:

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lcm_fleet.consuming.depth import family_depths
 from lcm_fleet.contract import size_queue
 from lcm_fleet.keys import INCARNATIONS_KEY, alive_key
-from producer.depth import family_depths
 from producer.http.deps import ServicesDep
 from producer.http.schemas import Health, Readiness
 from producer.http.services import Services
@@ -68,7 +68,7 @@ def readiness(services: Services) -> Readiness:
                 f"{len(recent)} worker(s) beat within {settings.ready_heartbeat_max_age_s:g} s"
                 + (f" (latest {min(ages):.1f} s ago)" if ages else "")
             )
-            # Both classes, every priority list (producer/depth.py), in the broker's Redis.
+            # Both classes, every priority list (lcm_fleet/consuming/depth.py), broker's Redis.
             depths = family_depths(cached_broker(settings), _queues(services))
             depth = sum(d.waiting for d in depths)
             checks["queue_depth"] = depth <= settings.ready_max_queue_depth

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from lcm_fleet.consuming.depth import family_depths
 from lcm_fleet.contract import QUEUE_WEBHOOKS, interactive_queue, size_queue
 from lcm_fleet.served import family_of, known_queues, read_adverts
-from producer.depth import family_depths
 from producer.http.deps import KeyDep, ServicesDep
 from producer.http.errors import ApiError, responses
 from producer.http.schemas import QueueDepthView, QueuesView

@@ -81,6 +81,16 @@ def held_by_queue(redis: Any, queues: Iterable[str] | None = None) -> Counter[st
     return counts
 
 
+def waiting_in(redis: Any, queues: Sequence[str]) -> list[int]:
+    """The messages waiting in each queue, every priority list counted (one pipeline)."""
+    pipe = redis.pipeline(transaction=False)
+    for queue in queues:
+        for name in priority_lists(queue):
+            pipe.llen(name)
+    lengths = iter(int(n) for n in pipe.execute())
+    return [sum(next(lengths) for _ in priority_lists(queue)) for queue in queues]
+
+
 def family_depths(redis: Any, queues: Sequence[str]) -> list[FamilyDepth]:
     """The depth of each queue's family (a bulk queue given stands for its family), in the
     order given, each once: one pipeline of LLENs and one scan of the unacked hash."""
@@ -90,14 +100,11 @@ def family_depths(redis: Any, queues: Sequence[str]) -> list[FamilyDepth]:
         for family in families
         for job_class in JobClass
     ]
-    pipe = redis.pipeline(transaction=False)
-    for _family, _class, queue in members:
-        for name in priority_lists(queue):
-            pipe.llen(name)
-    lengths = iter(int(n) for n in pipe.execute())
-    waiting: dict[tuple[str, JobClass], int] = {}
-    for family, job_class, queue in members:
-        waiting[family, job_class] = sum(next(lengths) for _ in priority_lists(queue))
+    counts = waiting_in(redis, [queue for _family, _class, queue in members])
+    waiting = {
+        (family, job_class): n
+        for (family, job_class, _queue), n in zip(members, counts, strict=True)
+    }
     held = held_by_queue(redis, (queue for _f, _c, queue in members))
     return [
         FamilyDepth(
@@ -110,4 +117,4 @@ def family_depths(redis: Any, queues: Sequence[str]) -> list[FamilyDepth]:
     ]
 
 
-__all__ = ["FamilyDepth", "family_depths", "held_by_queue", "priority_lists"]
+__all__ = ["FamilyDepth", "family_depths", "held_by_queue", "priority_lists", "waiting_in"]
