@@ -179,7 +179,7 @@ def _show(args: argparse.Namespace, ops: Any) -> int:
 
 def _validate(args: argparse.Namespace, settings: ProducerSettings) -> int:
     from producer.schedules.files import read_schedule_file
-    from producer.schedules.runner import read_source_rows
+    from producer.schedules.runner import source_rows
 
     schedules = read_schedule_file(args.file, LOCAL_OWNER)
     problems = []
@@ -188,8 +188,8 @@ def _validate(args: argparse.Namespace, settings: ProducerSettings) -> int:
         if args.sources:
             slot = s.clock.next_after(datetime.now(UTC))
             try:
-                rows, _ = read_source_rows(s, slot, settings, s.batch_id(slot))
-                line += f", {len(rows)} row(s) in its source"
+                with source_rows(s, slot, settings, s.batch_id(slot)) as source:
+                    line += f", {source.checked.rows} row(s) in its source"
             except InvalidJob as e:
                 problems.append(f"schedule {s.name!r}: field 'source': {e}")
         print(line)

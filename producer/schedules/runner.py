@@ -23,11 +23,13 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from lcm_fleet.contract import parse_job
+from lcm_fleet.contract import Job, parse_job
 from lcm_fleet.errors import InvalidJob, LcmError, StorageError
 from lcm_fleet.schedules import (
     UTC,
@@ -39,7 +41,15 @@ from lcm_fleet.schedules import (
     slot_id,
 )
 from lcm_fleet.storage import ObjectStore
-from producer.bulk import MAX_PROBLEMS_SHOWN, BulkRow, read_jobs_file, submit_rows
+from producer.bulk import (
+    MAX_PROBLEMS_SHOWN,
+    BulkRow,
+    CheckedFile,
+    check_jobs_file,
+    check_sizes,
+    iter_rows,
+    submit_stream,
+)
 from producer.errors import ProducerError
 from producer.schedules.store import ClaimOutcome, ScheduleStore
 from producer.settings import ProducerSettings
@@ -72,32 +82,58 @@ class RunReport:
         return [r for r in self.expanded if r.state is RunState.FAILED]
 
 
-def read_source_rows(
+@dataclass(frozen=True)
+class SourceRows:
+    """A schedule's source for one slot, checked whole; :meth:`rows` streams it again."""
+
+    schedule: Schedule
+    slot: datetime
+    checked: CheckedFile
+
+    def _templated(self, row: BulkRow) -> Job:
+        fields = row.job.model_dump()
+        fields["prompt"] = self.schedule.prompt_for(row.job.prompt, self.slot)
+        # The run's own ids (a file's explicit ids would be the same in every run).
+        fields["job_id"] = f"{self.checked.batch_id}-{row.line:06d}"
+        return parse_job(fields)
+
+    def rows(self) -> Iterator[BulkRow]:
+        """The source's rows as this slot's jobs, a line at a time."""
+        for row in iter_rows(self.checked):
+            yield BulkRow(row.line, self._templated(row))
+
+
+@contextmanager
+def source_rows(
     schedule: Schedule, slot: datetime, settings: ProducerSettings, batch_id: str
-) -> tuple[list[BulkRow], str]:
-    """The rows of the schedule's source for ``slot``, templated and checked by the job
-    contract; InvalidJob naming the lines (nothing is queued then). Also the source's name."""
+) -> Iterator[SourceRows]:
+    """The schedule's source for ``slot`` (an ``s3://`` one copied to a temporary file),
+    streamed: every row checked by the job contract, then checked again once templated;
+    InvalidJob naming the lines (nothing is queued then). No pass holds the rows."""
     with tempfile.TemporaryDirectory(prefix="lcm-schedule-") as tmp:
         path = _local_copy(schedule.source, settings, Path(tmp))
-        bulk = read_jobs_file(path, defaults=schedule.defaults.given(), batch_id=batch_id)
-    rows: list[BulkRow] = []
-    problems: list[str] = []
-    for row in bulk.rows:
-        fields = row.job.model_dump()
-        fields["prompt"] = schedule.prompt_for(row.job.prompt, slot)
-        fields["job_id"] = f"{batch_id}-{row.line:06d}"
-        fields["output_prefix"] = schedule.prefix_for(slot)
-        try:
-            rows.append(BulkRow(row.line, parse_job(fields)))
-        except InvalidJob as e:
-            problems.append(f"line {row.line}: {str(e).removeprefix('invalid job: ')}")
-    if problems:
-        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-        raise InvalidJob(
-            f"{schedule.source}: {len(problems)} row(s) are invalid once templated for slot "
-            f"{slot_id(slot)}; nothing was queued: {shown}"
+        checked = check_jobs_file(
+            path,
+            defaults=schedule.defaults.given(),
+            batch_id=batch_id,
+            output_prefix=schedule.prefix_for(slot),
         )
-    return rows, schedule.source
+        source = SourceRows(schedule, slot, checked)
+        problems: list[str] = []
+        count = 0
+        for row in iter_rows(checked):
+            try:
+                source._templated(row)
+            except InvalidJob as e:
+                count += 1
+                if len(problems) < MAX_PROBLEMS_SHOWN:
+                    problems.append(f"line {row.line}: {str(e).removeprefix('invalid job: ')}")
+        if count:
+            raise InvalidJob(
+                f"{schedule.source}: {count} row(s) are invalid once templated for slot "
+                f"{slot_id(slot)}; nothing was queued: {'; '.join(problems)}"
+            )
+        yield source
 
 
 def _local_copy(source: str, settings: ProducerSettings, tmp: Path) -> Path:
@@ -238,30 +274,32 @@ class Runner:
         queued = 0
         last_extend = time.monotonic()
         try:
-            rows, source = read_source_rows(schedule, slot, self.settings, run.batch_id)
+            with source_rows(schedule, slot, self.settings, run.batch_id) as source:
 
-            def extend(_row: BulkRow, _handle: object) -> None:
-                nonlocal queued, last_extend
-                queued += 1
-                if time.monotonic() - last_extend > self.lease_s / 3:
-                    last_extend = time.monotonic()
-                    if not self.store.extend(
-                        schedule.name, run.slot, self.worker, self.lease_s, queued
-                    ):
-                        raise _LeaseLost(run.slot)
+                def extend(_row: BulkRow, _outcome: object, _handle: object) -> None:
+                    nonlocal queued, last_extend
+                    queued += 1
+                    if time.monotonic() - last_extend > self.lease_s / 3:
+                        last_extend = time.monotonic()
+                        if not self.store.extend(
+                            schedule.name, run.slot, self.worker, self.lease_s, queued
+                        ):
+                            raise _LeaseLost(run.slot)
 
-            submit_rows(
-                rows,
-                self.settings,
-                on_submitted=extend,
-                batch_id=run.batch_id,
-                new_batch=new_batch,
-                owner=schedule.owner,
-                webhook_url=schedule.webhook_url,
-                source=f"schedule {schedule.name} slot {run.slot} ({source})",
-                # The batch record keeps it: the run's manifest is <prefix>/manifest.jsonl.
-                output_prefix=schedule.prefix_for(slot),
-            )
+                check_sizes(source.checked, self.settings, None)
+                submit_stream(
+                    source.rows(),
+                    self.settings,
+                    on_row=extend,
+                    batch_id=run.batch_id,
+                    new_batch=new_batch,
+                    owner=schedule.owner,
+                    webhook_url=schedule.webhook_url,
+                    source=f"schedule {schedule.name} slot {run.slot} ({schedule.source})",
+                    # The batch record keeps it: the run's manifest is <prefix>/manifest.jsonl.
+                    output_prefix=schedule.prefix_for(slot),
+                )
+            rows = source.checked.rows
         except _LeaseLost:
             logger.error(
                 "schedule %s: run %s was taken over by another scheduler after %d job(s); "
@@ -276,13 +314,13 @@ class Runner:
             logger.error("schedule %s: run %s failed: %s", schedule.name, run.slot, reason)
             self.store.finish(schedule.name, run.slot, self.worker, RunState.FAILED, queued, reason)
             return self.store.run(schedule.name, run.slot) or run
-        self.store.finish(schedule.name, run.slot, self.worker, RunState.SUBMITTED, len(rows))
+        self.store.finish(schedule.name, run.slot, self.worker, RunState.SUBMITTED, rows)
         logger.info(
             "schedule %s: run %s (%s) queued %d job(s) in batch %s in %.2f s",
             schedule.name,
             run.slot,
             run.trigger,
-            len(rows),
+            rows,
             run.batch_id,
             time.monotonic() - started,
         )
