@@ -285,7 +285,7 @@ def _submit_file(args: argparse.Namespace, settings: ProducerSettings) -> int:
         return 0
     from producer import watch
 
-    return watch.wait_and_report(batch_id, args.timeout_s, args.download, settings)
+    return watch.wait_and_report(batch_id, args.timeout_s, args.download, settings, report.rows)
 
 
 #: ``lcm submit`` says that the broker has no persistence at most once an hour per broker.

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lcm_fleet.broker import REDIS_TRANSIENT, ride_out
+from lcm_fleet.broker import REDIS_TRANSIENT, BrokerUnavailable, ride_out
 from lcm_fleet.contract import JobState
 from lcm_fleet.records import BatchRecord, CancelOutcome, JobRecord, RecordStore
 from producer.queue import cached_records
@@ -289,16 +289,30 @@ def _manifest(records: Any, batch: BatchRecord, write: bool, settings: ProducerS
 
 
 def wait_and_report(
-    batch_id: str, timeout_s: float, download: Path | None, settings: ProducerSettings
+    batch_id: str,
+    timeout_s: float,
+    download: Path | None,
+    settings: ProducerSettings,
+    rows: int,
 ) -> int:
-    """``lcm submit-file --wait``: wait for the batch to end, print its counts, failures and
-    summary (writing the manifest when no worker did), download its images if asked."""
+    """``lcm submit-file --wait``: wait for the batch (of ``rows`` jobs) to end, print its
+    counts, failures and summary (writing the manifest when no worker did), download its
+    images if asked. Redis away past the deadline: one line naming the batch."""
     from lcm_fleet.batch_manifest import write_manifest
     from producer.bulk import batch_jobs, describe_summary, wait_batch
     from producer.download import download_images, result_store
 
     records = cached_records(settings)
-    record = wait_batch(records, batch_id, timeout_s, url=settings.records_url)
+    try:
+        record = wait_batch(records, batch_id, timeout_s, url=settings.records_url)
+    except BrokerUnavailable as e:  # Redis away past the deadline: one line, what to run
+        print(
+            f"lcm: stopped waiting: {e}. {rows} job(s) of batch {batch_id} are queued or "
+            f"stored; once Redis answers follow them with `lcm batch status {batch_id}` or "
+            f"`lcm batch watch {batch_id}`",
+            file=sys.stderr,
+        )
+        return 1
     if record is None:
         print(_expired_hint("batch", batch_id, settings), file=sys.stderr)
         return 1
