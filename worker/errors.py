@@ -31,3 +31,8 @@ class JobCanceled(WorkerError):
 
 class RendererLost(WorkerError):
     """The render process died (killed, out of memory) while it rendered a job."""
+
+
+class GaveBackToInteractive(WorkerError):
+    """A bulk job waiting for a busy render slot went back to its queue, so that this
+    worker fetches the interactive job queued for it (worker/render/slot_pool.py)."""

@@ -29,7 +29,10 @@ class Slots(Protocol):
     classes: PipelineSet[SizeClass]
 
     def session(
-        self, deadlines: Deadlines, job_class: JobClass = JobClass.INTERACTIVE
+        self,
+        deadlines: Deadlines,
+        job_class: JobClass = JobClass.INTERACTIVE,
+        job_id: str | None = None,
     ) -> AbstractContextManager[Any]: ...
 
 
@@ -53,7 +56,8 @@ def run_job(
     ``on_step(image, images, step, steps)``: see :func:`render`. When the job fails or is
     cancelled, the keys of the images it had stored are appended to ``kept``. ``cancelled()``
     is asked while the job waits for its uploads (JobCanceled when true). ``job_class``: a
-    bulk job yields a free render slot to interactive work (worker/render/slot_pool.py).
+    bulk job gives way to interactive work (GaveBackToInteractive, or it yields a free render
+    slot; worker/render/slot_pool.py).
     """
     writer = ResultWriter(
         store,
@@ -64,7 +68,7 @@ def run_job(
         executor=executor,
     )
     try:
-        with slots.session(deadlines, job_class) as session:
+        with slots.session(deadlines, job_class, checked.job.job_id) as session:
             rendered = render(
                 checked,
                 session.pipeline(checked.size_class),

@@ -124,6 +124,7 @@ class Runtime:
             on_fatal=on_fatal,
             interactive_waiting=self.interactive_waiting,
             bulk_yield_max_s=self.settings.bulk_yield_max_s,
+            bulk_give_back=self.settings.bulk_give_back,
         )
         self.slots.launch()
 

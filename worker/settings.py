@@ -103,6 +103,11 @@ class WorkerSettings(ConsumerSettings):
     #: worker for at most this long, until one of them has taken it (worker/render/
     #: slot_pool.py); 0: bulk jobs never yield.
     bulk_yield_max_s: float = Field(default=5.0, ge=0, le=600)
+    #: A bulk job waiting for a busy render process while interactive jobs wait in Redis for
+    #: this worker goes back to its queue (once per job and worker process, without counting
+    #: a delivery), so that its thread fetches the interactive job at once
+    #: (worker/render/slot_pool.py); false: it only yields free slots (above).
+    bulk_give_back: bool = True
     #: Seconds the worker tries to reach Redis at start before it exits (code 4), before it
     #: compiles anything or opens its metrics port.
     broker_connect_timeout_s: float = Field(default=30.0, gt=0, le=3600)

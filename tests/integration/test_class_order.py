@@ -142,26 +142,28 @@ def test_a_worker_on_a_continuous_interactive_backlog_still_takes_bulk_once_per_
     assert order == "iib" * 4 + "ii", order
 
 
-def test_the_bulk_job_a_worker_holds_yields_the_render_slot_to_an_interactive_one(
+def test_the_bulk_job_a_worker_holds_makes_way_for_an_interactive_one(
     service_env, model_dirs, producer_settings, tmp_path
 ) -> None:
     """Sparse interactive work among a bulk backlog: the bulk job waiting in the worker for
-    the render slot lets the interactive job queued meanwhile render first
-    (worker/render/slot_pool.py), so it waits for the current render only."""
-    # A worker of its own: interactive jobs left queued by other tests would take the one
-    # yield (the first interactive job queued gets it, by design).
+    the render slot goes back to its queue (worker/render/slot_pool.py), its thread fetches
+    the interactive job queued meanwhile, which renders first: it waits for the current
+    render only. The job given back runs later, its delivery not counted."""
+    # A worker of its own: interactive jobs left queued by other tests would be fetched.
     queue = f"lcm.yield.{uuid.uuid4().hex[:8]}"
     settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
     worker = start_worker(
         worker_env(service_env, model_dirs["int8"], tmp_path, queue), tmp_path / "worker.log"
     )
     try:
-        _held_bulk_job_yields(settings)
+        held = _held_bulk_job_makes_way(settings)
     finally:
         stop_worker(worker)
+    given_back = re.findall(r"job (\S+) given back: bulk job", worker.log_text())
+    assert given_back and set(given_back) <= {h.job_id for h in held}, worker.log_text()[-3000:]
 
 
-def _held_bulk_job_yields(producer_settings: ProducerSettings) -> None:
+def _held_bulk_job_makes_way(producer_settings: ProducerSettings) -> list[Any]:
     # Long bulk jobs (8 images of 8 steps): the render the interactive job arrives during
     # lasts long enough for the job held behind it to be still waiting for the slot.
     bulk = [
@@ -175,6 +177,7 @@ def _held_bulk_job_yields(producer_settings: ProducerSettings) -> None:
     while len(fetched()) < 2:  # one renders, the next waits in the worker for the slot
         assert time.monotonic() < deadline, "the worker did not take two bulk jobs"
         time.sleep(0.01)
+    taken = fetched()
     queued_at = time.time()
     interactive = submit("yield interactive", settings=producer_settings)
     for handle in [interactive, *bulk]:
@@ -186,12 +189,9 @@ def _held_bulk_job_yields(producer_settings: ProducerSettings) -> None:
         return record.started_at + (record.result.durations_s.get("slot_wait") or 0.0)
 
     # The bulk jobs the worker held, not yet rendering, when the interactive job was queued.
-    held = [
-        b
-        for b in bulk
-        if b.record().started_at < queued_at < render_started(b)  # type: ignore[union-attr]
-    ]
+    held = [b for b in taken if queued_at < render_started(b)]
     assert held, "no bulk job was waiting for the slot when the interactive one came"
     assert all(render_started(interactive) < render_started(b) for b in held), (
         "a bulk job held when the interactive one was queued rendered first"
     )
+    return held

@@ -77,7 +77,7 @@ class LocalSlots:
         self._lock = threading.Lock()
 
     @contextmanager
-    def session(self, deadlines, job_class=None):
+    def session(self, deadlines, job_class=None, job_id=None):
         t0 = time.monotonic()
         left = deadlines.soft_left()
         if not self._lock.acquire(timeout=-1 if left == float("inf") else max(0.0, left)):

@@ -18,7 +18,14 @@ from worker.consumer.policy import (
     RetryPolicy,
     decide,
 )
-from worker.errors import JobCanceled, ModelLoadError, RenderCancelled, RendererLost, WorkerError
+from worker.errors import (
+    GaveBackToInteractive,
+    JobCanceled,
+    ModelLoadError,
+    RenderCancelled,
+    RendererLost,
+    WorkerError,
+)
 from worker.settings import WorkerSettings
 
 POLICY = RetryPolicy(max_retries=3, backoff=Backoff(5.0, 120.0))
@@ -32,6 +39,7 @@ POLICY = RetryPolicy(max_retries=3, backoff=Backoff(5.0, 120.0))
         (TransientStorageError("SlowDown"), Outcome.RETRIED, Action.RETRY),
         (StorageError("AccessDenied"), Outcome.FAILED, Action.FAIL),
         (RendererLost("exit code -9"), Outcome.REQUEUED, Action.REQUEUE),
+        (GaveBackToInteractive("bulk job b went back"), Outcome.GIVEN_BACK, Action.REQUEUE),
         (SoftTimeLimitExceeded("soft"), Outcome.TIMED_OUT, Action.FAIL),
         (TimeLimitExceeded("hard"), Outcome.TIMED_OUT, Action.FAIL),
         (JobCanceled("canceled at step 2"), Outcome.CANCELED, Action.FAIL),
@@ -105,6 +113,7 @@ def test_outcomes_are_the_metric_labels():
         "retried",
         "abandoned",
         "requeued",
+        "given_back",
         "timed_out",
         "canceled",
     )

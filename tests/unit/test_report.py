@@ -83,6 +83,12 @@ def test_a_succeeded_job_is_counted_observed_and_logged(caplog):
             "job t failed after 3 retries: SlowDown [size other]",
         ),
         (
+            Decision(Outcome.GIVEN_BACK, Action.REQUEUE, 0),
+            RuntimeError("bulk job t went back to its queue"),
+            logging.INFO,
+            "job t given back: bulk job t went back to its queue [size other]",
+        ),
+        (
             Decision(Outcome.REQUEUED, Action.REQUEUE, 0),
             RuntimeError("exit code -9"),
             logging.ERROR,

@@ -28,5 +28,13 @@ def count_delivery(redis: Any, task_id: str, retries: int, max_deliveries: int, 
     return count
 
 
+def uncount_delivery(redis: Any, task_id: str, retries: int) -> None:
+    """Take back this delivery's count: the job went back to its queue on purpose (a bulk
+    job making way for interactive work), not because its worker died."""
+    key = deliveries_key(task_id, retries)
+    if int(redis.decr(key)) <= 0:
+        redis.delete(key)
+
+
 def forget_deliveries(redis: Any, task_id: str, retries: int) -> None:
     redis.delete(deliveries_key(task_id, retries))

@@ -13,6 +13,9 @@ TransientStorageError                  retried     retry after a capped, jittere
   ... after ``max_retries`` retries    failed      fail
 RendererLost                           requeued    back on the queue at once (the delivery
                                                    counter fails it after LCM_MAX_DELIVERIES)
+GaveBackToInteractive                  given_back  back on the queue at once, its delivery not
+                                                   counted (a bulk job making way, once per
+                                                   worker process: worker/render/slot_pool.py)
 Soft/TimeLimitExceeded                 timed_out   fail (acknowledged, not retried, as Celery's
                                                    own time limits do)
 anything else                          failed      fail, with its traceback
@@ -30,7 +33,7 @@ from lcm_fleet.backoff import Backoff
 from lcm_fleet.enums import TextEnum
 from lcm_fleet.errors import InvalidJob, TransientStorageError
 from worker.consumer.deliveries import JobAbandoned
-from worker.errors import JobCanceled, RendererLost
+from worker.errors import GaveBackToInteractive, JobCanceled, RendererLost
 from worker.settings import WorkerSettings
 
 #: Failures that no retry can fix: the job fails once, with its reason recorded. The task
@@ -40,6 +43,8 @@ NEVER_RETRY: tuple[type[Exception], ...] = (InvalidJob, JobAbandoned)
 RETRY_ON: tuple[type[Exception], ...] = (TransientStorageError,)
 #: The render process died under the job: the job itself may be fine.
 REQUEUE_ON: tuple[type[Exception], ...] = (RendererLost,)
+#: A bulk job made way for interactive work before it rendered: nothing went wrong.
+GIVE_BACK_ON: tuple[type[Exception], ...] = (GaveBackToInteractive,)
 TIME_LIMITS: tuple[type[Exception], ...] = (SoftTimeLimitExceeded, TimeLimitExceeded)
 #: Cancelled through its record (lcm_fleet/records.py): before it started, or at a step.
 CANCELED_BY: tuple[type[Exception], ...] = (JobCanceled,)
@@ -54,6 +59,7 @@ class Outcome(TextEnum):
     RETRIED = "retried"
     ABANDONED = "abandoned"
     REQUEUED = "requeued"
+    GIVEN_BACK = "given_back"
     TIMED_OUT = "timed_out"
     CANCELED = "canceled"
 
@@ -109,6 +115,8 @@ def decide(
         return Decision(Outcome.RETRIED, Action.RETRY, retries, policy.backoff.delay(retries, rng))
     if isinstance(error, REQUEUE_ON):
         return Decision(Outcome.REQUEUED, Action.REQUEUE, retries)
+    if isinstance(error, GIVE_BACK_ON):
+        return Decision(Outcome.GIVEN_BACK, Action.REQUEUE, retries)
     if isinstance(error, TIME_LIMITS):
         return Decision(Outcome.TIMED_OUT, Action.FAIL, retries)
     if isinstance(error, CANCELED_BY):

@@ -49,6 +49,8 @@ def failed(task_id: str, decision: Decision, error: BaseException, size: str) ->
             decision.countdown_s,
             size,
         )
+    elif decision.outcome is Outcome.GIVEN_BACK:
+        logger.info("job %s given back: %s [size %s]", task_id, error, size)
     elif decision.action is Action.REQUEUE:
         logger.error("job %s requeued: %s [size %s]", task_id, error, size)
     elif decision.outcome in (Outcome.INVALID, Outcome.ABANDONED):

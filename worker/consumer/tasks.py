@@ -48,7 +48,7 @@ from lcm_fleet.errors import InvalidJob
 from worker import metrics, runtime
 from worker.consumer import report
 from worker.consumer.app import app
-from worker.consumer.deliveries import count_delivery, forget_deliveries
+from worker.consumer.deliveries import count_delivery, forget_deliveries, uncount_delivery
 from worker.consumer.lifecycle import AlreadySucceeded, JobLifecycle
 from worker.consumer.policy import (
     CANCELED_BY,
@@ -233,6 +233,12 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if decision.action is Action.REQUEUE:
             # What task_reject_on_worker_lost does for a dead prefork child: back to the
             # queue at once; the delivery counter fails the job after LCM_MAX_DELIVERIES.
+            # A job given back on purpose does not count the delivery.
+            if decision.outcome is Outcome.GIVEN_BACK:
+                try:
+                    uncount_delivery(rt.redis(), task_id, retries)
+                except REDIS_TRANSIENT as uncounted:
+                    logger.warning("job %s: its delivery stays counted: %s", task_id, uncounted)
             raise Reject(str(e), requeue=True) from e
         raise
     done = done.but(total=time.perf_counter() - t0, queue_wait=wait_s)

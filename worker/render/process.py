@@ -439,15 +439,19 @@ class RenderSlots:
         on_fatal: Callable[[str], None] | None = None,
         interactive_waiting: Callable[[], bool] | None = None,
         bulk_yield_max_s: float = 0.0,
+        bulk_give_back: bool = False,
     ) -> None:
         """``interactive_waiting()``: True while interactive jobs wait in Redis for this
-        worker; a bulk job then yields a free render process to them for at most
-        ``bulk_yield_max_s`` (worker/render/slot_pool.py)."""
+        worker; a bulk job waiting for a render process then goes back to its queue
+        (``bulk_give_back``), or yields a free one to them for at most ``bulk_yield_max_s``
+        (worker/render/slot_pool.py)."""
         self.spec = spec
         self.classes = spec.size_classes()
         self.renderers = [Renderer(spec, startup_timeout_s, i) for i in range(processes)]
         self.on_fatal = on_fatal
-        self._idle: SlotPool[Renderer] = SlotPool(interactive_waiting, bulk_yield_max_s)
+        self._idle: SlotPool[Renderer] = SlotPool(
+            interactive_waiting, bulk_yield_max_s, give_back=bulk_give_back
+        )
         self._restarts: list[threading.Thread] = []
 
     def start(self) -> list[LoadReport]:
@@ -477,15 +481,19 @@ class RenderSlots:
 
     @contextmanager
     def session(
-        self, deadlines: Deadlines, job_class: JobClass = JobClass.INTERACTIVE
+        self,
+        deadlines: Deadlines,
+        job_class: JobClass = JobClass.INTERACTIVE,
+        job_id: str | None = None,
     ) -> Iterator[RenderSession]:
         """Wait (until the soft limit) for a free render process and hold it; interactive
-        jobs get a free one before bulk jobs (worker/render/slot_pool.py)."""
+        jobs get a free one before bulk jobs, and bulk job ``job_id`` may be given back
+        instead (GaveBackToInteractive; worker/render/slot_pool.py)."""
         t0 = time.monotonic()
         left = deadlines.soft_left()
         try:
             renderer = self._idle.get(
-                job_class, timeout_s=None if left == float("inf") else max(0.0, left)
+                job_class, timeout_s=None if left == float("inf") else max(0.0, left), job_id=job_id
             )
         except SlotTimeout:
             raise deadlines.soft_exceeded("waiting for a free render process") from None
