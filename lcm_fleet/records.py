@@ -752,11 +752,18 @@ class RecordStore:
             batch_finished=status == "ok" and _text(out[2]) == "1",
         )
 
-    def start(self, job: Job, worker: str, now: float | None = None) -> StartOutcome:
+    def start(
+        self,
+        job: Job,
+        worker: str,
+        now: float | None = None,
+        job_class: JobClass | None = None,
+    ) -> StartOutcome:
         """A worker is about to render ``job``: RUN, or SKIP when it was cancelled.
 
         A job without a record (sent straight to the queue) gets one, owned by
-        ``unknown``. A redelivered running job runs again.
+        ``unknown``, of ``job_class`` (the class of the queue it came from). A redelivered
+        running job runs again.
         """
         move = self._move(
             job.job_id,
@@ -768,7 +775,7 @@ class RecordStore:
         if move.done:
             return StartOutcome.RUN
         if move.before is None:
-            self.create_job(job, UNKNOWN_OWNER, now=now)
+            self.create_job(job, UNKNOWN_OWNER, now=now, job_class=job_class)
             return self.start(job, worker, now)
         return StartOutcome.SKIP
 

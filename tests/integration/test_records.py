@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lcm_fleet.contract import ImageRecord, Job, JobResult, JobState
+from lcm_fleet.contract import ImageRecord, Job, JobClass, JobResult, JobState
 from lcm_fleet.keys import batch_key, job_key
 from lcm_fleet.records import (
     ANY_OWNER,
@@ -133,9 +133,10 @@ def test_cancel_of_a_finished_job_changes_nothing(records: RecordStore) -> None:
 
 def test_a_job_without_a_record_gets_one_at_start(records: RecordStore) -> None:
     job = _job()
-    assert records.start(job, "w1") is StartOutcome.RUN
+    assert records.start(job, "w1", job_class=JobClass.BULK) is StartOutcome.RUN
     rec = records.get_job(job.job_id)
     assert rec is not None and rec.owner == UNKNOWN_OWNER and rec.state is JobState.RUNNING
+    assert rec.job_class is JobClass.BULK  # the class of the queue it came from
 
 
 def test_requeue_and_redelivery(records: RecordStore) -> None:

@@ -125,7 +125,7 @@ class Unrecorded:
     """RecordStore's interface for a job without a record store: every job runs, nothing
     is kept (the records are tested on the real Redis: tests/integration/test_records.py)."""
 
-    def start(self, job, worker):
+    def start(self, job, worker, job_class=None):
         from lcm_fleet.records import StartOutcome
 
         return StartOutcome.RUN

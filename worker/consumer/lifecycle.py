@@ -20,6 +20,7 @@ from lcm_fleet.contract import (
     QUEUE_WEBHOOKS,
     TASK_WEBHOOK,
     Job,
+    JobClass,
     JobResult,
     JobState,
     WebhookEvent,
@@ -74,10 +75,11 @@ class JobLifecycle:
         #: Keys of the images stored before the job failed or was cancelled (run_job's).
         self.kept: list[str] = []
 
-    def start(self, job: Job) -> None:
+    def start(self, job: Job, job_class: JobClass | None = None) -> None:
         """Raise JobCanceled when the job was cancelled before it started, AlreadySucceeded
-        when its record says it succeeded."""
-        if self.records.start(job, self.worker) is StartOutcome.SKIP:
+        when its record says it succeeded. ``job_class``: of a job without a record (sent
+        straight to the queue), the class of the queue it came from."""
+        if self.records.start(job, self.worker, job_class=job_class) is StartOutcome.SKIP:
             record = self.records.get_job(job.job_id)
             if record is not None and record.state is JobState.SUCCEEDED and record.result:
                 raise AlreadySucceeded(record.result)

@@ -150,6 +150,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     wait_s = queue_wait_s(self.request.get(HEADER_SUBMITTED_AT))
     t0 = time.perf_counter()
     deadlines = Deadlines.start(settings.task_soft_time_limit_s, settings.task_time_limit_s)
+    job_class = class_of_delivery(self.request.delivery_info)
     job: Job | None = None
     slots: RenderSlots | None = None
     checked: CheckedJob[SizeClass] | None = None
@@ -166,7 +167,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 ttl_s=settings.visibility_timeout_s * (settings.max_deliveries + 1),
             )
             job = decode_payload(args, kwargs)
-            life.start(job)  # JobCanceled: cancelled while it was queued
+            life.start(job, job_class)  # JobCanceled: cancelled while it was queued
         except REDIS_TRANSIENT as e:
             logger.warning("job %s: Redis away before it started (%s); given back", task_id, e)
             raise Reject(f"Redis away: {e}", requeue=True) from e
@@ -201,7 +202,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             on_step=life.on_step,
             kept=life.kept,
             cancelled=life.cancelled,
-            job_class=class_of_delivery(self.request.delivery_info),
+            job_class=job_class,
         )
     except AlreadySucceeded as e:
         logger.info("job %s: its record says succeeded (a redelivery); not rendered", task_id)
