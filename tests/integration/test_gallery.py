@@ -9,7 +9,6 @@ also saves a screenshot of the batch's page (the README's docs/images/gallery.pn
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -21,11 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from lcm_fleet.contract import ImageRecord, Job, JobResult
-from lcm_fleet.keys import image_key
+from lcm_fleet.contract import Job
 from lcm_fleet.records import RecordStore
 from producer.http.signatures import gallery_sig
 from tests.integration.conftest import API_PEPPER, ApiProcess, api_env, start_api, stop_api
+from tests.results import make_stored_result
 
 CHROMIUM = os.environ.get("LCM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -90,29 +89,17 @@ def records(service_env: dict[str, str]) -> RecordStore:
 
 def finish(records: RecordStore, s3: Any, bucket: str, job: Job, prompt_index: int) -> None:
     """What the worker does for a job: store its PNGs, then record the result."""
-    images = []
-    for i in range(job.num_images):
-        data = png(prompt_index, i)
-        key = image_key("", job.job_id, i)
+
+    def put(key: str, data: bytes) -> str:
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="image/png")
-        images.append(
-            ImageRecord(
-                index=i,
-                seed=job.image_seed(i),
-                key=key,
-                uri=f"s3://{bucket}/{key}",
-                sha256=hashlib.sha256(data).hexdigest(),
-                bytes=len(data),
-            )
-        )
-    result = JobResult(
-        job_id=job.job_id,
-        prompt=job.prompt,
-        steps=job.steps,
-        guidance_scale=8.0,
+        return f"s3://{bucket}/{key}"
+
+    result = make_stored_result(
+        job,
+        put,
+        data=lambda i: png(prompt_index, i),
         width=512,
         height=512,
-        images=images,
         model_manifest_sha256="0" * 64,
         durations_s={"text_encoder": 0.05, "unet": 1.6, "vae": 0.4, "total": 2.1 * job.num_images},
         worker="test-worker",

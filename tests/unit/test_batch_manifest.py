@@ -3,7 +3,6 @@ bulk file's two streamed passes (bounded memory)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tracemalloc
 from pathlib import Path
@@ -18,12 +17,13 @@ from lcm_fleet.batch_manifest import (
     summarise,
     verify_stored,
 )
-from lcm_fleet.contract import ImageRecord, Job, JobResult, JobState, parse_job
+from lcm_fleet.contract import Job, JobResult, JobState, parse_job
 from lcm_fleet.errors import InvalidJob
 from lcm_fleet.keys import batch_manifest_key, image_key, job_prefix, result_key
 from lcm_fleet.records import BatchCounts, BatchRecord, JobRecord
 from lcm_fleet.storage import ObjectStore
 from producer.bulk import check_jobs_file, iter_rows, read_jobs_file, row_seed
+from tests.results import make_stored_result
 
 
 def test_an_output_prefix_moves_a_jobs_objects_and_none_keeps_todays_layout():
@@ -58,33 +58,11 @@ def test_a_bad_output_prefix_is_named_with_its_value_and_the_rule(value, says):
 
 
 def _result(job: Job, store: ObjectStore, prefix: str = "") -> JobResult:
-    images = []
-    for i in range(job.num_images):
-        data = f"png {job.job_id} {i}".encode()
-        key = image_key(prefix, job.job_id, i, job.output_prefix)
+    def put(key: str, data: bytes) -> str:
         store.put(key, data, "image/png")
-        images.append(
-            ImageRecord(
-                index=i,
-                seed=job.image_seed(i),
-                key=key,
-                uri=store.uri(key),
-                sha256=hashlib.sha256(data).hexdigest(),
-                bytes=len(data),
-            )
-        )
-    result = JobResult(
-        job_id=job.job_id,
-        prompt=job.prompt,
-        steps=job.steps,
-        guidance_scale=8.0,
-        width=64,
-        height=64,
-        images=images,
-        model_manifest_sha256="m" * 64,
-        durations_s={"total": 0.5},
-        worker="w",
-    )
+        return store.uri(key)
+
+    result = make_stored_result(job, put, prefix=prefix, output_prefix=job.output_prefix)
     body = result.model_dump_json().encode()
     store.put(result_key(prefix, job.job_id, job.output_prefix), body, "application/json")
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import threading
@@ -19,11 +18,12 @@ from lcm_fleet.broker import (
     ride_out,
     warn_if_not_persistent,
 )
-from lcm_fleet.contract import ImageRecord, JobResult, parse_job
+from lcm_fleet.contract import parse_job
 from lcm_fleet.errors import TransientStorageError
 from lcm_fleet.keys import image_key, result_key
 from lcm_fleet.settings import ConnectionSettings
 from lcm_fleet.storage import ObjectStore
+from tests.results import make_stored_result
 from worker.results.recovery import remove_partial, stored_result
 
 
@@ -219,32 +219,17 @@ def _store(client):
 
 
 def _stored_job(client, job, model="m" * 64):
-    images = []
-    for i in range(job.num_images):
-        data = f"png {i}".encode()
-        key = image_key("", job.job_id, i)
+    def put(key, data):
         client.objects[key] = data
-        images.append(
-            ImageRecord(
-                index=i,
-                seed=job.image_seed(i),
-                key=key,
-                uri=f"s3://b/{key}",
-                sha256=hashlib.sha256(data).hexdigest(),
-                bytes=len(data),
-            )
-        )
-    result = JobResult(
-        job_id=job.job_id,
-        prompt=job.prompt,
-        steps=job.steps,
+        return f"s3://b/{key}"
+
+    result = make_stored_result(
+        job,
+        put,
+        data=lambda i: f"png {i}".encode(),
         guidance_scale=1.0,
-        width=64,
-        height=64,
-        images=images,
         model_manifest_sha256=model,
         durations_s={},
-        worker="w",
     )
     client.objects[result_key("", job.job_id)] = json.dumps(result.model_dump(mode="json")).encode()
     return result
