@@ -1,9 +1,11 @@
 """Install the guard (broker_guard.py) in a consumer's Celery app: one place for every role.
 
-``lcm-worker`` (worker/consumer/app.py) and ``lcm-webhooks`` (producer/http/webhooks.py)
-each call :func:`guard_app` with the task names their queues carry; the app then takes
-items through the screening transport, dead-letters what Celery cannot take, and (with an
-``interactive_burst``) fetches interactive queues ahead of bulk ones (order.py).
+``lcm-worker`` (worker/consumer/app.py), ``lcm-webhooks`` (producer/http/webhooks.py) and
+``lcm-scheduler`` (producer/schedules/service.py) each call :func:`guard_app` with the task
+names their queues carry; the app then takes items through the screening transport,
+dead-letters what Celery cannot take, and (with an ``interactive_burst``) fetches interactive
+queues ahead of bulk ones (order.py). The two small roles build their app with
+:func:`consumer_app`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from celery import Celery
 
 from lcm_fleet.consuming import broker_guard
 from lcm_fleet.consuming.settings import ConsumerSettings
+from lcm_fleet.contract import WIRE_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,25 @@ def transport_options(settings: ConsumerSettings, guard: Guard) -> dict[str, Any
     if guard.interactive_burst is not None:
         options[broker_guard.OPTION_INTERACTIVE_BURST] = int(guard.interactive_burst)
     return options
+
+
+def consumer_app(name: str, settings: ConsumerSettings, queue: str) -> Celery:
+    """A Celery app of a consumer role other than the render worker (``lcm-webhooks``,
+    ``lcm-scheduler``) on its own queue: JSON only, no results, each task acknowledged after
+    it ran (one that dies mid-task runs again), one message per thread. The role adds its
+    tasks and calls :func:`guard_app`."""
+    app = Celery(name, broker=settings.redis_url)
+    app.conf.update(WIRE_CONFIG)
+    app.conf.update(
+        task_default_queue=queue,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
 
 
 def guard_app(

@@ -37,9 +37,9 @@ from pydantic import Field, ValidationError
 from starlette.requests import Request
 
 from lcm_fleet.backoff import Backoff
-from lcm_fleet.consuming.config import Guard, guard_app
+from lcm_fleet.consuming.config import Guard, consumer_app, guard_app
 from lcm_fleet.consuming.settings import ConsumerSettings
-from lcm_fleet.contract import QUEUE_WEBHOOKS, TASK_WEBHOOK, WIRE_CONFIG, WebhookEvent, WebhookKind
+from lcm_fleet.contract import QUEUE_WEBHOOKS, TASK_WEBHOOK, WebhookEvent, WebhookKind
 from lcm_fleet.settings import settings_problems
 from producer.http.auth import webhook_secret
 from producer.http.errors import ApiError
@@ -364,18 +364,8 @@ def deliverer_name() -> str:
 
 def make_app(settings: WebhookSettings, deliverer: Deliverer | None = None) -> Celery:
     """The lcm-webhooks Celery app with its one task. ``deliverer`` None: built on first use."""
-    app = Celery("lcm_webhooks", broker=settings.redis_url)
-    app.conf.update(WIRE_CONFIG)
-    app.conf.update(
-        task_default_queue=QUEUE_WEBHOOKS,
-        task_ignore_result=True,
-        # Acknowledged after the attempt: a deliverer that dies mid-POST delivers again.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
+    # Acknowledged after the attempt: a deliverer that dies mid-POST delivers again.
+    app = consumer_app("lcm_webhooks", settings, QUEUE_WEBHOOKS)
     # A retry waits in the deliverer as an ETA message; the broker must not hand it to
     # another deliverer before its countdown ends (at most the backoff cap ahead).
     visibility_timeout_s = max(3600.0, 4 * settings.webhook_backoff_cap_s)

@@ -34,9 +34,8 @@ from celery.signals import beat_init, worker_ready
 from pydantic import Field, ValidationError
 
 from lcm_fleet.backoff import Backoff
-from lcm_fleet.consuming.config import Guard, guard_app
+from lcm_fleet.consuming.config import Guard, consumer_app, guard_app
 from lcm_fleet.consuming.settings import ConsumerSettings
-from lcm_fleet.contract import WIRE_CONFIG
 from lcm_fleet.records import open_records
 from lcm_fleet.schedules import (
     QUEUE_SCHEDULES,
@@ -146,17 +145,9 @@ def make_app(
     settings: SchedulerSettings, runner: Runner, metrics: SchedulerMetrics | None
 ) -> Celery:
     """The lcm-scheduler Celery app: the run and expand tasks, RedBeat's settings."""
-    app = Celery("lcm_scheduler", broker=settings.redis_url)
-    app.conf.update(WIRE_CONFIG)
-    app.conf.update(settings.celery_tls_config())
+    app = consumer_app("lcm_scheduler", settings, QUEUE_SCHEDULES)
+    app.conf.update(settings.celery_tls_config())  # for beat's own connection too
     app.conf.update(
-        task_default_queue=QUEUE_SCHEDULES,
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
         beat_max_loop_interval=settings.scheduler_tick_s,
         # RedBeat's static entry beside the schedules' own: the sweep of stalled runs.
         beat_schedule={
