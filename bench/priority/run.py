@@ -220,11 +220,17 @@ def prompts() -> list[str]:
     return [scene.caption for scene in all_scenes()]
 
 
-def bulk_waiting(fleet: Fleet) -> int:
+def bulk_waiting(fleet: Fleet, fields: dict[str, int]) -> int:
+    """Bulk jobs waiting in the queue family the phase's jobs go to (a size class's with
+    ``--size``)."""
     from lcm_fleet.consuming.depth import family_depths
+    from lcm_fleet.contract import size_queue
     from producer.queue import cached_broker
 
-    (depth,) = family_depths(cached_broker(fleet.settings), [fleet.queue])
+    queue = fleet.queue
+    if "width" in fields and "height" in fields:
+        queue = size_queue(queue, fields["width"], fields["height"])
+    (depth,) = family_depths(cached_broker(fleet.settings), [queue])
     return depth.bulk_waiting
 
 
@@ -239,7 +245,7 @@ def run_interactive(
     start = time.monotonic()
     for n in range(count):
         time.sleep(max(0.0, start + n * pace_s - time.monotonic()))
-        waiting = bulk_waiting(fleet)
+        waiting = bulk_waiting(fleet, fields)
         at = time.time()
         handle = submit(texts[(7 * n) % len(texts)], settings=fleet.settings, seed=n, **fields)
         submitted.append((handle, at, waiting))
