@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lcm_fleet.consuming.depth import waiting_in
-from lcm_fleet.contract import interactive_queue
+from lcm_fleet.contract import JobClass, interactive_queue
 from lcm_fleet.records import RecordStore, open_records
 from lcm_fleet.storage import ObjectStore
 from worker.errors import StartupError
@@ -45,7 +45,7 @@ class Runtime:
     _store: ObjectStore | None = None
     _redis: Any = None
     _records: RecordStore | None = None
-    _uploads: ThreadPoolExecutor | None = None
+    _uploads: dict[JobClass, ThreadPoolExecutor] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -145,14 +145,20 @@ class Runtime:
                 self._store = result_store(self.settings)
             return self._store
 
-    def uploads(self) -> ThreadPoolExecutor:
-        """Threads that encode and upload finished images, one per job in flight."""
+    def uploads(self, job_class: JobClass = JobClass.INTERACTIVE) -> ThreadPoolExecutor:
+        """Threads that encode and upload finished images, one per job in flight. Bulk jobs'
+        threads run at a lower CPU priority (LCM_BULK_ENCODE_NICE), so that a bulk job's PNG
+        encoding does not slow the interactive render beside it."""
         with self._lock:
-            if self._uploads is None:
-                self._uploads = ThreadPoolExecutor(
-                    max_workers=self.threads, thread_name_prefix="lcm-upload"
+            pool = self._uploads.get(job_class)
+            if pool is None:
+                nice = self.settings.bulk_encode_nice if job_class is JobClass.BULK else 0
+                pool = self._uploads[job_class] = ThreadPoolExecutor(
+                    max_workers=self.threads,
+                    thread_name_prefix=f"lcm-upload-{job_class.value}",
+                    initializer=(lambda: lower_thread_priority(nice)) if nice else None,
                 )
-            return self._uploads
+            return pool
 
     def records(self) -> RecordStore:
         """The job and batch records (LCM_RECORDS_REDIS_URL, or the broker's Redis)."""
@@ -175,8 +181,19 @@ class Runtime:
     def stop(self) -> None:
         if self.slots is not None:
             self.slots.stop()
-        if self._uploads is not None:
-            self._uploads.shutdown(wait=True)
+        for pool in list(self._uploads.values()):
+            pool.shutdown(wait=True)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value to ``nice`` (Linux keeps one per thread; an
+    unprivileged process can raise it but not lower it back, hence a pool per class)."""
+    try:
+        thread = threading.get_native_id()
+        if nice > os.getpriority(os.PRIO_PROCESS, thread):  # never raise its priority
+            os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except (AttributeError, OSError) as e:  # not Linux, or not allowed: run at the default
+        logger.debug("could not lower the priority of an upload thread: %s", e)
 
 
 _runtime: Runtime | None = None

@@ -108,6 +108,9 @@ class WorkerSettings(ConsumerSettings):
     #: a delivery), so that its thread fetches the interactive job at once
     #: (worker/render/slot_pool.py); false: it only yields free slots (above).
     bulk_give_back: bool = True
+    #: Nice value of the threads that encode and upload bulk jobs' images (0: as the rest of
+    #: the worker), so that they take CPU left over by the render of an interactive job.
+    bulk_encode_nice: int = Field(default=10, ge=0, le=19)
     #: Seconds the worker tries to reach Redis at start before it exits (code 4), before it
     #: compiles anything or opens its metrics port.
     broker_connect_timeout_s: float = Field(default=30.0, gt=0, le=3600)

@@ -198,7 +198,7 @@ def render_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             model_manifest_sha256=rt.model.manifest.sha256,
             worker=rt.name,
             deadlines=deadlines,
-            executor=rt.uploads(),
+            executor=rt.uploads(job_class),
             on_step=life.on_step,
             kept=life.kept,
             cancelled=life.cancelled,
