@@ -179,6 +179,12 @@ def _parser() -> argparse.ArgumentParser:
         "the reference domain's training captions for a reference model, else calibration)",
     )
     p.add_argument(
+        "--eval-prompts",
+        default="eval",
+        help="prompts to measure the decoder on (default: the gate's captions for a reference "
+        "model, else the shipped eval set)",
+    )
+    p.add_argument(
         "--seeds-per-prompt",
         type=int,
         help=f"renders per prompt (default {DecoderDefaults.seeds_per_prompt})",
@@ -477,6 +483,7 @@ def _train_decoder(args: argparse.Namespace) -> int:
         args.out,
         recipe,
         prompts=args.prompts,
+        eval_prompts=args.eval_prompts,
         resume=args.resume,
         threads=args.threads,
         progress=not args.no_progress,

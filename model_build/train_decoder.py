@@ -165,8 +165,13 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def check_model(model_dir: Path, prompts: str | Path = "calibration") -> ModelFacts:
-    """The model must be a local diffusers text-to-image folder with a VAE and a UNet."""
+def check_model(
+    model_dir: Path, prompts: str | Path = "calibration", eval_prompts: str | Path = "eval"
+) -> ModelFacts:
+    """The model must be a local diffusers text-to-image folder with a VAE and a UNet.
+
+    A reference-domain model renders its training captions and is measured on the gate's
+    captions of its domain, unless other prompts are given."""
     from model_build.prompts import load_prompts
     from model_build.reference.quality import reference_prompts
 
@@ -205,11 +210,13 @@ def check_model(model_dir: Path, prompts: str | Path = "calibration") -> ModelFa
     guidance = 8.0 if unet.get("time_cond_proj_dim") else 1.0
     domain = reference_prompts(model_dir)
     if domain is not None and str(prompts) == "calibration":
-        train_prompts, eval_prompts = domain["calibration"], domain["eval"]
-        name = "reference-domain training captions"
+        train_prompts, name = domain["calibration"], "reference-domain training captions"
     else:
-        train_prompts, eval_prompts = load_prompts(prompts), load_prompts("eval")
-        name = str(prompts)
+        train_prompts, name = load_prompts(prompts), str(prompts)
+    if domain is not None and str(eval_prompts) == "eval":
+        measured = domain["eval"]
+    else:
+        measured = load_prompts(eval_prompts)
     return ModelFacts(
         model_dir=model_dir,
         latent_channels=latent,
@@ -221,7 +228,7 @@ def check_model(model_dir: Path, prompts: str | Path = "calibration") -> ModelFa
         image_size=size,
         guidance_scale=guidance,
         prompts=tuple(train_prompts),
-        eval_prompts=tuple(eval_prompts),
+        eval_prompts=tuple(measured),
         prompts_name=name,
         reference=domain is not None,
     )
@@ -527,6 +534,7 @@ def train_decoder(
     recipe: DecoderRecipe | None = None,
     *,
     prompts: str | Path = "calibration",
+    eval_prompts: str | Path = "eval",
     resume: bool = False,
     threads: int | None = None,
     progress: bool = True,
@@ -537,7 +545,7 @@ def train_decoder(
     recipe.check()
     if threads is not None and threads < 1:
         raise BuildInputError(f"threads={threads} must be at least 1")
-    facts = check_model(model_dir, prompts)
+    facts = check_model(model_dir, prompts, eval_prompts)
     recipe = architecture(recipe, facts)
     import torch
 
