@@ -48,6 +48,9 @@ TAESD_CHANNELS = 64
 TAESD_BLOCKS = (3, 3, 3, 1)
 #: A VAE no wider than this (the reference and tiny models) gets the small decoder.
 SMALL_VAE_MAX_CHANNELS = 64
+#: Latent crop sides for training: a full-size VAE's decoder sees 128x128 pixel pieces.
+FULL_CROP = 16
+SMALL_CROP = 4
 #: The encoder is not trained (``--vae-decoder taesd`` uses only the decoder): the smallest
 #: one AutoencoderTiny allows, so the folder stays small.
 ENCODER_CHANNELS = 8
@@ -58,9 +61,9 @@ class DecoderRecipe:
     """Everything that determines the weights (with the model and the thread count)."""
 
     seed: int = 0
-    steps: int = 1500
-    batch: int = 16
-    lr: float = 2e-3
+    steps: int = 1200
+    batch: int = 32
+    lr: float = 4e-3
     #: Weight of the L1 term beside the MSE (sharper flat colours and edges).
     l1_weight: float = 0.5
     #: Decoder width; None: from the model (see :func:`architecture`).
@@ -74,15 +77,15 @@ class DecoderRecipe:
     guidance_scale: float | None = None
     #: Reference-domain models: drawings per training scene encoded by the VAE (0: none).
     encoded_per_scene: int = 2
-    #: Latent crop side for training (the decoder is convolutional); larger latents are
-    #: cropped, so a 512x512 model trains on 128x128 pieces.
-    crop: int = 16
+    #: Latent crop side for training (the decoder is convolutional); None: from the model,
+    #: 16 for a full-size VAE (128x128 pieces of a 512x512 image), 4 for a small one.
+    crop: int | None = None
     #: Evaluation renders per evaluation prompt (seeds not used for the training data).
     eval_seeds: int = 2
     checkpoint_every: int = 250
 
     def check(self) -> None:
-        for name in ("steps", "batch", "seeds_per_prompt", "crop", "eval_seeds"):
+        for name in ("steps", "batch", "seeds_per_prompt", "eval_seeds"):
             if getattr(self, name) < 1:
                 raise BuildInputError(f"{name}={getattr(self, name)} must be at least 1")
         if self.checkpoint_every < 1:
@@ -99,6 +102,8 @@ class DecoderRecipe:
             raise BuildInputError(f"guidance_scale={self.guidance_scale} must be at least 0")
         if self.encoded_per_scene < 0:
             raise BuildInputError(f"encoded_per_scene={self.encoded_per_scene} must be >= 0")
+        if self.crop is not None and self.crop < 1:
+            raise BuildInputError(f"crop={self.crop} must be at least 1")
         if self.channels is not None and self.channels < 1:
             raise BuildInputError(f"channels={self.channels} must be at least 1")
         if self.blocks is not None and (not self.blocks or min(self.blocks) < 0):
@@ -239,7 +244,8 @@ def architecture(recipe: DecoderRecipe, facts: ModelFacts) -> DecoderRecipe:
 
     A VAE of full size gets TAESD's own decoder (64 channels, blocks (3, 3, 3, 1)), the one
     madebyollin/taesd publishes. A VAE no wider than 64 channels (the reference and tiny
-    models) gets a small one: half the VAE's widest block, one block per stage; for the
+    models) gets a small one: half the VAE's widest block, one block per stage, trained on
+    4x4 latent crops (32x32 pixels, a quarter of the reference model's image); for the
     64x64 reference model that is (measured: docs/model-build.md#a-tiny-decoder-of-our-own)
     as good as the gate needs and cheap to train.
     """
@@ -254,7 +260,8 @@ def architecture(recipe: DecoderRecipe, facts: ModelFacts) -> DecoderRecipe:
             f"{facts.scale_factor}x in {facts.stages}: give {facts.stages} block counts "
             "(genai derives the scale factor as 2 ** (stages - 1))"
         )
-    return replace(recipe, channels=channels, blocks=tuple(blocks))
+    crop = recipe.crop or (SMALL_CROP if small else FULL_CROP)
+    return replace(recipe, channels=channels, blocks=tuple(blocks), crop=crop)
 
 
 def taesd_kwargs(recipe: DecoderRecipe, facts: ModelFacts) -> dict[str, Any]:
@@ -465,6 +472,7 @@ def train(
     optimizer = _adamw(decoder.parameters(), recipe.lr)
     latents, images = data.latents, data.images
     n, side = latents.shape[0], latents.shape[-1]
+    assert recipe.crop is not None
     crop = min(recipe.crop, side)
     f = facts.scale_factor
 

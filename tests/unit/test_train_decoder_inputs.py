@@ -46,7 +46,7 @@ def test_full_size_vae_gets_taesds_own_decoder(tmp_path):
     assert (facts.scale_factor, facts.image_size, facts.guidance_scale) == (8, 512, 8.0)
     assert facts.prompts_name == "calibration" and not facts.reference
     recipe = architecture(DecoderRecipe(), facts)
-    assert (recipe.channels, recipe.blocks) == (64, (3, 3, 3, 1))
+    assert (recipe.channels, recipe.blocks, recipe.crop) == (64, (3, 3, 3, 1), 16)
     kwargs = taesd_kwargs(recipe, facts)
     assert kwargs["decoder_block_out_channels"] == (64, 64, 64, 64)
     assert kwargs["latent_channels"] == 4 and kwargs["upsampling_scaling_factor"] == 2
@@ -59,7 +59,7 @@ def test_reference_model_gets_a_small_decoder_of_its_scale_and_latents():
     # The gate's captions, held-out combinations among them (the seeds differ from training's).
     assert set(facts.eval_prompts) - set(facts.prompts)
     recipe = architecture(DecoderRecipe(), facts)
-    assert (recipe.channels, recipe.blocks) == (32, (1, 1, 1, 1))
+    assert (recipe.channels, recipe.blocks, recipe.crop) == (32, (1, 1, 1, 1), 4)
     # Options given are kept.
     assert architecture(DecoderRecipe(channels=24), facts).channels == 24
 
@@ -92,10 +92,10 @@ def test_a_model_that_does_not_fit_is_refused_naming_the_field(tmp_path, vae, un
 
 
 def test_missing_model_parts_are_refused_with_the_fix(tmp_path):
-    with pytest.raises(BuildInputError, match="not a folder.*huggingface-cli download"):
+    with pytest.raises(BuildInputError, match=r"not a folder.*huggingface-cli download"):
         check_model(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BuildInputError, match="no model_index.json"):
+    with pytest.raises(BuildInputError, match=r"no model_index\.json"):
         check_model(tmp_path / "empty")
     model = _model(tmp_path / "m")
     (model / "vae" / "config.json").unlink()
@@ -127,7 +127,7 @@ def test_bad_recipe_values_name_the_field(recipe, message):
 def test_out_must_be_new_unless_resuming_its_own_run(tmp_path):
     recipe = DecoderRecipe(channels=32, blocks=(1, 1, 1, 1))
     check_out(tmp_path / "new", recipe, threads=2, resume=False)
-    with pytest.raises(BuildInputError, match="holds no run.*without --resume"):
+    with pytest.raises(BuildInputError, match=r"holds no run.*without --resume"):
         check_out(tmp_path / "new", recipe, threads=2, resume=True)
     run = tmp_path / "run"
     (run / ".training").mkdir(parents=True)
