@@ -16,7 +16,7 @@ Stages (checkpoints in ``OUT/.training``, through model_build.training):
 4. train the decoder (resumable every ``checkpoint_every`` steps);
 5. measure it against the VAE decoder on renders of other prompts and seeds;
 6. write OUT: an ``AutoencoderTiny`` folder (``--taesd OUT`` takes it) and
-   ``train-decoder.json`` (recipe, model, figures, durations).
+   ``train-decoder.json`` (recipe, model, figures, durations); the checkpoints go.
 
 Deterministic: the same model, recipe, seed and thread count give the same weights, byte for
 byte, also after a resume. Heavy imports stay inside the functions.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,7 +51,7 @@ TAESD_BLOCKS = (3, 3, 3, 1)
 SMALL_VAE_MAX_CHANNELS = 64
 #: Latent crop sides for training: a full-size VAE's decoder sees 128x128 pixel pieces.
 FULL_CROP = 16
-SMALL_CROP = 4
+SMALL_CROP = 8
 #: The encoder is not trained (``--vae-decoder taesd`` uses only the decoder): the smallest
 #: one AutoencoderTiny allows, so the folder stays small.
 ENCODER_CHANNELS = 8
@@ -61,8 +62,8 @@ class DecoderRecipe:
     """Everything that determines the weights (with the model and the thread count)."""
 
     seed: int = 0
-    steps: int = 1200
-    batch: int = 32
+    steps: int = 1600
+    batch: int = 8
     lr: float = 4e-3
     #: Weight of the L1 term beside the MSE (sharper flat colours and edges).
     l1_weight: float = 0.5
@@ -78,7 +79,8 @@ class DecoderRecipe:
     #: Reference-domain models: drawings per training scene encoded by the VAE (0: none).
     encoded_per_scene: int = 2
     #: Latent crop side for training (the decoder is convolutional); None: from the model,
-    #: 16 for a full-size VAE (128x128 pieces of a 512x512 image), 4 for a small one.
+    #: 16 for a full-size VAE (128x128 pieces of a 512x512 image), 8 for a small one (the
+    #: reference model's whole 64x64 image).
     crop: int | None = None
     #: Evaluation renders per evaluation prompt (seeds not used for the training data).
     eval_seeds: int = 2
@@ -245,7 +247,7 @@ def architecture(recipe: DecoderRecipe, facts: ModelFacts) -> DecoderRecipe:
     A VAE of full size gets TAESD's own decoder (64 channels, blocks (3, 3, 3, 1)), the one
     madebyollin/taesd publishes. A VAE no wider than 64 channels (the reference and tiny
     models) gets a small one: half the VAE's widest block, one block per stage, trained on
-    4x4 latent crops (32x32 pixels, a quarter of the reference model's image); for the
+    8x8 latent crops (the reference model's whole 64x64 image); for the
     64x64 reference model that is (measured: docs/model-build.md#a-tiny-decoder-of-our-own)
     as good as the gate needs and cheap to train.
     """
@@ -609,6 +611,9 @@ def train_decoder(
         "versions": {"torch": torch.__version__, "diffusers": _version("diffusers")},
     }
     (out_dir / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    # A finished run has nothing to resume; its checkpoints (the rendered data among them)
+    # would only weigh on a model folder that keeps its decoder inside (MODEL/taesd).
+    shutil.rmtree(ck.root)
     return TrainedDecoder(
         out_dir=out_dir,
         config=config,

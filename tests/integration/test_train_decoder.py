@@ -119,6 +119,7 @@ def test_output_is_an_autoencoder_tiny_of_the_models_scale_and_latents(
     assert record["data"] == {"rendered": 4, "evaluation": 1}
     assert record["figures"]["images"] == 1 and record["weights_bytes"] > 0
     assert record["model"]["kind"] == "local"
+    assert not (straight / ".training").exists()  # a finished run keeps no checkpoints
 
 
 def test_trained_decoder_builds_with_vae_decoder_taesd(
