@@ -59,7 +59,7 @@ def test_reference_model_gets_a_small_decoder_of_its_scale_and_latents():
     # The gate's captions, held-out combinations among them (the seeds differ from training's).
     assert set(facts.eval_prompts) - set(facts.prompts)
     recipe = architecture(DecoderRecipe(), facts)
-    assert (recipe.channels, recipe.blocks, recipe.crop) == (32, (1, 1, 1, 1), 4)
+    assert (recipe.channels, recipe.blocks, recipe.crop) == (32, (1, 1, 1, 1), 8)
     # Options given are kept.
     assert architecture(DecoderRecipe(channels=24), facts).channels == 24
 
