@@ -24,6 +24,7 @@ byte, also after a resume. Heavy imports stay inside the functions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -32,17 +33,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lcm_fleet.artifact.manifest import artifact_files, sha256_file
 from model_build.errors import BuildInputError
-from model_build.sources import describe_source
 from model_build.training import Checkpoints, train_loop
+from model_build.vae_decoder import MODEL_TAESD_DIR
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = ".training"
 RECORD_NAME = "train-decoder.json"
-#: Where a model folder keeps its own trained decoder: ``--vae-decoder taesd`` without
-#: ``--taesd`` takes ``SOURCE/taesd`` (the reference model ships one there).
-MODEL_TAESD_DIR = "taesd"
 STAGE = "decoder"
 #: TAESD's own decoder (madebyollin/taesd, diffusers' AutoencoderTiny defaults).
 TAESD_CHANNELS = 64
@@ -591,7 +590,7 @@ def train_decoder(
     record = {
         "kind": "lcm-fleet train-decoder",
         "architecture": "diffusers AutoencoderTiny (TAESD); decoder distilled, encoder untrained",
-        "model": describe_source(str(facts.model_dir), "main"),
+        "model": describe_model(facts.model_dir),
         "vae": {
             "latent_channels": facts.latent_channels,
             "scale_factor": facts.scale_factor,
@@ -622,6 +621,23 @@ def train_decoder(
         resumed_from=resumed,
         weights_bytes=weights.stat().st_size,
     )
+
+
+def describe_model(model_dir: Path) -> dict[str, Any]:
+    """The model as ``describe_source`` records a local folder, without its own decoder folder
+    (``MODEL/taesd``, where this run may be writing), so the hash is the model's alone."""
+    digest = hashlib.sha256()
+    for rel in artifact_files(model_dir):
+        if rel.split("/", 1)[0] == MODEL_TAESD_DIR:
+            continue
+        digest.update(rel.encode())
+        digest.update(sha256_file(Path(model_dir) / rel).encode())
+    return {
+        "kind": "local",
+        "path": str(Path(model_dir).resolve()),
+        "content_sha256": digest.hexdigest(),
+        "excludes": f"{MODEL_TAESD_DIR}/",
+    }
 
 
 def _version(package: str) -> str:
