@@ -43,7 +43,12 @@ from model_build.prompts import load_prompts
 from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
 from model_build.reference.quality import adherence_check, reference_prompts
 from model_build.sources import describe_source
-from model_build.vae_decoder import VaeDecoderOptions, make_vae_decoder, precision_label
+from model_build.vae_decoder import (
+    VaeDecoderOptions,
+    make_vae_decoder,
+    model_folder_of,
+    precision_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -575,7 +580,7 @@ def quantize_artifact(
     ir_dir, out_dir = Path(ir_dir), Path(out_dir)
     # 1. Check the inputs.
     check_quantize_inputs(ir_dir, out_dir, precision)
-    vae = vae or VaeDecoderOptions()
+    vae = (vae or VaeDecoderOptions()).with_model_taesd(model_folder_of(ir_dir))
     vae.check()
     evaluation = evaluation or EvalOptions()
 
@@ -652,6 +657,8 @@ def build_artifact(
     # 1. Check the inputs before the export's minutes.
     _check_precision(precision)
     if vae is not None:
+        # A TAESD the model folder trained for itself (model_build/train_decoder.py).
+        vae = vae.with_model_taesd(Path(source) if Path(source).is_dir() else None)
         vae.check()
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".fp32")

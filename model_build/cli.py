@@ -3,6 +3,7 @@
     lcm-build tiny OUT                 a tiny random LCM (diffusers folder), offline
     lcm-build reference OUT            train the reference LCM (procedural shapes), offline
     lcm-build reference-score TARGET   prompt adherence of a reference-domain model or PNGs
+    lcm-build train-decoder MODEL OUT  train a TAESD-architecture decoder for MODEL, offline
     lcm-build export SOURCE OUT        diffusers folder or hub id -> fp32 OpenVINO IR artifact
     lcm-build quantize IR OUT          fp32 IR artifact -> INT8-UNet artifact (NNCF)
     lcm-build build SOURCE OUT         export + quantize (fp32 kept in OUT.fp32)
@@ -27,7 +28,8 @@ from lcm_fleet.errors import LcmError, RegistryInputError
 from model_build.build import EvalOptions, QualityGateFailed
 from model_build.calibration import CalibrationSpec
 from model_build.errors import BuildError, BuildInputError
-from model_build.vae_decoder import VAE_DECODERS, VaeDecoderOptions
+from model_build.train_decoder import DecoderRecipe as DecoderDefaults
+from model_build.vae_decoder import VAE_DECODERS, VaeDecoderOptions, model_folder_of
 
 logger = logging.getLogger("model_build")
 
@@ -150,6 +152,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the whole report here")
     p.add_argument("--sheet", type=Path, help="also write the renders as a captioned grid (PNG)")
 
+    p = sub.add_parser(
+        "train-decoder",
+        help="train a tiny decoder (TAESD architecture) for a model by distilling its VAE "
+        "decoder on latents the model renders, offline",
+    )
+    p.add_argument("model", type=Path, help="the model: a local diffusers pipeline folder")
+    p.add_argument(
+        "out",
+        type=Path,
+        help="AutoencoderTiny folder to write (for --taesd OUT; MODEL/taesd is the model's own, "
+        "which --vae-decoder taesd takes without --taesd)",
+    )
+    p.add_argument("--steps", type=int, help=f"training steps (default {DecoderDefaults.steps})")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run OUT holds (same options)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, help="torch threads (default: all cores; the weights depend on it)"
+    )
+    p.add_argument(
+        "--prompts",
+        default="calibration",
+        help="prompts to render the latents from: shipped set name or a text file (default: "
+        "the reference domain's training captions for a reference model, else calibration)",
+    )
+    p.add_argument(
+        "--eval-prompts",
+        default="eval",
+        help="prompts to measure the decoder on (default: the gate's captions for a reference "
+        "model, else the shipped eval set)",
+    )
+    p.add_argument(
+        "--seeds-per-prompt",
+        type=int,
+        help=f"renders per prompt (default {DecoderDefaults.seeds_per_prompt})",
+    )
+    p.add_argument(
+        "--channels", type=int, help="decoder width (default: from the model's VAE; TAESD's 64)"
+    )
+    p.add_argument(
+        "--blocks",
+        help="decoder blocks per stage, comma-separated (default: from the model's VAE; "
+        "TAESD's 3,3,3,1)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("tiny-lora", help="build a tiny random LoRA for a tiny sd15 base, offline")
     p.add_argument("base", type=Path)
     p.add_argument("out", type=Path)
@@ -248,13 +297,15 @@ def _spec(args: argparse.Namespace) -> CalibrationSpec:
     )
 
 
-def _vae(args: argparse.Namespace) -> VaeDecoderOptions:
+def _vae(args: argparse.Namespace, model_dir: Path | None) -> VaeDecoderOptions:
+    """The decoder options; ``--vae-decoder taesd`` without ``--taesd`` takes the model
+    folder's own trained decoder (``MODEL/taesd``) when it has one."""
     options = VaeDecoderOptions(
         kind=args.vae_decoder,
         taesd=args.taesd,
         taesd_revision=args.taesd_revision,
         samples=args.vae_samples,
-    )
+    ).with_model_taesd(model_dir)
     options.check()
     return options
 
@@ -326,6 +377,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("reference", "reference-score"):
         return _run_reference(args)
+    if args.command == "train-decoder":
+        return _train_decoder(args)
     if args.command == "tiny-lora":
         from model_build.tiny import build_tiny_lora
 
@@ -354,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
             args.ir,
             args.out,
             precision=args.precision,
-            vae=_vae(args),
+            vae=_vae(args, model_folder_of(args.ir)),
             evaluation=_evaluation(args),
             spec=_spec(args),
             prompts=args.prompts,
@@ -390,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
             spec=_spec(args),
             prompts=args.prompts,
             precision=args.precision,
-            vae=_vae(args),
+            vae=_vae(args, Path(args.source) if Path(args.source).is_dir() else None),
             evaluation=_evaluation(args),
             overwrite=args.overwrite,
             progress=not args.no_progress,
@@ -398,6 +451,58 @@ def run(args: argparse.Namespace) -> int:
         _summary(result)
         return 0
     raise AssertionError(args.command)
+
+
+def _blocks(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError as e:
+        raise BuildInputError(
+            f"--blocks {text!r} is not comma-separated whole numbers, e.g. 3,3,3,1"
+        ) from e
+
+
+def _train_decoder(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from model_build.train_decoder import DecoderRecipe, train_decoder
+
+    given = {
+        "steps": args.steps,
+        "seeds_per_prompt": args.seeds_per_prompt,
+        "channels": args.channels,
+        "blocks": _blocks(args.blocks),
+    }
+    recipe = replace(
+        DecoderRecipe(seed=args.seed), **{k: v for k, v in given.items() if v is not None}
+    )
+    result = train_decoder(
+        args.model,
+        args.out,
+        recipe,
+        prompts=args.prompts,
+        eval_prompts=args.eval_prompts,
+        resume=args.resume,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    f = result.figures
+    print(f"TAESD decoder written to {result.out_dir} ({result.weights_bytes} bytes of weights)")
+    print(
+        f"  decoder   {result.config['decoder_block_out_channels']} channels, blocks "
+        f"{result.config['num_decoder_blocks']}, latent_channels {result.config['latent_channels']}"
+    )
+    print(
+        f"  vs VAE    PSNR {f['psnr_db_mean']} dB (min {f['psnr_db_min']}), mean |diff| "
+        f"{f['mean_abs_diff']} levels over {f['images']} evaluation renders"
+    )
+    if result.resumed_from:
+        print(f"  resumed   at step {result.resumed_from}")
+    for stage, seconds in result.durations_s.items():
+        print(f"  {stage:<8}  {seconds:7.1f} s")
+    return 0
 
 
 def _run_reference(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ PART = "vae_decoder"
 XML = "openvino_model.xml"
 BIN = "openvino_model.bin"
 CONFIG = "config.json"
+#: A model folder's own trained TAESD (``lcm-build train-decoder MODEL MODEL/taesd``):
+#: ``--vae-decoder taesd`` without ``--taesd`` takes it. The reference model ships one.
+MODEL_TAESD_DIR = "taesd"
 #: The names and ranks of the optimum export's decoder I/O, which genai is used to.
 INPUT_NAME = "latent_sample"
 OUTPUT_NAME = "sample"
@@ -94,8 +97,10 @@ class VaeDecoderOptions:
             )
         if self.kind == "taesd" and not self.taesd:
             raise BuildInputError(
-                "--vae-decoder taesd needs --taesd SOURCE: a diffusers AutoencoderTiny folder "
-                "or hub id (e.g. madebyollin/taesd)"
+                "--vae-decoder taesd needs --taesd SOURCE (a diffusers AutoencoderTiny folder "
+                "or hub id, e.g. madebyollin/taesd) when the model has no trained decoder of "
+                f"its own in MODEL/{MODEL_TAESD_DIR}; train one with "
+                f"`lcm-build train-decoder MODEL MODEL/{MODEL_TAESD_DIR}`"
             )
         if self.kind != "taesd" and self.taesd:
             raise BuildInputError(
@@ -125,6 +130,28 @@ class VaeDecoderOptions:
     @property
     def needs_latents(self) -> bool:
         return self.kind == "int8"
+
+    def with_model_taesd(self, model_dir: Path | None) -> VaeDecoderOptions:
+        """``--vae-decoder taesd`` without ``--taesd``: the model folder's own trained decoder
+        (``MODEL/taesd``) when it has one; otherwise unchanged (``check`` says what to pass)."""
+        if self.kind != "taesd" or self.taesd or model_dir is None:
+            return self
+        own = Path(model_dir) / MODEL_TAESD_DIR
+        if (own / CONFIG).is_file():
+            logger.info("--vae-decoder taesd: the model's own trained decoder %s", own)
+            return replace(self, taesd=str(own))
+        return self
+
+
+def model_folder_of(ir_dir: Path) -> Path | None:
+    """The local model folder an exported IR was made from (its manifest's source), if any."""
+    try:
+        manifest = json.loads((Path(ir_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    source = manifest.get("source") or {}
+    path = source.get("path") if source.get("kind") == "local" else None
+    return Path(path) if path and Path(path).is_dir() else None
 
 
 @dataclass

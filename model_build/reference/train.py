@@ -1,6 +1,7 @@
 """Train the reference LCM offline: VAE, then a latent diffusion teacher, then LCM distillation.
 
-Stages (each resumable from its last checkpoint in ``OUT/.training``):
+Stages (each resumable from its last checkpoint in ``OUT/.training``, through
+model_build.training):
 
 1. ``vae``: an AutoencoderKL (8x downsampling, 4 latent channels) on the procedural
    renders (decoding posterior means); its latent scaling factor is set from the data
@@ -24,7 +25,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from model_build.reference.domain import (
 from model_build.reference.evaluate import REFERENCE_JSON
 from model_build.tiny import LCM_DREAMSHAPER_V7_SCHEDULER, TIME_COND_PROJ_DIM
 from model_build.tokenizer import BOS, EOS, train_clip_bpe
+from model_build.training import Checkpoints, train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -228,110 +229,6 @@ def _ema_update(ema_params: list[Any], params: list[Any], decay: float) -> None:
         torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-
-class Checkpoints:
-    """One file per stage in ``root``: the latest state, replaced atomically."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, stage: str, done: bool = False) -> Path:
-        return self.root / f"{stage}{'.done' if done else ''}.pt"
-
-    def save(self, stage: str, state: dict[str, Any], done: bool = False) -> None:
-        import torch
-
-        target = self.path(stage, done)
-        tmp = target.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(target)
-        if done:
-            self.path(stage).unlink(missing_ok=True)
-
-    def load(self, stage: str, done: bool = False) -> dict[str, Any] | None:
-        import torch
-
-        target = self.path(stage, done)
-        if not target.is_file():
-            return None
-        try:
-            state: dict[str, Any] = torch.load(target, weights_only=False)
-        except Exception as e:
-            raise BuildError(
-                f"checkpoint {target} cannot be read ({e}); delete it to restart that stage"
-            ) from e
-        return state
-
-
-def _train_loop(
-    stage: str,
-    recipe: Recipe,
-    checkpoints: Checkpoints,
-    modules: dict[str, Any],
-    optimizer: Any,
-    generator: Any,
-    step_fn: Callable[[], Any],
-    extra_state: Callable[[], dict[str, Any]] | None,
-    progress: bool,
-    resumed: dict[str, int],
-) -> float:
-    """Run ``step_fn`` (returns the loss tensor) up to the stage's step count, resumably."""
-    import torch
-    from tqdm import tqdm
-
-    total = recipe.steps(stage)
-    start = 0
-    base_lr = [group["lr"] for group in optimizer.param_groups]  # before a resume changes them
-    state = checkpoints.load(stage)
-    if state is not None:
-        for name, module in modules.items():
-            module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start = int(state["step"])
-        resumed[stage] = start
-        logger.info("%s: resuming at step %d of %d", stage, start, total)
-    recent: list[float] = []
-    bar = tqdm(total=total, initial=start, desc=f"train {stage}", disable=not progress)
-    warmup = min(50, total // 10)
-    for step in range(start, total):
-        # Linear warm-up, then cosine decay to a tenth: a function of the step alone, so a
-        # resumed run follows the same schedule.
-        if step < warmup:
-            factor = (step + 1) / warmup
-        else:
-            factor = 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-        for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
-            group["lr"] = lr * factor
-        optimizer.zero_grad(set_to_none=True)
-        loss = step_fn()
-        if not torch.isfinite(loss):
-            raise BuildError(f"{stage}: loss is {loss.item()} at step {step}; lower {stage}_lr")
-        loss.backward()
-        optimizer.step()
-        if extra_state is not None:
-            extra_state()  # EMA update and the like, after the optimizer step
-        recent = [*recent, float(loss.item())][-50:]
-        bar.update(1)
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-        if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < total:
-            checkpoints.save(
-                stage,
-                {
-                    "step": step + 1,
-                    "modules": {n: m.state_dict() for n, m in modules.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                },
-            )
-    bar.close()
-    return sum(recent) / max(1, len(recent))
-
-
 # ---------------------------------------------------------------------------- stages
 
 
@@ -400,9 +297,10 @@ def _stage_vae(
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.vae_threads)
     try:
-        result.losses["vae"] = _train_loop(
+        result.losses["vae"] = train_loop(
             "vae",
-            recipe,
+            recipe.steps("vae"),
+            recipe.checkpoint_every,
             ck,
             {"vae": vae},
             optimizer,
@@ -561,9 +459,10 @@ def _stage_teacher(
     t0 = time.perf_counter()
     teacher.train()
     text_encoder.train()
-    result.losses["teacher"] = _train_loop(
+    result.losses["teacher"] = train_loop(
         "teacher",
-        recipe,
+        recipe.steps("teacher"),
+        recipe.checkpoint_every,
         ck,
         {
             "unet": teacher,
@@ -673,9 +572,10 @@ def _stage_distill(
 
     t0 = time.perf_counter()
     student.train()
-    result.losses["distill"] = _train_loop(
+    result.losses["distill"] = train_loop(
         "distill",
-        recipe,
+        recipe.steps("distill"),
+        recipe.checkpoint_every,
         ck,
         {"unet": student, "target": target},
         optimizer,
