@@ -78,11 +78,12 @@ def test_served_from_memory_with_the_images_of_the_plaintext_artifact(
     plain = GenaiPipeline(verify_artifact(model_dirs["int8"]), "CPU", "", "default")
     model = verify_artifact(encrypted, key=SecretStr(KEY))
     cache = tmp_path / "cache"
-    pipe = GenaiPipeline(model, "CPU", str(cache), "default")
+    pipe = GenaiPipeline(model, "CPU", str(cache), "default", blob_dir=str(cache / "blobs"))
     a, b = render(job, plain), render(job, pipe)
     for x, y in zip(a.images, b.images, strict=True):
         assert x.pixels.std() > 0 and np.array_equal(x.pixels, y.pixels)
-    # nothing decrypted was written: neither beside the artifact nor in a compile cache
+    # nothing decrypted was written: neither beside the artifact nor in a compile cache or
+    # a compiled-model blob
     assert sorted(p.name for p in encrypted.rglob("*")) == before
     assert not cache.exists() or not any(cache.iterdir())
 

@@ -273,6 +273,9 @@ def test_a_folder_that_will_not_import_is_compiled_with_a_warning(tmp_path, fake
         pipe = load(tmp_path)
     assert pipe.loaded is LoadKind.COMPILED and fake_genai["compiled"] == 2
     assert "Unable to read the model" in caplog.text and "compiling instead" in caplog.text
+    # ... and exported anew (it looked valid: kept as it was, it would fail at every start).
+    fake_genai["import_error"] = None
+    assert load(tmp_path).loaded is LoadKind.IMPORTED and fake_genai["compiled"] == 2
 
 
 @pytest.mark.parametrize(

@@ -276,5 +276,15 @@ def export_blobs(
     return True
 
 
+def discard_blobs(folder: Path) -> None:
+    """Remove a blob folder that looked valid but would not import, so it is exported anew."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        logger.warning("could not remove the compiled-model blobs in %s: %s", folder, e)
+
+
 def folder_gib(folder: Path) -> float:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1024**3

@@ -466,7 +466,7 @@ class GenaiPipeline:
         """Import the compiled models from their blob folder when it is valid for this
         artifact, size, devices, properties and OpenVINO; otherwise compile and export them.
         A stale or corrupt folder, or an import that fails, is warned about and compiled."""
-        from worker.render.blobs import BlobState, check_blobs, export_blobs
+        from worker.render.blobs import BlobState, check_blobs, discard_blobs, export_blobs
 
         key = blob_key(path, model_sha256, self.width, self.height, self.guidance_scale, options)
         folder = key.folder(Path(options.blob_dir))
@@ -481,6 +481,7 @@ class GenaiPipeline:
                     folder,
                     e,
                 )
+                discard_blobs(folder)
             else:
                 self.loaded = LoadKind.IMPORTED
                 return assemble(path, components)
