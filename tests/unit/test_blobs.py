@@ -223,6 +223,9 @@ def fake_genai(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 def load(tmp_path: Path, **options: Any) -> GenaiPipeline:
+    artifact = tmp_path / "artifact"
+    artifact.mkdir(exist_ok=True)
+    (artifact / "model_index.json").write_text('{"_class_name": "LatentConsistencyModelPipeline"}')
     pipe = GenaiPipeline.__new__(GenaiPipeline)
     pipe._compile(
         tmp_path / "artifact",

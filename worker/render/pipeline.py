@@ -140,6 +140,15 @@ class CompileOptions:
         return config
 
 
+def known_kind(path: Path) -> str | None:
+    """genai's constructor name for ``path``, or None when its model_index.json names
+    another pipeline (or is unreadable): such a folder loads through Text2ImagePipeline(path)."""
+    try:
+        return pipeline_kind(path, "it")
+    except ModelLoadError:
+        return None
+
+
 def pipeline_kind(path: Path, what: str) -> str:
     """genai's constructor name for the model folder ``path`` (its model_index.json)."""
     import json
@@ -416,7 +425,7 @@ class GenaiPipeline:
                 path,
             )
             options = replace(options, cache_dir="", blob_dir="")
-        if model_sha256 is None:
+        if model_sha256 is None or (options.blob_dir and known_kind(path) is None):
             options = replace(options, blob_dir="")
         if options.blob_dir:
             # Blobs replace the compile cache: a model that OpenVINO 2026.4 loaded from its
