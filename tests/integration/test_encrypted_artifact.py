@@ -155,7 +155,7 @@ def test_a_worker_serves_jobs_from_it(
     ]
     assert np.array_equal(pixels[0], pixels[1])
     log = proc.log_text()
-    assert KEY not in log and "compile cache off" in log
+    assert KEY not in log and "compile cache and compiled-model blobs off" in log
     assert json.loads(json.dumps(a.model_dump(mode="json"))) and KEY not in json.dumps(
         a.model_dump(mode="json")
     )
