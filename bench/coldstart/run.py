@@ -105,9 +105,9 @@ def sample(
     )
     wall = time.perf_counter() - t0
     child = json.loads(out.stdout.strip().splitlines()[-1])
-    startup = wall - child["image_after_import_s"]  # interpreter start and imports
     if second:
         wall -= child["render_s"]  # the first image's time, without the second render
+    startup = wall - child["image_after_import_s"]  # interpreter start and imports
     result: dict[str, Any] = {
         "imports_s": round(startup, 3),
         "verify_s": round(child["verify_s"], 3),
