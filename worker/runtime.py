@@ -22,6 +22,7 @@ from lcm_fleet.records import RecordStore, open_records
 from lcm_fleet.storage import ObjectStore
 from worker.errors import StartupError
 from worker.model.artifact import ServedModel
+from worker.render.blobs import blob_root
 from worker.render.memory import check_estimate, estimate_gib
 from worker.render.messages import LoadReport
 from worker.render.process import RenderSlots, RenderSpec
@@ -102,6 +103,8 @@ class Runtime:
             cpu_threads=settings.cpu_threads,
             cpu_pinning=settings.cpu_pinning,
             text_encoder_device=settings.text_encoder_device,
+            blob_dir=blob_root(settings.cache_dir, settings.blob_cache),
+            blob_verify=settings.artifact_verify,
             budget_gib=budget,
             budget_name=name,
             estimate_gib=self._estimate_gib(),

@@ -36,6 +36,10 @@ class WorkerSettings(ConsumerSettings):
     device: str = "CPU"
     #: OpenVINO compile cache; makes later start-ups fast. Empty string disables it.
     cache_dir: str = str(Path.home() / ".cache" / "lcm-fleet" / "openvino")
+    #: Export each compiled model under LCM_CACHE_DIR/blobs/ and import it at the next start
+    #: instead of compiling (faster than the compile cache; never for an encrypted artifact;
+    #: worker/render/blobs.py). Off, or LCM_CACHE_DIR empty: compile at every start.
+    blob_cache: bool = True
     #: OpenVINO inference precision: "default" lets the device choose (bf16 where the CPU has it).
     inference_precision: InferencePrecision = InferencePrecision.DEFAULT
     #: Static shape to compile; None takes the artifact's shape from its manifest.

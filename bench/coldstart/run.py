@@ -1,18 +1,22 @@
-"""bench/coldstart: worker start to first image, with and without the compile cache, in one run.
+"""bench/coldstart: worker start to first image: no cache, compile cache, compiled-model blobs.
 
-Two measurements, each with an empty compile cache per sample ("cold") and with one cache
-directory that a first, unmeasured sample filled ("warm"):
+Two measurements, each with an empty cache per sample ("cold"), with one compile cache
+directory that a first, unmeasured sample filled ("warm"), and with compiled-model blobs
+(worker/render/blobs.py) that a first sample exported ("blobs"; that sample's times are
+reported as "blob export"):
 
 - ``pipeline``: a new process verifies the artifact, builds the worker's pipeline
-  (worker.render.pipeline.GenaiPipeline) and renders one image: the floor of what a worker can do.
+  (worker.render.pipeline.GenaiPipeline) and renders one image: the floor of what a worker can
+  do. The blob samples render a second image too: one render time once the first is done.
 - ``worker``: the real ``lcm-worker`` process (Celery, Redis, the render process, uploads to
   the real S3 server, started here), with one job already waiting on its queue. Times, from
-  the process start: the artifact's files verified, the pipelines compiled and warmed up,
-  Celery consuming, and the job's result stored (its PNG uploaded and verified): the first
-  image. Warm samples run with the warm-up render (``LCM_WARMUP=true``; the default only
-  when a memory budget is set) and without.
+  the process start: the render process launched (Redis answered, the manifest read), the
+  artifact's files verified, the pipelines compiled or imported, then warmed up, Celery
+  consuming, and the job's result stored (its PNG uploaded and verified): the first image.
+  Samples run with the warm-up render (``LCM_WARMUP=true``; the default only when a memory
+  budget is set) and without; the compile-cache ones with ``LCM_BLOB_CACHE=false``.
 
-Reported: medians of --runs samples, and the cache's size on disk.
+Reported: medians of --runs samples, the first image over one render, and the caches' sizes.
 
     python -m bench.coldstart.run --artifact var/bench/int8 [--runs 3] [--mode both]
 """
@@ -35,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.pipeline import machine
 from bench.services import local_services
 from lcm_fleet.artifact.manifest import Shape, read_manifest
 
@@ -47,27 +52,52 @@ t_import = time.perf_counter()
 from worker.model.artifact import verify_artifact
 from worker.render.pipeline import GenaiPipeline
 model = verify_artifact(sys.argv[1])
-pipe = GenaiPipeline(model, "CPU", sys.argv[2], "default")
+verified = time.perf_counter()
+blob_dir = sys.argv[3]
+pipe = GenaiPipeline(model, "CPU", "" if blob_dir else sys.argv[2], "default", blob_dir=blob_dir)
 ready = time.perf_counter()
 pipe.generate("a lighthouse at dusk", 0, 4, model.guidance_scale)
-print(json.dumps({"ready_after_import_s": ready - t_import,
-                  "image_after_import_s": time.perf_counter() - t_import,
-                  "compile_s": pipe.compile_s}))
+image = time.perf_counter()
+out = {"verify_s": verified - t_import, "ready_after_import_s": ready - t_import,
+       "image_after_import_s": image - t_import, "compile_s": pipe.compile_s,
+       "first_render_s": image - ready, "loaded": str(pipe.loaded)}
+if sys.argv[4] == "1":
+    pipe.generate("a lighthouse at dusk", 1, 4, model.guidance_scale)
+    out["render_s"] = time.perf_counter() - image
+print(json.dumps(out))
 """
 
 #: Log lines of lcm-worker that mark its start-up stages (logging's asctime, or Celery's).
 MARKS = {
+    "render_launched_s": re.compile(r"render process \d+ started \(pid"),
     "verified_s": re.compile(r"artifact .* verified"),
+    "pipelines_loaded_s": re.compile(r"pipeline (compiled|imported) on "),
     "pipelines_ready_s": re.compile(r"render process \d+ \(pid \d+\) ready in"),
     "consuming_s": re.compile(r" ready\.$"),
+}
+#: Durations the worker logs: the pipeline's load (compile or import) and its warm-up render.
+LOGGED = {
+    "load_s": re.compile(r"pipeline (?:compiled|imported) on \S+ for \d+x\d+ in ([\d.]+)s"),
+    "warmup_s": re.compile(r"in a ([\d.]+)s warm-up render"),
 }
 STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
 
 
-def sample(artifact: Path, cache_dir: Path) -> dict[str, float]:
+def sample(
+    artifact: Path, cache_dir: Path, blob_dir: Path | None = None, second: bool = False
+) -> dict[str, Any]:
+    """One pipeline sample: compile cache ``cache_dir``, or blobs in ``blob_dir``."""
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(artifact), str(cache_dir)],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(artifact),
+            str(cache_dir),
+            str(blob_dir or ""),
+            "1" if second else "0",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -75,18 +105,34 @@ def sample(artifact: Path, cache_dir: Path) -> dict[str, float]:
     )
     wall = time.perf_counter() - t0
     child = json.loads(out.stdout.strip().splitlines()[-1])
+    if second:
+        wall -= child["render_s"]  # the first image's time, without the second render
     startup = wall - child["image_after_import_s"]  # interpreter start and imports
-    return {
+    result: dict[str, Any] = {
+        "imports_s": round(startup, 3),
+        "verify_s": round(child["verify_s"], 3),
         "ready_s": round(startup + child["ready_after_import_s"], 3),
         "first_image_s": round(wall, 3),
         "compile_s": round(child["compile_s"], 3),
+        "first_render_s": round(child["first_render_s"], 3),
+        "loaded": child["loaded"],
     }
+    if second:
+        result["render_s"] = round(child["render_s"], 3)
+    return result
 
 
-def log_marks(log: str, started_at: float) -> dict[str, float]:
-    """Seconds after ``started_at`` (time.time()) of the first line matching each mark."""
-    marks: dict[str, float] = {}
+def log_marks(log: str, started_at: float) -> dict[str, Any]:
+    """Seconds after ``started_at`` (time.time()) of the first line matching each mark, the
+    durations the worker logged, and whether its pipeline was imported from blobs."""
+    marks: dict[str, Any] = {}
     for line in log.splitlines():
+        for name, pattern in LOGGED.items():
+            found = pattern.search(line)
+            if name not in marks and found:
+                marks[name] = float(found.group(1))
+        if "imported" not in marks and MARKS["pipelines_loaded_s"].search(line):
+            marks["imported"] = "pipeline imported on " in line
         stamp = STAMP.search(line)
         if not stamp:
             continue
@@ -98,7 +144,12 @@ def log_marks(log: str, started_at: float) -> dict[str, float]:
 
 
 def worker_sample(
-    artifact: Path, cache_dir: Path, env: dict[str, str], work: Path, warmup: bool
+    artifact: Path,
+    cache_dir: Path,
+    env: dict[str, str],
+    work: Path,
+    warmup: bool,
+    blobs: bool = False,
 ) -> dict[str, Any]:
     """Queue one job, start lcm-worker, and time it until the job's result is stored."""
     from pydantic import SecretStr
@@ -124,6 +175,7 @@ def worker_sample(
         LCM_METRICS_PORT="0",
         LCM_CACHE_DIR=str(cache_dir),
         LCM_WARMUP="true" if warmup else "false",
+        LCM_BLOB_CACHE="true" if blobs else "false",
     )
     log_path = work / f"worker-{queue}.log"
     with open(log_path, "wb") as out:
@@ -156,9 +208,19 @@ def worker_sample(
     }
 
 
-def summarize(samples: list[dict[str, Any]]) -> dict[str, float]:
+def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the numbers; other values (how the pipeline was loaded) when all agree."""
     keys = [k for k in samples[0] if all(k in s for s in samples)]
-    return {k: round(statistics.median(s[k] for s in samples), 3) for k in keys}
+    out: dict[str, Any] = {}
+    for k in keys:
+        values = [s[k] for s in samples]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[k] = round(statistics.median(values), 3)
+        elif all(v == values[0] for v in values):
+            out[k] = values[0]
+        else:
+            out[k] = values
+    return out
 
 
 def cache_gib(folder: Path) -> float:
@@ -173,12 +235,21 @@ def measure_pipeline(artifact: Path, runs: int, tmp: Path) -> dict[str, Any]:
         shutil.rmtree(cache, ignore_errors=True)
     warm_dir = tmp / "warm"
     sample(artifact, warm_dir)  # fills the cache, not measured
-    warm = [sample(artifact, warm_dir) for _ in range(runs)]
+    blob_dir = tmp / "blobs"
+    export = sample(artifact, tmp / "unused", blob_dir)  # exports the blobs
+    warm, blobs = [], []
+    for _ in range(runs):  # alternated, so a change in machine load hits both alike
+        warm.append(sample(artifact, warm_dir))
+        blobs.append(sample(artifact, tmp / "unused", blob_dir, second=True))
+        print(f"pipeline, warm cache: {warm[-1]}\npipeline, blobs: {blobs[-1]}", flush=True)
     return {
         "no_cache": summarize(cold),
         "warm_cache": summarize(warm),
+        "blob_export": export,
+        "blobs": summarize(blobs),
         "cache_gib": cache_gib(warm_dir),
-        "samples": {"no_cache": cold, "warm_cache": warm},
+        "blobs_gib": cache_gib(blob_dir),
+        "samples": {"no_cache": cold, "warm_cache": warm, "blobs": blobs},
     }
 
 
@@ -195,25 +266,44 @@ def measure_worker(artifact: Path, runs: int, tmp: Path, s3_port: int) -> dict[s
             print(f"worker, no cache: {cold[-1]}", flush=True)
         warm_dir = tmp / "worker-warm"
         worker_sample(artifact, warm_dir, env, tmp, warmup=True)  # fills the cache
-        warm, warm_no_warmup = [], []
-        for _ in range(runs):  # alternated, so a change in machine load hits both alike
-            warm.append(worker_sample(artifact, warm_dir, env, tmp, warmup=True))
-            print(f"worker, warm cache: {warm[-1]}", flush=True)
-            warm_no_warmup.append(worker_sample(artifact, warm_dir, env, tmp, warmup=False))
-            print(f"worker, warm cache, LCM_WARMUP=false: {warm_no_warmup[-1]}", flush=True)
+        blob_cache = tmp / "worker-blobs"
+        export = worker_sample(artifact, blob_cache, env, tmp, warmup=False, blobs=True)
+        print(f"worker, blob export: {export}", flush=True)
+        kinds: dict[str, tuple[Path, bool, bool]] = {
+            "warm_cache": (warm_dir, True, False),
+            "warm_cache_no_warmup": (warm_dir, False, False),
+            "blobs": (blob_cache, False, True),
+            "blobs_warmup": (blob_cache, True, True),
+        }
+        samples: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        for _ in range(runs):  # alternated, so a change in machine load hits all alike
+            for kind, (cache, warmup, blobs) in kinds.items():
+                samples[kind].append(worker_sample(artifact, cache, env, tmp, warmup, blobs))
+                print(f"worker, {kind}: {samples[kind][-1]}", flush=True)
     finally:
         services.stop(state)
     return {
         "no_cache": summarize(cold),
-        "warm_cache": summarize(warm),
-        "warm_cache_no_warmup": summarize(warm_no_warmup),
+        **{kind: summarize(s) for kind, s in samples.items()},
+        "blob_export": export,
         "cache_gib": cache_gib(warm_dir),
-        "samples": {
-            "no_cache": cold,
-            "warm_cache": warm,
-            "warm_cache_no_warmup": warm_no_warmup,
-        },
+        "blobs_gib": cache_gib(blob_cache / "blobs"),
+        "samples": {"no_cache": cold, **samples},
     }
+
+
+def ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """First image over one render (the pipeline blob samples' second image), per variant:
+    the issue's goal is <= 1.5 for a worker with a warm cache."""
+    render = report.get("pipeline", {}).get("blobs", {}).get("render_s")
+    if not render:
+        return {}
+    out: dict[str, Any] = {"render_s": render}
+    for mode in ("pipeline", "worker"):
+        for kind, figures in report.get(mode, {}).items():
+            if isinstance(figures, dict) and "first_image_s" in figures:
+                out[f"{mode}.{kind}"] = round(figures["first_image_s"] / render, 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("pipeline", "worker", "both"), default="both")
     parser.add_argument("--s3-port", type=int, default=18934)
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--tag", default="", help="appended to the result's name, e.g. the ISA")
     args = parser.parse_args(argv)
     artifact = args.artifact.resolve()
     manifest = read_manifest(artifact)
@@ -239,14 +330,20 @@ def main(argv: list[str] | None = None) -> int:
         "precision": manifest.precision,
         "vae_decoder": manifest.vae_decoder_kind,
         "runs": args.runs,
+        "machine": machine.describe(),
+        "load_average": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="lcm-coldstart-") as tmp:
         if args.mode in ("pipeline", "both"):
             report["pipeline"] = measure_pipeline(artifact, args.runs, Path(tmp))
         if args.mode in ("worker", "both"):
             report["worker"] = measure_worker(artifact, args.runs, Path(tmp), args.s3_port)
+    report["first_image_over_render"] = ratios(report)
+    report["load_average_after"] = os.getloadavg()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     name = f"coldstart-{shape.width}x{shape.height}-{datetime.now():%Y%m%d-%H%M}"
+    if args.tag:
+        name += f"-{args.tag}"
     (args.results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     brief = {
         k: ({kk: vv for kk, vv in v.items() if kk != "samples"} if isinstance(v, dict) else v)

@@ -58,7 +58,7 @@ def start_worker_cmd(
             stderr=subprocess.STDOUT,
         )
     worker = WorkerProcess(proc=proc, log=log, env=env)
-    wait_for_log(worker, "pipeline compiled", timeout_s=ready_s)
+    wait_for_log(worker, "pipeline loaded", timeout_s=ready_s)
     wait_for_log(worker, " ready.", timeout_s=60)
     wait_for_log(worker, "render process 0 (pid", timeout_s=120)
     return worker

@@ -167,7 +167,7 @@ def start_worker(env: dict[str, str], log: Path) -> WorkerProcess:
             stderr=subprocess.STDOUT,
         )
     worker = WorkerProcess(proc=proc, log=log, env=env)
-    wait_for_log(worker, "pipeline compiled", timeout_s=180)
+    wait_for_log(worker, "pipeline loaded", timeout_s=180)
     wait_for_log(worker, " ready.", timeout_s=60)
     return worker
 

@@ -78,11 +78,12 @@ def test_served_from_memory_with_the_images_of_the_plaintext_artifact(
     plain = GenaiPipeline(verify_artifact(model_dirs["int8"]), "CPU", "", "default")
     model = verify_artifact(encrypted, key=SecretStr(KEY))
     cache = tmp_path / "cache"
-    pipe = GenaiPipeline(model, "CPU", str(cache), "default")
+    pipe = GenaiPipeline(model, "CPU", str(cache), "default", blob_dir=str(cache / "blobs"))
     a, b = render(job, plain), render(job, pipe)
     for x, y in zip(a.images, b.images, strict=True):
         assert x.pixels.std() > 0 and np.array_equal(x.pixels, y.pixels)
-    # nothing decrypted was written: neither beside the artifact nor in a compile cache
+    # nothing decrypted was written: neither beside the artifact nor in a compile cache or
+    # a compiled-model blob
     assert sorted(p.name for p in encrypted.rglob("*")) == before
     assert not cache.exists() or not any(cache.iterdir())
 
@@ -154,7 +155,7 @@ def test_a_worker_serves_jobs_from_it(
     ]
     assert np.array_equal(pixels[0], pixels[1])
     log = proc.log_text()
-    assert KEY not in log and "compile cache off" in log
+    assert KEY not in log and "compile cache and compiled-model blobs off" in log
     assert json.loads(json.dumps(a.model_dump(mode="json"))) and KEY not in json.dumps(
         a.model_dump(mode="json")
     )

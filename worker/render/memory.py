@@ -177,7 +177,7 @@ def load_size_classes(
         )
         loads.append(load)
         logger.info(
-            "size class %s: pipeline compiled in %.1fs, resident memory +%.2f GiB "
+            "size class %s: pipeline loaded in %.1fs, resident memory +%.2f GiB "
             "(+%.2f GiB of it in a %.1fs warm-up render)",
             format_size(size),
             compile_s,

@@ -46,6 +46,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.model.artifact import ServedModel
+from worker.model.verified import VerifyMode
 from worker.render.limits import Deadlines
 from worker.render.memory import load_size_classes
 from worker.render.messages import (
@@ -99,6 +100,8 @@ def genai_pipeline(spec: RenderSpec, size: Size) -> ImagePipeline:
         text_encoder_device=spec.text_encoder_device,
         width=size[0],
         height=size[1],
+        blob_dir=spec.blob_dir,
+        blob_verify=spec.blob_verify,
     )
 
 
@@ -114,6 +117,9 @@ class RenderSpec:
     cpu_threads: int | None = None
     cpu_pinning: bool | None = None
     text_encoder_device: str | None = None
+    #: Compiled-model blobs (LCM_CACHE_DIR/blobs; "" off) and how they are checked.
+    blob_dir: str = ""
+    blob_verify: VerifyMode = VerifyMode.MARKER
     budget_gib: float | None = None
     budget_name: str = "LCM_MEMORY_BUDGET_GIB"
     estimate_gib: float = 0.0
