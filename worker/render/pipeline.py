@@ -97,6 +97,9 @@ class CompileOptions:
     cpu_threads: int | None = None
     cpu_pinning: bool | None = None
     text_encoder_device: str | None = None
+    #: SNIPPETS_MODE=DISABLE on the CPU: OpenVINO's fused subgraph code generator off. Set
+    #: when it cannot compile a model (see :data:`SNIPPETS_FAILURE`), not by users.
+    snippets_off: bool = False
 
     def devices(self) -> tuple[str, ...]:
         return compile_devices(self.device, self.text_encoder_device)
@@ -113,7 +116,16 @@ class CompileOptions:
                 config["INFERENCE_NUM_THREADS"] = self.cpu_threads
             if self.cpu_pinning is not None:
                 config["ENABLE_CPU_PINNING"] = self.cpu_pinning
+            if self.snippets_off:
+                config["SNIPPETS_MODE"] = "DISABLE"
         return config
+
+
+#: What OpenVINO 2026.4.1's CPU plugin raises when its snippets code generator compiles a
+#: static-shape UNet for one thread per stream (INFERENCE_NUM_THREADS=1, or NUM_STREAMS equal
+#: to the cores): the reference LCM's UNet fails so (bench/streams measured it). The same
+#: compile with SNIPPETS_MODE=DISABLE works; the worker then compiles again that way.
+SNIPPETS_FAILURE = "Not enough gp registers in the pool"
 
 
 def pipeline_from_buffers(path: Path, decryptor: Decryptor) -> Any:
@@ -262,15 +274,21 @@ class GenaiPipeline:
             self.options = options
         t0 = time.perf_counter()
         try:
-            if decryptor is None:
-                pipe = ov_genai.Text2ImagePipeline(str(path))
-            else:
-                pipe = pipeline_from_buffers(path, decryptor)
-            # Batch 1: a job's N images are N seeded calls (genai 2026.4 breaks LCM when
-            # reshaped for num_images_per_prompt > 1). For an LCM the guidance is an UNet
-            # input; for a CFG UNet it sets the batch (2 when guidance_scale > 1).
-            pipe.reshape(1, self.height, self.width, self.guidance_scale)
-            pipe.compile(*options.devices(), config=options.config())
+            try:
+                pipe = self._build(path, options, decryptor)
+            except RuntimeError as e:
+                if SNIPPETS_FAILURE not in str(e) or options.snippets_off:
+                    raise
+                logger.warning(
+                    "OpenVINO's snippets code generator cannot compile %s for %s thread(s) "
+                    "per stream (%s); compiling again with SNIPPETS_MODE=DISABLE",
+                    path,
+                    options.cpu_threads or "all",
+                    SNIPPETS_FAILURE,
+                )
+                options = replace(options, snippets_off=True)
+                self.options = options
+                pipe = self._build(path, options, decryptor)
         except ModelLoadError:
             raise
         except Exception as e:
@@ -278,14 +296,29 @@ class GenaiPipeline:
         self._pipe = pipe
         self.compile_s = time.perf_counter() - t0
         logger.info(
-            "pipeline compiled on %s for %dx%d in %.1fs (cache %s, precision %s)",
+            "pipeline compiled on %s for %dx%d in %.1fs (cache %s, precision %s%s)",
             options.device,
             self.width,
             self.height,
             self.compile_s,
             options.cache_dir or "off",
             options.precision,
+            ", snippets off" if options.snippets_off else "",
         )
+
+    def _build(self, path: Path, options: CompileOptions, decryptor: Decryptor | None) -> Any:
+        """A new genai pipeline of ``path``, reshaped and compiled (a failed compile leaves
+        genai's models half compiled: a retry starts from a new one)."""
+        if decryptor is None:
+            pipe = self._ov_genai.Text2ImagePipeline(str(path))
+        else:
+            pipe = pipeline_from_buffers(path, decryptor)
+        # Batch 1: a job's N images are N seeded calls (genai 2026.4 breaks LCM when
+        # reshaped for num_images_per_prompt > 1). For an LCM the guidance is an UNet
+        # input; for a CFG UNet it sets the batch (2 when guidance_scale > 1).
+        pipe.reshape(1, self.height, self.width, self.guidance_scale)
+        pipe.compile(*options.devices(), config=options.config())
+        return pipe
 
     def generate(
         self,
