@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         spec["height"],
         spec["guidance_scale"],
         options=CompileOptions(
+            cache_dir=spec["cache_dir"],
             cpu_threads=spec["threads"],
             cpu_pinning=spec["pinning"],
             snippets_off=spec["snippets_off"],

@@ -27,8 +27,9 @@ streams), all streams at once, of the artifact at its own size:
   costs against Python, with the same ``--clone-config``.
 
 The Python configurations render through the worker's own ``GenaiPipeline`` (batch 1,
-``reshape``, ``CppStdGenerator(seed)``). Every configuration compiles and renders a warm-up
-image per stream before the clock starts; all streams start together. Reported per
+``reshape``, ``CppStdGenerator(seed)``). Every configuration compiles (with a compile cache
+in ``--work-dir``, as a worker does) and renders a warm-up image per stream before the clock
+starts; all streams start together. Reported per
 configuration and round: images/s (all images / wall time from the start to the last
 image), the median and 90th percentile seconds per image, the peak RSS of its processes
 summed (``VmHWM``: shared pages counted in each process) and their PSS summed (shared
@@ -193,6 +194,7 @@ class Launcher:
     shape: Shape
     clone_binary: Path | None
     timeout_s: float
+    cache_dir: str
     children: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def command(self, config: Config, images: int, seed_base: int) -> list[str]:
@@ -207,6 +209,7 @@ class Launcher:
                 "threads": config.threads,
                 "pinning": True,
                 "snippets_off": config.snippets_off,
+                "cache_dir": self.cache_dir,
                 "images": images,
                 "seed_base": seed_base,
             }
@@ -217,6 +220,7 @@ class Launcher:
             str(self.clone_binary), str(s.model), str(s.width), str(s.height), str(s.steps),
             str(s.guidance_scale), str(config.clones), str(images), str(config.threads),
             str(config.streams), "1", *config.extra,
+            *([f"CACHE_DIR={self.cache_dir}"] if self.cache_dir else []),
         ]  # fmt: skip
 
     def run(self, config: Config, total_images: int) -> dict[str, Any]:
@@ -397,7 +401,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "SNIPPETS_MODE=DISABLE: genai 2026.4.1's CPU plugin cannot compile the static UNet "
         "with NUM_STREAMS=2 otherwise)",
     )
-    parser.add_argument("--work-dir", type=Path, default=Path("var/bench-streams"))
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("var/bench-streams"), help="C++ program, cache"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="no OpenVINO compile cache (WORK_DIR/cache)"
+    )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench/results")
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--tag", default="")
@@ -432,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs:
         wanted = set(args.configs.split(","))
         configs = [c for c in configs if c.name in wanted or c.name == configs[0].name]
-    launcher = Launcher(shape, clone_binary, args.timeout_s)
+    cache_dir = "" if args.no_cache else str((args.work_dir / "cache").resolve())
+    launcher = Launcher(shape, clone_binary, args.timeout_s, cache_dir)
     started = datetime.now(timezone.utc)
     load_before = load_average()
     rounds = []
