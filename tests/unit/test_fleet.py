@@ -43,7 +43,8 @@ def test_plan_one_unit_per_socket_and_gpu():
         ("gpu1", "GPU.1", None, 9003),
     ]
     env = units[1].env()
-    assert env["LCM_CPU_THREADS"] == "2" and env["LCM_CPU_PINNING"] == "true"
+    assert env["LCM_CONCURRENCY"] == "2" and env["LCM_CPU_THREADS"] == "1"
+    assert env["LCM_CPU_PINNING"] == "true"
     assert env["LCM_DEVICE"] == "CPU" and env["LCM_UNIT"] == "cpu1"
     gpu = units[3].env()
     assert gpu["LCM_DEVICE"] == "GPU.1" and "LCM_CPU_THREADS" not in gpu
@@ -103,15 +104,26 @@ def test_broker_unreachable_exit_is_restarted_without_giving_up():
 
 @pytest.mark.parametrize(
     ("cores", "processes", "threads"),
-    [(1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 2, 2), (5, 2, 2), (8, 4, 2), (56, 8, 7), (64, 8, 8)],
+    [
+        (1, 1, 1),
+        (2, 2, 1),
+        (3, 3, 1),
+        (8, 8, 1),
+        (12, 6, 2),
+        (16, 8, 2),
+        (56, 8, 7),
+        (64, 8, 8),
+        (60, 6, 10),
+    ],
 )
 def test_default_layout_from_the_core_count(cores, processes, threads):
     layout = choose_layout(cores)
     assert (layout.processes, layout.threads) == (processes, threads)
     assert layout.source is LayoutSource.DEFAULT
-    assert layout.processes * layout.threads + layout.idle_cores == cores
-    assert layout.processes * DEFAULT_CORES_PER_PROCESS <= max(cores, DEFAULT_CORES_PER_PROCESS)
+    assert layout.idle_cores == 0
+    assert layout.processes * DEFAULT_CORES_PER_PROCESS <= cores
     assert layout.processes <= DEFAULT_MAX_PROCESSES
+    assert "default" in layout.describe()
 
 
 def test_one_setting_overrides_and_the_other_follows_from_the_cores():

@@ -16,12 +16,16 @@ from enum import Enum
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Cores each render process gets by default. bench/streams on the 2-core AMX machine
-#: (bench/results/streams-*): see docs/performance.md#streams-per-socket for the figures
-#: and why OpenVINO's own stream rules put the same bound on larger sockets.
-DEFAULT_CORES_PER_PROCESS = 2
-#: Most render processes per unit by default: each holds its own compiled pipelines, so
-#: memory grows with every one (genai's clone(), which would share them, is C++ only).
+#: Fewest cores per render process by default: one. bench/streams on the 2-core AMX machine
+#: (docs/performance.md#streams-per-socket-benchstreams): two pinned 1-thread processes gave
+#: 2.50x the images/s of one 2-thread process on the reference model and 1.00x-1.56x at
+#: 512x512 (a disturbed run), never less; each image takes longer (about 1.6-2x) and each
+#: process holds its own pipelines. OpenVINO's THROUGHPUT rule gives compute-bound models one
+#: thread per stream too.
+DEFAULT_CORES_PER_PROCESS = 1
+#: Most render processes per unit by default: each holds its own compiled pipelines (+3.2 GiB
+#: at 512x512; genai's clone(), which would share them, is C++ only), so on a large socket
+#: the processes get more threads instead: 56 cores are 8 processes x 7 threads.
 DEFAULT_MAX_PROCESSES = 8
 
 
@@ -64,7 +68,8 @@ class RenderLayout:
         p = "process" if self.processes == 1 else "processes"
         t = "thread" if self.threads == 1 else "threads"
         why = (
-            f"default: {DEFAULT_CORES_PER_PROCESS} cores per process"
+            f"default: at least {DEFAULT_CORES_PER_PROCESS} core(s) per process, "
+            f"at most {DEFAULT_MAX_PROCESSES} processes"
             if self.source is LayoutSource.DEFAULT
             else "LCM_CONCURRENCY / LCM_CPU_THREADS"
         )
@@ -85,14 +90,17 @@ def choose_layout(
 ) -> RenderLayout:
     """Render processes x threads for a unit of ``cores`` cores.
 
-    Neither set: one process per DEFAULT_CORES_PER_PROCESS cores (at least one, at most
-    DEFAULT_MAX_PROCESSES), the cores shared out evenly. One set: the other from the cores.
-    Both: as given, refused when they need more cores than the unit has.
+    Neither set: up to one process per DEFAULT_CORES_PER_PROCESS cores and at most
+    DEFAULT_MAX_PROCESSES, the cores shared out evenly: of those counts, the one leaving the
+    fewest cores idle, the most processes among equals (12 cores: 6 x 2, not 8 x 1 and 4
+    idle). One set: the other from the cores. Both: as given, refused when they need more
+    cores than the unit has.
     """
     if cores < 1:
         raise LayoutError(f"a CPU unit needs at least one core, got {cores}")
     if concurrency is None and cpu_threads is None:
-        processes = max(1, min(DEFAULT_MAX_PROCESSES, cores // DEFAULT_CORES_PER_PROCESS))
+        most = max(1, min(DEFAULT_MAX_PROCESSES, cores // DEFAULT_CORES_PER_PROCESS))
+        processes = min(range(1, most + 1), key=lambda p: (cores % p, -p))
         return RenderLayout(processes, cores // processes, cores, LayoutSource.DEFAULT)
     if concurrency is not None and cpu_threads is None:
         if concurrency > cores:
