@@ -18,9 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Fewest cores per render process by default: one. bench/streams on the 2-core AMX machine
 #: (docs/performance.md#streams-per-socket-benchstreams): two pinned 1-thread processes gave
-#: 2.50x the images/s of one 2-thread process on the reference model and 1.00x-1.56x at
-#: 512x512 (a disturbed run), never less; each image takes longer (about 1.6-2x) and each
-#: process holds its own pipelines. OpenVINO's THROUGHPUT rule gives compute-bound models one
+#: 2.50x the images/s of one 2-thread process on the reference model and 1.03x-1.20x at
+#: 512x512, never less; each image takes longer (1.5x at 512x512) and each process holds
+#: its own pipelines (2x the peak RSS). OpenVINO's THROUGHPUT rule gives compute-bound models one
 #: thread per stream too.
 DEFAULT_CORES_PER_PROCESS = 1
 #: Most render processes per unit by default: each holds its own compiled pipelines (+3.2 GiB
