@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         serve_metrics(rt)
         # 7. wait until the render processes have compiled their pipelines
         wait_for_render_processes(rt)
+        logger.info(
+            "lcm-worker %s ready: %s, %s, sizes %s",
+            settings.unit,
+            rt.model.path,
+            rt.describe_rendering(),
+            ", ".join(f"{w}x{h}" for w, h in rt.sizes),
+        )
     except BrokerUnreachable as e:
         print(f"lcm-worker: {e}", file=sys.stderr)
         return ExitCode.BROKER

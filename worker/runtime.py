@@ -21,6 +21,7 @@ from lcm_fleet.contract import JobClass, interactive_queue
 from lcm_fleet.records import RecordStore, open_records
 from lcm_fleet.storage import ObjectStore
 from worker.errors import StartupError
+from worker.fleet.layout import split_cpus
 from worker.model.artifact import ServedModel
 from worker.render.blobs import blob_root
 from worker.render.memory import check_estimate, estimate_gib
@@ -91,6 +92,42 @@ class Runtime:
         budget, name = self._budget()
         check_estimate(self.sizes, self._estimate_gib(), budget, name)
 
+    def render_cpu_sets(self) -> tuple[tuple[int, ...], ...] | None:
+        """Each render process's own cores: with LCM_CPU_PINNING=true, LCM_CPU_THREADS set
+        and LCM_CONCURRENCY > 1, runs of LCM_CPU_THREADS of the cores this worker may use
+        (lcm-fleet's unit), so that OpenVINO's pinning in one does not land on another's
+        cores; None (every process on all of them) otherwise, or when they do not fit."""
+        s = self.settings
+        if (
+            not s.device.startswith("CPU")
+            or s.cpu_pinning is not True
+            or s.cpu_threads is None
+            or s.concurrency == 1
+        ):
+            return None
+        cpus = sorted(os.sched_getaffinity(0))
+        if s.concurrency * s.cpu_threads > len(cpus):
+            logger.warning(
+                "LCM_CONCURRENCY=%d x LCM_CPU_THREADS=%d is more than the %d cores this worker "
+                "may use: the render processes share them",
+                s.concurrency,
+                s.cpu_threads,
+                len(cpus),
+            )
+            return None
+        return split_cpus(cpus, s.concurrency, s.cpu_threads)
+
+    def describe_rendering(self) -> str:
+        """The worker's start line: its render processes, threads and cores."""
+        s, sets = self.settings, self.render_cpu_sets()
+        threads = "all cores" if s.cpu_threads is None else f"{s.cpu_threads} thread(s)"
+        pinned = {True: "pinned", False: "not pinned", None: "OpenVINO's pinning"}[s.cpu_pinning]
+        if sets is not None:
+            where = "cpus " + " | ".join(",".join(map(str, c)) for c in sets)
+        else:
+            where = "cpus " + ",".join(map(str, sorted(os.sched_getaffinity(0)))) + " shared"
+        return f"{s.concurrency} render process(es) x {threads} on {s.device} ({where}, {pinned})"
+
     def render_spec(self) -> RenderSpec:
         settings = self.settings
         budget, name = self._budget()
@@ -110,6 +147,7 @@ class Runtime:
             estimate_gib=self._estimate_gib(),
             warmup=settings.warms_up(),
             log_level=settings.log_level,
+            cpu_sets=self.render_cpu_sets(),
         )
 
     def start_rendering(self, on_fatal: Any = None) -> list[LoadReport]:

@@ -13,6 +13,7 @@ import uuid
 from producer.api import submit
 from producer.settings import ProducerSettings
 from tests.integration.conftest import METRICS_PORT, ROOT, worker_env
+from worker.fleet.layout import choose_layout, split_cpus
 
 
 def _wait(log, pattern: str, count: int = 1, timeout_s: float = 120) -> list[str]:
@@ -52,6 +53,15 @@ def test_fleet_pins_workers_and_restarts_a_killed_one(
         with open(f"/proc/{first}/status") as status:
             pinned = re.search(r"Cpus_allowed_list:\s*(\S+)", status.read()).group(1)
         assert pinned == (f"{allowed[0]}-{allowed[-1]}" if len(allowed) > 1 else str(allowed[0]))
+        # The unit's split (worker/fleet/layout.py) in its start lines, each render process
+        # pinned to cores of its own.
+        started = _wait(log, r"started worker pid \d+ on CPU cpus \S+, (.*?) \(metrics")[0]
+        layout = choose_layout(len(allowed))
+        assert started == layout.describe()
+        ready = _wait(log, r"lcm-worker cpu0 ready: .*")[0]
+        cores = split_cpus(allowed, layout.processes, layout.threads)
+        assert f"x {layout.threads} thread(s)" in ready
+        assert " | ".join(",".join(map(str, c)) for c in cores) in ready
         settings = ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
         assert submit("before", settings=settings, seed=1).wait(60).images
 

@@ -2,9 +2,19 @@ import sys
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from lcm_fleet.backoff import Backoff
 from worker.fleet.launcher import Fleet
+from worker.fleet.layout import (
+    DEFAULT_CORES_PER_PROCESS,
+    DEFAULT_MAX_PROCESSES,
+    LayoutError,
+    LayoutSettings,
+    LayoutSource,
+    choose_layout,
+    split_cpus,
+)
 from worker.fleet.topology import Unit, numa_nodes, parse_cpulist, plan_units
 from worker.render.pipeline import compile_devices
 
@@ -33,7 +43,8 @@ def test_plan_one_unit_per_socket_and_gpu():
         ("gpu1", "GPU.1", None, 9003),
     ]
     env = units[1].env()
-    assert env["LCM_CPU_THREADS"] == "2" and env["LCM_CPU_PINNING"] == "true"
+    assert env["LCM_CONCURRENCY"] == "2" and env["LCM_CPU_THREADS"] == "1"
+    assert env["LCM_CPU_PINNING"] == "true"
     assert env["LCM_DEVICE"] == "CPU" and env["LCM_UNIT"] == "cpu1"
     gpu = units[3].env()
     assert gpu["LCM_DEVICE"] == "GPU.1" and "LCM_CPU_THREADS" not in gpu
@@ -86,3 +97,117 @@ def test_broker_unreachable_exit_is_restarted_without_giving_up():
     member = fleet.members[0]
     assert member.starts >= 5 and member.given_up is None and fleet.alive()
     fleet.stop()
+
+
+# ---------------------------------------------------------------- render processes per unit
+
+
+@pytest.mark.parametrize(
+    ("cores", "processes", "threads"),
+    [
+        (1, 1, 1),
+        (2, 2, 1),
+        (3, 3, 1),
+        (8, 8, 1),
+        (12, 6, 2),
+        (16, 8, 2),
+        (56, 8, 7),
+        (64, 8, 8),
+        (60, 6, 10),
+    ],
+)
+def test_default_layout_from_the_core_count(cores, processes, threads):
+    layout = choose_layout(cores)
+    assert (layout.processes, layout.threads) == (processes, threads)
+    assert layout.source is LayoutSource.DEFAULT
+    assert layout.idle_cores == 0
+    assert layout.processes * DEFAULT_CORES_PER_PROCESS <= cores
+    assert layout.processes <= DEFAULT_MAX_PROCESSES
+    assert "default" in layout.describe()
+
+
+def test_one_setting_overrides_and_the_other_follows_from_the_cores():
+    by_processes = choose_layout(8, concurrency=2)
+    assert (by_processes.processes, by_processes.threads) == (2, 4)
+    by_threads = choose_layout(8, cpu_threads=1)
+    assert (by_threads.processes, by_threads.threads) == (8, 1)
+    assert by_threads.source is LayoutSource.SETTINGS
+    both = choose_layout(8, concurrency=3, cpu_threads=2)
+    assert (both.processes, both.threads, both.idle_cores) == (3, 2, 2)
+    assert "2 idle" in both.describe() and "LCM_CONCURRENCY" in both.describe()
+    assert both.env() == {
+        "LCM_CONCURRENCY": "3",
+        "LCM_CPU_THREADS": "2",
+        "LCM_CPU_PINNING": "true",
+    }
+
+
+def test_layouts_that_need_more_cores_than_the_unit_are_refused():
+    with pytest.raises(LayoutError, match=r"LCM_CONCURRENCY=3 x LCM_CPU_THREADS=2 needs 6 cores"):
+        choose_layout(4, concurrency=3, cpu_threads=2)
+    with pytest.raises(LayoutError, match=r"LCM_CONCURRENCY=5 .* 4 cores"):
+        choose_layout(4, concurrency=5)
+    with pytest.raises(LayoutError, match=r"LCM_CPU_THREADS=9 is more than the unit's 8 cores"):
+        choose_layout(8, cpu_threads=9)
+
+
+def test_plan_gives_each_cpu_unit_its_layout():
+    units = plan_units([[0, 1, 2, 3], [4, 5]], ["CPU", "GPU"], concurrency=2)
+    assert [(u.layout.processes, u.layout.threads) for u in units if u.layout] == [(2, 2), (2, 1)]
+    assert units[0].env()["LCM_CONCURRENCY"] == "2" and units[1].env()["LCM_CPU_THREADS"] == "1"
+    assert units[2].layout is None and "LCM_CONCURRENCY" not in units[2].env()
+    with pytest.raises(LayoutError):
+        plan_units([[0, 1]], ["CPU"], cpu_threads=4)
+
+
+def test_split_cpus_gives_each_render_process_its_own_cores():
+    assert split_cpus([3, 1, 2, 0], 2, 2) == ((0, 1), (2, 3))
+    assert split_cpus([0, 1, 2], 1, 2) == ((0, 1),)
+    with pytest.raises(LayoutError, match="need 4 cores; this worker may run on 3"):
+        split_cpus([0, 1, 2], 2, 2)
+
+
+def test_layout_settings_read_the_worker_variables(monkeypatch):
+    monkeypatch.setenv("LCM_CONCURRENCY", "2")
+    monkeypatch.delenv("LCM_CPU_THREADS", raising=False)
+    settings = LayoutSettings()
+    assert (settings.concurrency, settings.cpu_threads) == (2, None)
+    monkeypatch.setenv("LCM_CPU_THREADS", "0")
+    with pytest.raises(ValidationError, match="cpu_threads"):
+        LayoutSettings()
+
+
+def test_fleet_refuses_a_layout_that_does_not_fit(monkeypatch, capsys):
+    from worker.fleet import launcher
+
+    monkeypatch.setattr(launcher, "numa_nodes", lambda: [[0, 1]])
+    monkeypatch.setattr(launcher, "openvino_devices", lambda: ["CPU"])
+    monkeypatch.setenv("LCM_CONCURRENCY", "2")
+    monkeypatch.setenv("LCM_CPU_THREADS", "2")
+    assert launcher.main(["--plan"]) == 2
+    assert "LCM_CONCURRENCY=2 x LCM_CPU_THREADS=2 needs 4 cores" in capsys.readouterr().err
+    monkeypatch.delenv("LCM_CPU_THREADS")
+    assert launcher.main(["--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "render=2 render processes x 1 thread of 2 cores (LCM_CONCURRENCY" in out
+
+
+def test_worker_splits_its_cores_between_render_processes(monkeypatch):
+    from types import SimpleNamespace
+
+    from worker.runtime import Runtime
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {4, 5, 6, 7})
+
+    def runtime(**settings):
+        base = dict(device="CPU", cpu_pinning=True, cpu_threads=2, concurrency=2)
+        return Runtime(settings=SimpleNamespace(**{**base, **settings}), model=None)
+
+    assert runtime().render_cpu_sets() == ((4, 5), (6, 7))
+    assert "cpus 4,5 | 6,7, pinned" in runtime().describe_rendering()
+    assert runtime(concurrency=1).render_cpu_sets() is None
+    assert runtime(cpu_pinning=None).render_cpu_sets() is None
+    assert runtime(cpu_threads=None).render_cpu_sets() is None
+    assert runtime(device="GPU").render_cpu_sets() is None
+    assert runtime(concurrency=3).render_cpu_sets() is None  # 6 threads on 4 cores: shared
+    assert "shared" in runtime(concurrency=3).describe_rendering()

@@ -163,3 +163,16 @@ def test_launch_does_not_wait_for_the_compile_and_kill_ends_it():
     assert second.pid is None  # the others start one after the other, in wait_ready
     slots.kill()
     assert not first.alive() and first._process.exitcode == -9
+
+
+def test_each_render_process_runs_on_its_own_cores():
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    sets = ((cpus[0],), (cpus[-1],))
+    slots = RenderSlots(_spec(sizes=((64, 64),), cpu_sets=sets), processes=2, startup_timeout_s=60)
+    try:
+        slots.start()
+        assert [os.sched_getaffinity(r.pid) for r in slots.renderers] == [set(s) for s in sets]
+    finally:
+        slots.stop()

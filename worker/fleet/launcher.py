@@ -1,8 +1,11 @@
 """``lcm-fleet``: one worker process per CPU socket and per GPU, restarted when one dies.
 
 It discovers the NUMA nodes (from /sys) and OpenVINO's devices, starts one
-``lcm-worker`` per unit with its device, its CPU affinity set to its socket's cores,
-OpenVINO's thread count and pinning matched to them, and a metrics port of its own;
+``lcm-worker`` per unit with its device, its CPU affinity set to its socket's cores, its
+render processes x OpenVINO threads chosen from the socket's core count
+(worker/fleet/layout.py: the rule bench/streams measured; LCM_CONCURRENCY and
+LCM_CPU_THREADS override it), each render process pinned to cores of its own, and a
+metrics port of its own;
 then it supervises: a worker that dies is started again after a capped, jittered
 backoff. A worker that exits with code 2 (bad settings or artifact) is not restarted;
 one that exits with code 4 (Redis unreachable at start) is restarted after the backoff
@@ -27,8 +30,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from lcm_fleet.backoff import Backoff
+from lcm_fleet.settings import settings_problems
 from worker.exit_codes import ExitCode
+from worker.fleet.layout import LayoutSettings
 from worker.fleet.topology import Unit, numa_nodes, openvino_devices, plan_units
 
 logger = logging.getLogger("worker.fleet.launcher")
@@ -82,11 +89,12 @@ class Fleet:
         member.restart_at = None
         member.starts += 1
         logger.info(
-            "unit %s: started worker pid %d on %s%s (metrics :%d)",
+            "unit %s: started worker pid %d on %s%s%s (metrics :%d)",
             unit.name,
             member.proc.pid,
             unit.device,
             f" cpus {','.join(map(str, cpus))}" if cpus else "",
+            f", {unit.layout.describe()}" if unit.layout else "",
             unit.metrics_port,
         )
 
@@ -207,15 +215,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     wanted = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     try:
+        layout = LayoutSettings()
+    except ValidationError as e:
+        problems = "\n".join(f"  {line}" for line in settings_problems(e))
+        print(f"lcm-fleet: invalid settings:\n{problems}", file=sys.stderr)
+        return 2
+    try:
         units = plan_units(
-            numa_nodes(), openvino_devices(), wanted=wanted, metrics_port=args.metrics_port
+            numa_nodes(),
+            openvino_devices(),
+            wanted=wanted,
+            metrics_port=args.metrics_port,
+            concurrency=layout.concurrency,
+            cpu_threads=layout.cpu_threads,
         )
     except ValueError as e:
         print(f"lcm-fleet: {e}", file=sys.stderr)
         return 2
     for unit in units:
         cpus = ",".join(map(str, unit.cpus)) if unit.cpus else "-"
-        print(f"{unit.name}\tdevice={unit.device}\tcpus={cpus}\tmetrics_port={unit.metrics_port}")
+        split = f"\trender={unit.layout.describe()}" if unit.layout else ""
+        print(
+            f"{unit.name}\tdevice={unit.device}\tcpus={cpus}\tmetrics_port={unit.metrics_port}"
+            f"{split}"
+        )
     if args.plan:
         return 0
     return Fleet(units, max_restarts=args.max_restarts).run()

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.fleet.layout import RenderLayout, choose_layout
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,12 +50,14 @@ def openvino_devices() -> list[str]:
 
 @dataclass(frozen=True)
 class Unit:
-    """One worker process: a device, and for CPU units the cores it is pinned to."""
+    """One worker process: a device, and for CPU units the cores it is pinned to and how
+    they are split into render processes (worker/fleet/layout.py)."""
 
     name: str
     device: str
     cpus: tuple[int, ...] | None
     metrics_port: int
+    layout: RenderLayout | None = None
 
     def env(self) -> dict[str, str]:
         env = {
@@ -62,9 +66,10 @@ class Unit:
             "LCM_METRICS_PORT": str(self.metrics_port),
         }
         if self.cpus is not None:
-            # OpenVINO's threads match the cores the process is pinned to.
-            env["LCM_CPU_THREADS"] = str(len(self.cpus))
-            env["LCM_CPU_PINNING"] = "true"
+            # LCM_CONCURRENCY render processes of LCM_CPU_THREADS threads, each pinned to
+            # cores of its own within the unit's (worker/runtime.py).
+            layout = self.layout or choose_layout(len(self.cpus))
+            env.update(layout.env())
         return env
 
 
@@ -74,11 +79,15 @@ def plan_units(
     *,
     wanted: list[str] | None = None,
     metrics_port: int = 9464,
+    concurrency: int | None = None,
+    cpu_threads: int | None = None,
 ) -> list[Unit]:
     """One unit per NUMA node (device CPU) and one per GPU.
 
     ``wanted`` overrides the device list (e.g. ``["GPU.0"]``, or ``["CPU"]`` for CPU units
-    only); names not offered by OpenVINO are refused.
+    only); names not offered by OpenVINO are refused. Each CPU unit's render processes x
+    threads: :func:`worker.fleet.layout.choose_layout` of its cores, ``concurrency`` and
+    ``cpu_threads`` (LCM_CONCURRENCY, LCM_CPU_THREADS) overriding it.
     """
     gpus = [d for d in devices if d.startswith("GPU")]
     chosen = list(wanted) if wanted else ["CPU", *gpus]
@@ -96,7 +105,13 @@ def plan_units(
             suffix = device.split(".", 1)[1] if "." in device else "0"
             slots.append((f"gpu{suffix}", device, None))
     units = [
-        Unit(name, device, cpus, metrics_port + i if metrics_port else 0)
+        Unit(
+            name,
+            device,
+            cpus,
+            metrics_port + i if metrics_port else 0,
+            None if cpus is None else choose_layout(len(cpus), concurrency, cpu_threads),
+        )
         for i, (name, device, cpus) in enumerate(slots)
     ]
     if not units:

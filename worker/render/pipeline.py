@@ -114,6 +114,9 @@ class CompileOptions:
     blob_dir: str = ""
     #: How a blob is checked before its import (LCM_ARTIFACT_VERIFY).
     blob_verify: VerifyMode = VerifyMode.MARKER
+    #: SNIPPETS_MODE=DISABLE on the CPU: OpenVINO's fused subgraph code generator off. Set
+    #: when it cannot compile a model (see :data:`SNIPPETS_FAILURE`), not by users.
+    snippets_off: bool = False
 
     def devices(self) -> tuple[str, ...]:
         return compile_devices(self.device, self.text_encoder_device)
@@ -137,6 +140,8 @@ class CompileOptions:
                 config["INFERENCE_NUM_THREADS"] = self.cpu_threads
             if self.cpu_pinning is not None:
                 config["ENABLE_CPU_PINNING"] = self.cpu_pinning
+            if self.snippets_off:
+                config["SNIPPETS_MODE"] = "DISABLE"
         return config
 
 
@@ -265,6 +270,13 @@ def assemble(path: Path, components: tuple[Any, Any, Any]) -> Any:
     kind = pipeline_kind(path, "a pipeline with compiled-model blobs")
     scheduler = ov_genai.Scheduler.from_config(str(path / "scheduler" / "scheduler_config.json"))
     return getattr(ov_genai.Text2ImagePipeline, kind)(scheduler, *components)
+
+
+#: What OpenVINO 2026.4.1's CPU plugin raises when its snippets code generator compiles a
+#: static-shape UNet for one thread per stream (INFERENCE_NUM_THREADS=1, or NUM_STREAMS equal
+#: to the cores): the reference LCM's UNet fails so (bench/streams measured it). The same
+#: compile with SNIPPETS_MODE=DISABLE works; the worker then compiles again that way.
+SNIPPETS_FAILURE = "Not enough gp registers in the pool"
 
 
 def pipeline_from_buffers(path: Path, decryptor: Decryptor) -> Any:
@@ -438,14 +450,21 @@ class GenaiPipeline:
         self.loaded = LoadKind.COMPILED
         t0 = time.perf_counter()
         try:
-            if decryptor is not None:
-                pipe = pipeline_from_buffers(path, decryptor)
-                self._reshape_and_compile(pipe, options)
-            elif options.blob_dir and model_sha256 is not None:
-                pipe = self._load_with_blobs(path, options, model_sha256)
-            else:
-                pipe = ov_genai.Text2ImagePipeline(str(path))
-                self._reshape_and_compile(pipe, options)
+            try:
+                pipe = self._build(path, options, decryptor, model_sha256)
+            except RuntimeError as e:
+                if SNIPPETS_FAILURE not in str(e) or options.snippets_off:
+                    raise
+                logger.warning(
+                    "OpenVINO's snippets code generator cannot compile %s for %s thread(s) "
+                    "per stream (%s); compiling again with SNIPPETS_MODE=DISABLE",
+                    path,
+                    options.cpu_threads or "all",
+                    SNIPPETS_FAILURE,
+                )
+                options = replace(options, snippets_off=True)
+                self.options = options
+                pipe = self._build(path, options, decryptor, model_sha256)
         except ModelLoadError:
             raise
         except Exception as e:
@@ -453,7 +472,7 @@ class GenaiPipeline:
         self._pipe = pipe
         self.compile_s = time.perf_counter() - t0
         logger.info(
-            "pipeline %s on %s for %dx%d in %.1fs (cache %s, blobs %s, precision %s)",
+            "pipeline %s on %s for %dx%d in %.1fs (cache %s, blobs %s, precision %s%s)",
             self.loaded,
             options.device,
             self.width,
@@ -462,7 +481,27 @@ class GenaiPipeline:
             options.cache_dir or "off",
             self.blob_folder or "off",
             options.precision,
+            ", snippets off" if options.snippets_off else "",
         )
+
+    def _build(
+        self,
+        path: Path,
+        options: CompileOptions,
+        decryptor: Decryptor | None,
+        model_sha256: str | None,
+    ) -> Any:
+        """A new genai pipeline of ``path``: from in-memory IR (encrypted), through its
+        compiled-model blobs, or reshaped and compiled (a failed compile leaves genai's
+        models half compiled: a retry starts from a new one)."""
+        if decryptor is not None:
+            pipe = pipeline_from_buffers(path, decryptor)
+        elif options.blob_dir and model_sha256 is not None:
+            return self._load_with_blobs(path, options, model_sha256)
+        else:
+            pipe = self._ov_genai.Text2ImagePipeline(str(path))
+        self._reshape_and_compile(pipe, options)
+        return pipe
 
     def _reshape_and_compile(self, pipe: Any, options: CompileOptions) -> None:
         # Batch 1: a job's N images are N seeded calls (genai 2026.4 breaks LCM when

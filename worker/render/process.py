@@ -125,6 +125,9 @@ class RenderSpec:
     estimate_gib: float = 0.0
     warmup: bool = True
     log_level: str = "INFO"
+    #: The cores of each render process (by index), pinned before it loads OpenVINO; None:
+    #: every render process may run on all of the worker's cores.
+    cpu_sets: tuple[tuple[int, ...], ...] | None = None
     #: Builds one size's pipeline in the render process (a module-level function).
     factory: Callable[[RenderSpec, Size], ImagePipeline] = genai_pipeline
 
@@ -139,8 +142,9 @@ class RenderSpec:
 # ---------------------------------------------------------------- the render process
 
 
-def serve(conn: Any, spec: RenderSpec) -> None:
-    """Entry point of the render process: compile, report, then render until told to stop."""
+def serve(conn: Any, spec: RenderSpec, index: int = 0) -> None:
+    """Entry point of render process ``index``: compile, report, then render until told to
+    stop."""
     # The worker decides when this process stops (after the running jobs); a Ctrl-C or
     # SIGTERM sent to the whole process group must not cut a render short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -149,6 +153,9 @@ def serve(conn: Any, spec: RenderSpec) -> None:
         level=spec.log_level,
         format=f"%(asctime)s %(levelname)s %(name)s[render {os.getpid()}]: %(message)s",
     )
+    if spec.cpu_sets is not None:
+        # Before OpenVINO starts its threads: its pinning stays within these cores.
+        os.sched_setaffinity(0, spec.cpu_sets[index])
     try:
         loaded = load_size_classes(
             spec.sizes,
@@ -259,7 +266,10 @@ class Renderer:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         process = context.Process(
-            target=serve, args=(theirs, self.spec), name=f"lcm-render-{self.index}", daemon=True
+            target=serve,
+            args=(theirs, self.spec, self.index),
+            name=f"lcm-render-{self.index}",
+            daemon=True,
         )
         self._launched_at = time.monotonic()
         process.start()
