@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--skip-int8", action="store_true", help="time the fp32 IR's UNets only")
     p.add_argument("--skip-build", action="store_true")
+    p.add_argument(
+        "--build-only", action="store_true", help="build (or find cached) everything, then stop"
+    )
     p.add_argument("--tag", default="")
     a = p.parse_args(args_list)
     started = dt.datetime.now()
@@ -294,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         else _fp32_only(runner, models, name, dirs, a)
     )
     figures.update(tome_figures)
+    if a.build_only:
+        runner.say("built: " + ", ".join(f"{k} {v}" for k, v in variant.items()))
+        return 0
     unets["fp32 IR + ToMe"] = str(variant["tome_unet"] / "unet" / "openvino_model.xml")
     rows = []
     calls: dict[str, Any] = {}
