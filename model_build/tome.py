@@ -23,6 +23,7 @@ patched UNet to an IR with the inputs and outputs of optimum-intel's export.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ class TomeProcessor:
                 f"got shape {tuple(hidden_states.shape)}: export at the planned size"
             )
         merged, unmerge = self.merge(hidden_states, r)
-        self.last_tokens = int(merged.shape[1])
+        self.last_tokens = int(merged.shape[1])  # what the attention sees
         return unmerge(self.inner(attn, merged, *args, **kwargs))
 
     def merge(self, x: Any, r: int) -> tuple[Any, Any]:
@@ -141,7 +142,7 @@ class TomeProcessor:
         import torch
 
         b, n, c = x.shape
-        ns, nd = len(self.src), len(self.dst)
+        ns, nd = self.plan.tokens - self.plan.destinations, self.plan.destinations
         xs = torch.index_select(x, 1, self.src)
         xd = torch.index_select(x, 1, self.dst)
         # Cosine similarity of every source to every destination.
@@ -263,7 +264,9 @@ def export_tome_unet(
         raise ExportError(f"--tome: the exported UNet has inputs this build cannot feed: {unknown}")
     example = tuple(examples[n] for n in names)
     try:
-        with torch.no_grad():
+        # Tracing warns about every shape it takes as a constant: here, all of them are.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             model = ov.convert_model(
                 _UnetForExport(unet, names),
                 example_input=example,
