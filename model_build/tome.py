@@ -203,11 +203,19 @@ def apply_tome(unet: Any, plan: TomePlan) -> list[TomeProcessor]:
     return processors
 
 
-def _export_inputs(reference_xml: Path) -> list[tuple[str, Any]]:
+def _export_inputs(reference_xml: Path) -> list[tuple[str, Any, list[int | None]]]:
+    """(name, element type, dims with None where dynamic) of each UNet input, in order."""
     import openvino as ov
 
     model = ov.Core().read_model(str(reference_xml))
-    return [(port.get_any_name(), port.get_element_type()) for port in model.inputs]
+    return [
+        (
+            port.get_any_name(),
+            port.get_element_type(),
+            [d.get_length() if d.is_static else None for d in port.get_partial_shape()],
+        )
+        for port in model.inputs
+    ]
 
 
 class _UnetForExport:
@@ -252,11 +260,14 @@ def export_tome_unet(
     patched = apply_tome(unet, plan)
     cfg = unet.config
     inputs = _export_inputs(reference_xml)
-    names = [name for name, _ in inputs]
+    names = [name for name, _, _ in inputs]
+    dims = {name: shape for name, _, shape in inputs}
+    # The text length is the export's (77 for CLIP; the reference model's is shorter).
+    text_length = (dims.get("encoder_hidden_states") or [None, 77])[1] or 77
     examples = {
         "sample": torch.randn(batch, cfg.in_channels, plan.latent_height, plan.latent_width),
         "timestep": torch.tensor([999] * batch, dtype=torch.int64),
-        "encoder_hidden_states": torch.randn(batch, 77, cfg.cross_attention_dim),
+        "encoder_hidden_states": torch.randn(batch, text_length, cfg.cross_attention_dim),
         "timestep_cond": torch.randn(batch, cfg.time_cond_proj_dim or 256),
     }
     unknown = [n for n in names if n not in examples]
@@ -274,7 +285,7 @@ def export_tome_unet(
             )
     except Exception as e:
         raise ExportError(f"could not convert the token-merging UNet to OpenVINO IR: {e}") from e
-    for port, (name, element_type) in zip(model.inputs, inputs, strict=True):
+    for port, (name, element_type, _) in zip(model.inputs, inputs, strict=True):
         port.get_tensor().set_names({name})
         if port.get_element_type() != element_type:
             raise ExportError(
