@@ -17,7 +17,9 @@ torch = pytest.importorskip("torch")
 IMAGE = 64
 
 
-def tiny_unet():
+@pytest.fixture(scope="module")
+def built_unet():
+    """The tiny UNet, built once (importing diffusers is most of this module's time)."""
     from diffusers import UNet2DConditionModel
 
     from model_build.tiny import TIME_COND_PROJ_DIM, TinySpec, tiny_architecture
@@ -30,6 +32,13 @@ def tiny_unet():
         **tiny_architecture(TinySpec(image_size=IMAGE)).unet,
     )
     return unet.eval()
+
+
+@pytest.fixture
+def tiny_unet(built_unet):
+    import copy
+
+    return copy.deepcopy(built_unet)
 
 
 def unet_inputs():
@@ -48,8 +57,8 @@ def run(unet):
         return unet(**unet_inputs()).sample
 
 
-def test_ratio_zero_matches_the_unpatched_unet_exactly():
-    unet = tiny_unet()
+def test_ratio_zero_matches_the_unpatched_unet_exactly(tiny_unet):
+    unet = tiny_unet
     before = run(unet)
     processors = apply_tome(unet, TomePlan.for_image(IMAGE, IMAGE, 0.0))
     assert len(processors) == 3  # the first down block's and the last up block's
@@ -58,8 +67,8 @@ def test_ratio_zero_matches_the_unpatched_unet_exactly():
 
 
 @pytest.mark.parametrize(("ratio", "merged"), [(0.3, 19), (0.5, 32), (MAX_RATIO, 48)])
-def test_each_patched_attention_sees_the_stated_tokens(ratio, merged):
-    unet = tiny_unet()
+def test_each_patched_attention_sees_the_stated_tokens(ratio, merged, tiny_unet):
+    unet = tiny_unet
     before = run(unet)
     plan = TomePlan.for_image(IMAGE, IMAGE, ratio)
     processors = apply_tome(unet, plan)
@@ -102,13 +111,26 @@ def test_merge_and_unmerge_match_the_scatter_arithmetic():
     torch.testing.assert_close(unmerge(merged), want_out)
 
 
+class SelfAttention(torch.nn.Module):
+    """A self-attention whose processor is swappable, as diffusers' Attention's is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+        self.processor = TomeProcessor(
+            lambda attn, h: attn.mha(h, h, h, need_weights=False)[0],
+            TomePlan.for_image(IMAGE, IMAGE, 0.5),
+        )
+
+    def forward(self, x):
+        return self.processor(self, x)
+
+
 def test_the_merge_converts_to_row_gathers_and_matmuls_only():
     import openvino as ov
-    from diffusers.models.attention_processor import Attention
 
     torch.manual_seed(0)
-    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
-    attn.set_processor(TomeProcessor(attn.processor, TomePlan.for_image(IMAGE, IMAGE, 0.5)))
+    attn = SelfAttention().eval()
     x = torch.randn(1, 64, 16)
     with torch.no_grad():
         want = attn(x)
