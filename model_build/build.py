@@ -678,15 +678,16 @@ def quantize_artifact(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 4. Make the candidate's parts at the precision (from a token-merging UNet with --tome).
-    with tempfile.TemporaryDirectory(prefix="tome-", dir=out_dir.parent) as scratch:
-        merging = None
-        if tome is not None and tome.active:
+    merging = None
+    if tome is not None and tome.active:
+        # The merging fp32 UNet lives beside OUT only while the candidate is made from it.
+        with tempfile.TemporaryDirectory(prefix="tome-", dir=out_dir.parent) as scratch:
             spec = plan.calibration
             assert spec.width is not None and spec.height is not None
             merging = tome_unet(tome, ir_dir, spec.width, spec.height, Path(scratch))
-        candidate = make_candidate(
-            ir_dir, out_dir, precision, plan, progress, merging.xml if merging else None
-        )
+            candidate = make_candidate(ir_dir, out_dir, precision, plan, progress, merging.xml)
+    else:
+        candidate = make_candidate(ir_dir, out_dir, precision, plan, progress)
     tome_fields: dict[str, Any] = {}
     if merging is not None:
         tome_fields["tome"] = merging.record
