@@ -129,7 +129,7 @@ def task_unet_calls(spec: dict[str, Any]) -> dict[str, Any]:
     first = next(iter(outputs.values()))
     return {
         "precision": spec["precision"],
-        "inference_precision": str(core.get_property("CPU", "INFERENCE_PRECISION_HINT")),
+        "inference_precision": core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(),
         "compile_s": compile_s,
         "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
         "calls_s": {k: [round(t, 4) for t in v] for k, v in times.items()},
