@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +44,8 @@ from model_build.prompts import load_prompts
 from model_build.quantize import UNET_INT8_RECIPE, count_fake_quantize, quantize_unet
 from model_build.reference.quality import adherence_check, reference_prompts
 from model_build.sources import describe_source
+from model_build.tome import TomePlan, check_ratio, export_tome_unet
+from model_build.tome import record as tome_record
 from model_build.vae_decoder import (
     VaeDecoderOptions,
     make_vae_decoder,
@@ -71,6 +74,44 @@ class EvalOptions:
 
 
 @dataclass(frozen=True)
+class TomeOptions:
+    """``--tome RATIO``: token merging in the candidate's UNet, made from ``source`` (the
+    diffusers model; an IR cannot be traced again)."""
+
+    ratio: float
+    source: str
+    revision: str = "main"
+
+    def check(self) -> None:
+        check_ratio(self.ratio)
+
+    @property
+    def active(self) -> bool:
+        return self.ratio > 0
+
+
+@dataclass(frozen=True)
+class TomeUnet:
+    """The token-merging fp32 UNet IR a candidate is made from (quantize stage 4)."""
+
+    xml: Path
+    record: dict[str, Any]
+    seconds: float
+
+
+def tome_unet(tome: TomeOptions, ir_dir: Path, width: int, height: int, scratch: Path) -> TomeUnet:
+    """Export ``tome.source``'s UNet with token merging, static at ``width`` x ``height``,
+    with the inputs and output of ``ir_dir``'s UNet, into ``scratch``."""
+    t0 = time.perf_counter()
+    plan = TomePlan.for_image(width, height, tome.ratio)
+    xml = scratch / UNET_XML
+    patched = export_tome_unet(tome.source, xml, ir_dir / UNET_XML, plan, revision=tome.revision)
+    return TomeUnet(
+        xml=xml, record=tome_record(plan, patched), seconds=round(time.perf_counter() - t0, 3)
+    )
+
+
+@dataclass(frozen=True)
 class BuildResult:
     artifact: Path
     manifest_sha256: str
@@ -82,6 +123,8 @@ class BuildResult:
     durations_s: dict[str, float] = field(default_factory=dict)
     #: Peak resident memory of the build process (all stages so far).
     peak_rss_gib: float = 0.0
+    #: The manifest's ``tome`` record (token merging), None without it.
+    tome: dict[str, Any] | None = None
 
 
 def unet_config(ir_dir: Path) -> dict[str, Any]:
@@ -119,13 +162,27 @@ def export_artifact(
     overwrite: bool = False,
     source_record: dict[str, Any] | None = None,
     progress: bool = True,
+    tome: float = 0.0,
 ) -> BuildResult:
-    """Stage 1: source -> full-precision (fp32) IR artifact with its manifest (the reference)."""
+    """Stage 1: source -> full-precision (fp32) IR artifact with its manifest (the reference).
+
+    ``tome`` > 0: its UNet merges that share of tokens (model_build.tome), static at the
+    model's native size; the manifest records it."""
     check_source(source)
+    tome = check_ratio(tome)
     t0 = time.perf_counter()
     export_ir(source, out_dir, revision=revision, overwrite=overwrite, progress=progress)
     size = native_size(out_dir)
     shape = {"width": size, "height": size, "batch": 1, "guidance_scale": default_guidance(out_dir)}
+    extra: dict[str, Any] = {}
+    if tome > 0:
+        with tempfile.TemporaryDirectory(prefix="tome-", dir=out_dir.parent) as scratch:
+            options = TomeOptions(tome, source, revision)
+            made = tome_unet(options, out_dir, size, size, Path(scratch))
+            for suffix in (".xml", ".bin"):
+                target = out_dir / UNET_XML.with_suffix(suffix)
+                shutil.move(made.xml.with_suffix(suffix), target)
+        extra["tome"] = made.record
     write_manifest(
         out_dir,
         {
@@ -140,6 +197,7 @@ def export_artifact(
             "fake_quantize_count": 0,
             "shape": shape,
             "model": model_info(out_dir),
+            **extra,
         },
     )
     manifest = read_manifest(out_dir)
@@ -150,6 +208,7 @@ def export_artifact(
         shape=shape,
         durations_s={"export": round(time.perf_counter() - t0, 3)},
         peak_rss_gib=peak_rss_gib(),
+        tome=extra.get("tome"),
     )
 
 
@@ -243,9 +302,23 @@ def _check_precision(precision: str) -> None:
         raise BuildInputError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
-def check_quantize_inputs(ir_dir: Path, out_dir: Path, precision: str) -> None:
-    """Quantize stage 1: a known precision, an exported IR, and a folder of its own for OUT."""
+def _check_tome(tome: TomeOptions, precision: str) -> None:
+    tome.check()
+    if tome.active and precision == "hybrid":
+        raise BuildInputError(
+            f"--tome={tome.ratio} does not combine with --precision hybrid (optimum-intel "
+            "quantizes the exported UNet itself); use --precision int8, fp16 or fp32"
+        )
+
+
+def check_quantize_inputs(
+    ir_dir: Path, out_dir: Path, precision: str, tome: TomeOptions | None = None
+) -> None:
+    """Quantize stage 1: a known precision, an exported IR, a folder of its own for OUT,
+    and a token-merging ratio in range that the precision can take."""
     _check_precision(precision)
+    if tome is not None:
+        _check_tome(tome, precision)
     missing = missing_ir_files(ir_dir)
     if missing:
         raise BuildInputError(
@@ -315,12 +388,14 @@ def int8_candidate(
     prompts: list[str],
     prompts_name: str,
     progress: bool,
+    unet_xml: Path | None = None,
 ) -> Candidate:
     """The INT8 step alone (calibration capture + NNCF, no gate, no manifest): the manifest's
     ``quantization`` and ``fake_quantize_count``. Benchmarks use it on random weights.
 
     With ``spec.vae_samples``, the same capture pass keeps that many final latents (for the
-    INT8 VAE decoder)."""
+    INT8 VAE decoder). ``unet_xml``: the UNet IR to quantize instead of ``ir_dir``'s (a
+    token-merging one; it calibrates on the inputs ``ir_dir``'s pipeline gives its UNet)."""
     t0 = time.perf_counter()
     captured = capture_inputs(ir_dir, prompts, spec, progress=progress)
     samples, latents = captured.unet, tuple(captured.latents)
@@ -328,7 +403,7 @@ def int8_candidate(
     capture_s = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     _copy_ir(ir_dir, out_dir, skip={UNET_XML.as_posix(), UNET_XML.with_suffix(".bin").as_posix()})
-    fq = quantize_unet(ir_dir / UNET_XML, samples, out_dir / UNET_XML)
+    fq = quantize_unet(unet_xml or ir_dir / UNET_XML, samples, out_dir / UNET_XML)
     del samples
     quantize_s = round(time.perf_counter() - t0, 3)
     return Candidate(
@@ -397,7 +472,7 @@ def vae_decoder_stage(
     return VaeDecoderStage(record=result.record, durations_s=durations)
 
 
-def _candidate_fp16(ir_dir: Path, out_dir: Path) -> Candidate:
+def _candidate_fp16(ir_dir: Path, out_dir: Path, unet_xml: Path | None = None) -> Candidate:
     import openvino as ov
 
     xmls = _model_xmls(ir_dir)
@@ -406,7 +481,8 @@ def _candidate_fp16(ir_dir: Path, out_dir: Path) -> Candidate:
     core = ov.Core()
     for rel in xmls:
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        ov.save_model(core.read_model(str(ir_dir / rel)), str(out_dir / rel), compress_to_fp16=True)
+        xml = unet_xml if unet_xml is not None and rel == UNET_XML.as_posix() else ir_dir / rel
+        ov.save_model(core.read_model(str(xml)), str(out_dir / rel), compress_to_fp16=True)
     return Candidate(quantization={"method": "fp16 weight compression", "parts": sorted(xmls)})
 
 
@@ -450,21 +526,31 @@ def _candidate_hybrid(
 
 
 def make_candidate(
-    ir_dir: Path, out_dir: Path, precision: str, plan: CandidatePlan, progress: bool
+    ir_dir: Path,
+    out_dir: Path,
+    precision: str,
+    plan: CandidatePlan,
+    progress: bool,
+    unet_xml: Path | None = None,
 ) -> Candidate:
-    """Quantize stage 4: the candidate's parts at ``precision`` (the VAE decoder: stage 5)."""
+    """Quantize stage 4: the candidate's parts at ``precision`` (the VAE decoder: stage 5).
+
+    ``unet_xml``: the UNet IR to make the candidate's UNet from instead of ``ir_dir``'s."""
     t0 = time.perf_counter()
     if precision == "int8":
         return int8_candidate(
-            ir_dir, out_dir, plan.calibration, plan.prompts, plan.prompts_name, progress
+            ir_dir, out_dir, plan.calibration, plan.prompts, plan.prompts_name, progress, unet_xml
         )
     if precision == "hybrid":
         made = _candidate_hybrid(ir_dir, out_dir, plan.calibration, plan.prompts, plan.prompts_name)
         return replace(made, durations_s={"quantize": round(time.perf_counter() - t0, 3)})
     if precision == "fp16":
-        made = _candidate_fp16(ir_dir, out_dir)
+        made = _candidate_fp16(ir_dir, out_dir, unet_xml)
         return replace(made, durations_s={"convert": round(time.perf_counter() - t0, 3)})
     _copy_ir(ir_dir, out_dir, skip=set())
+    if unet_xml is not None:
+        for suffix in (".xml", ".bin"):
+            shutil.copy2(unet_xml.with_suffix(suffix), out_dir / UNET_XML.with_suffix(suffix))
     return Candidate(quantization=None)
 
 
@@ -566,9 +652,14 @@ def quantize_artifact(
     overwrite: bool = False,
     progress: bool = True,
     vae: VaeDecoderOptions | None = None,
+    tome: TomeOptions | None = None,
 ) -> BuildResult:
     """Stage 2: fp32 IR artifact -> candidate at ``precision``, gated against the fp32 one,
     in the eight numbered "quantize stages" below.
+
+    ``tome`` (ratio > 0): the candidate's UNet merges tokens (model_build.tome), made from
+    the diffusers source at the candidate's static size; the fp32 reference it is gated
+    against does not, so the gate judges token merging and the precision together.
 
     ``vae`` chooses the candidate's VAE decoder (model_build.vae_decoder; default: the SD
     decoder as the precision step made it). It is part of the candidate the gate judges.
@@ -579,7 +670,7 @@ def quantize_artifact(
     """
     ir_dir, out_dir = Path(ir_dir), Path(out_dir)
     # 1. Check the inputs.
-    check_quantize_inputs(ir_dir, out_dir, precision)
+    check_quantize_inputs(ir_dir, out_dir, precision, tome)
     vae = (vae or VaeDecoderOptions()).with_model_taesd(model_folder_of(ir_dir))
     vae.check()
     evaluation = evaluation or EvalOptions()
@@ -591,8 +682,23 @@ def quantize_artifact(
     prepare_output_dir(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # 4. Make the candidate's parts at the precision.
-    candidate = make_candidate(ir_dir, out_dir, precision, plan, progress)
+    # 4. Make the candidate's parts at the precision (from a token-merging UNet with --tome).
+    merging = None
+    if tome is not None and tome.active:
+        # The merging fp32 UNet lives beside OUT only while the candidate is made from it.
+        with tempfile.TemporaryDirectory(prefix="tome-", dir=out_dir.parent) as scratch:
+            spec = plan.calibration
+            assert spec.width is not None and spec.height is not None
+            merging = tome_unet(tome, ir_dir, spec.width, spec.height, Path(scratch))
+            candidate = make_candidate(ir_dir, out_dir, precision, plan, progress, merging.xml)
+    else:
+        candidate = make_candidate(ir_dir, out_dir, precision, plan, progress)
+    tome_fields: dict[str, Any] = {}
+    if merging is not None:
+        tome_fields["tome"] = merging.record
+        candidate = replace(
+            candidate, durations_s={"tome_export": merging.seconds, **candidate.durations_s}
+        )
 
     # 5. Make its VAE decoder.
     decoder = vae_decoder_stage(ir_dir, out_dir, vae, plan, candidate.latents, progress)
@@ -614,6 +720,7 @@ def quantize_artifact(
             "vae_decoder": decoder.record,
             "quality": judged.manifest_quality(),
             "speed": judged.record["speed"],
+            **tome_fields,
         },
         durations,
     )
@@ -635,6 +742,7 @@ def quantize_artifact(
         gate=judged.gate,
         durations_s=durations,
         peak_rss_gib=peak_rss_gib(),
+        tome=tome_fields.get("tome"),
     )
 
 
@@ -652,10 +760,15 @@ def build_artifact(
     progress: bool = True,
     source_record: dict[str, Any] | None = None,
     vae: VaeDecoderOptions | None = None,
+    tome: float = 0.0,
 ) -> BuildResult:
-    """Export then make and gate the candidate; the fp32 reference stays in ``work_dir``."""
+    """Export then make and gate the candidate; the fp32 reference stays in ``work_dir``.
+
+    ``tome`` > 0: the candidate's UNet merges that share of tokens (the reference's does not)."""
     # 1. Check the inputs before the export's minutes.
     _check_precision(precision)
+    merging = TomeOptions(ratio=tome, source=source, revision=revision)
+    _check_tome(merging, precision)
     if vae is not None:
         # A TAESD the model folder trained for itself (model_build/train_decoder.py).
         vae = vae.with_model_taesd(Path(source) if Path(source).is_dir() else None)
@@ -684,5 +797,6 @@ def build_artifact(
         overwrite=overwrite,
         progress=progress,
         vae=vae,
+        tome=merging,
     )
     return replace(result, durations_s={**exported.durations_s, **result.durations_s})

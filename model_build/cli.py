@@ -34,6 +34,23 @@ from model_build.vae_decoder import VAE_DECODERS, VaeDecoderOptions, model_folde
 logger = logging.getLogger("model_build")
 
 
+def _tome_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tome",
+        metavar="RATIO",
+        default="0",
+        help="token merging in the UNet IR: merge this share of the highest-resolution tokens "
+        "before each self-attention there (0 to 0.75; default 0, off). The IR is then static "
+        "at the build's size; the quality gate judges it (docs/model-build.md)",
+    )
+
+
+def _tome(args: argparse.Namespace) -> float:
+    from model_build.tome import check_ratio
+
+    return check_ratio(args.tome)
+
+
 def _calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--samples", type=int, default=200, help="UNet calls to calibrate on (default 200)"
@@ -209,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--revision", default="main")
     p.add_argument("--overwrite", action="store_true")
+    _tome_arg(p)
 
     p = sub.add_parser("quantize", help="quantize an fp32 IR artifact's UNet to INT8")
     p.add_argument("ir", type=Path)
@@ -227,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA scale (default 1.0)")
     p.add_argument("--lora-weight-name", help="file inside a LoRA folder or hub repo")
+    _tome_arg(p)
     _calibration_args(p)
 
     p = sub.add_parser("verify", help="check an artifact's files against its manifest")
@@ -319,6 +338,12 @@ def _summary(result) -> None:
     }
     if result.fake_quantize_count:
         rows["FakeQuantize ops"] = str(result.fake_quantize_count)
+    if result.tome:
+        rows["token merging"] = (
+            f"ratio {result.tome['ratio']}: {result.tome['merged_tokens']} of "
+            f"{result.tome['tokens']} tokens merged in {result.tome['self_attentions']} "
+            f"self-attentions (IR static at {result.tome['width']}x{result.tome['height']})"
+        )
     if result.quality is not None:
         a, sp = result.quality["aggregate"], result.quality["speed"]
         if a["psnr_db_mean"] is None:  # infinite: the renders are identical
@@ -396,8 +421,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "export":
         from model_build.build import export_artifact
 
+        tome = _tome(args)
         _summary(
-            export_artifact(args.source, args.out, revision=args.revision, overwrite=args.overwrite)
+            export_artifact(
+                args.source, args.out, revision=args.revision, overwrite=args.overwrite, tome=tome
+            )
         )
         return 0
     if args.command == "quantize":
@@ -420,6 +448,7 @@ def run(args: argparse.Namespace) -> int:
         from model_build.build import build_artifact
 
         source, record = args.source, None
+        tome = _tome(args)
         if args.lora:
             from model_build.lora import fuse_lcm_lora
 
@@ -447,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
             evaluation=_evaluation(args),
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            tome=tome,
         )
         _summary(result)
         return 0

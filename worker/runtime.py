@@ -88,7 +88,12 @@ class Runtime:
         return estimate_gib(self.model.path)
 
     def check_estimate(self) -> None:
-        """Before any compile: refuse when even the artifact's weights exceed the budget."""
+        """Before any compile: refuse size classes a token-merging UNet cannot serve, and
+        refuse when even the artifact's weights exceed the budget."""
+        tome = self.model.manifest.tome
+        refusal = tome.size_refusal(self.sizes, self.model.path) if tome is not None else None
+        if refusal is not None:
+            raise StartupError(refusal)
         budget, name = self._budget()
         check_estimate(self.sizes, self._estimate_gib(), budget, name)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.pipeline.tome import TASKS as TOME_TASKS
 from bench.pipeline.vae import TASKS as VAE_TASKS
 
 STAGES = ("total_s", "text_encoder_s", "unet_s", "vae_s")
@@ -169,6 +170,9 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
     shipped evaluation set) is left out: the weights are random, so its figures mean
     nothing. The manifest is written as ``quantize_artifact`` writes it, with no quality
     record, so ``verify_artifact`` serves it as a worker would.
+
+    ``unet_xml`` and ``tome`` (bench.pipeline.tome): quantize that token-merging UNet IR
+    instead of the IR's own, and record ``tome`` in the manifest.
     """
     from lcm_fleet.artifact.manifest import read_manifest, write_manifest
     from model_build import build
@@ -189,7 +193,13 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
     with RssSampler() as sampler:
         t0 = time.perf_counter()
         candidate = build.int8_candidate(
-            ir, out, calibration, load_prompts("calibration"), "calibration", False
+            ir,
+            out,
+            calibration,
+            load_prompts("calibration"),
+            "calibration",
+            False,
+            Path(spec["unet_xml"]) if spec.get("unet_xml") else None,
         )
         t1 = time.perf_counter()
     durations = candidate.durations_s
@@ -207,6 +217,7 @@ def task_quantize(spec: dict[str, Any]) -> dict[str, Any]:
             "build": {"durations_s": durations, "peak_rss_gib": peak_rss_gib()},
             "shape": shape,
             "model": build.model_info(ir),
+            **({"tome": spec["tome"]} if spec.get("tome") else {}),
         },
     )
     return {
@@ -321,6 +332,7 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "render_diffusers": task_render_diffusers,
     "render_genai": task_render_genai,
     **VAE_TASKS,
+    **TOME_TASKS,
 }
 
 

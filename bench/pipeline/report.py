@@ -106,6 +106,15 @@ def markdown(result: dict[str, Any]) -> str:
             "the real model; their images do not: the INT8 decoder's ranges come from random "
             "latents, and the TAESD's weights are random (no quality gate was run).",
         ]
+    merged = result["paths"].get("ov_int8_tome")
+    if merged:
+        gate = (result.get("build") or {}).get("tome_reference_gate") or {}
+        lines += [
+            "",
+            f"The token-merging path is the INT8 step on the UNet exported with `--tome "
+            f"{gate.get('ratio')}`; gate_passed={merged.get('gate_passed')}: the gate's verdict "
+            "on the reference model built with the same ratio (random weights cannot be judged).",
+        ]
     notes = result.get("notes") or []
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]

@@ -14,7 +14,10 @@ Paths, each in a subprocess of its own (so the peak RSS reported is that path's)
     by ``worker.render.pipeline.GenaiPipeline`` as ``lcm-worker`` serves it (default precision);
 (e)-(g) ``ov_int8_vae_int8w``, ``ov_int8_vae_int8``, ``ov_int8_vae_taesd``: the same INT8
     artifact with its VAE decoder made by ``--vae-decoder int8-weights|int8|taesd``
-    (:mod:`bench.pipeline.vae`; TAESD with random weights), served the same way.
+    (:mod:`bench.pipeline.vae`; TAESD with random weights), served the same way;
+(h) ``ov_int8_tome``: the INT8 step on the UNet exported with token merging
+    (:mod:`bench.pipeline.tome`, ratio 0.5), served the same way; its ``gate_passed`` is the
+    gate's verdict on the reference model built with ``--tome 0.5``.
 
 Each path renders one warm-up image and then ``--runs`` timed ones (same prompt, seeds
 1..runs); the table shows medians. The model is the full-size LCM_Dreamshaper_v7
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import machine, vae
+from bench.pipeline import machine, tome, vae
 from bench.pipeline.report import markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,7 +208,17 @@ def build_all(opts: Options, runner: Runner) -> tuple[dict[str, Path], dict[str,
         tiny=opts.tiny,
         skip_build=opts.skip_build,
     )
-    return {**dirs, **variants}, {**figures, **vae_figures}
+    merged, tome_figures = tome.build_variant(
+        runner,
+        models,
+        name,
+        dirs,
+        size=opts.size,
+        steps=opts.steps,
+        samples=opts.samples,
+        skip_build=opts.skip_build,
+    )
+    return {**dirs, **variants, **merged}, {**figures, **vae_figures, **tome_figures}
 
 
 def path_specs(
@@ -247,6 +260,18 @@ def path_specs(
             for _kind, key, label in vae.VAE_PATHS
             if key in dirs
         ],
+        *(
+            [
+                (
+                    tome.PATH_KEY,
+                    tome.PATH_LABEL,
+                    "render_genai",
+                    {**common, "artifact": str(dirs[tome.PATH_KEY]), "precision": "default"},
+                )
+            ]
+            if tome.PATH_KEY in dirs
+            else []
+        ),
     ]
 
 
@@ -303,6 +328,8 @@ def run(opts: Options, command: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for key, label, task, spec in path_specs(dirs, common):
         paths[key] = {"label": label, **runner.child(f"path-{key}", task, spec)}
+    if tome.PATH_KEY in paths:
+        paths[tome.PATH_KEY]["gate_passed"] = build["tome_reference_gate"]["passed"]
     base = paths["pytorch_fp32"]["median"]
     cores = machine.describe()["usable_cores"]
     for path in paths.values():

@@ -200,6 +200,32 @@ class ModelInfo(Section):
     unet_cross_attention_dim: int | None = None
 
 
+class TomeRecord(Section):
+    """Token merging in the UNet IR (``lcm-build build|export --tome RATIO``,
+    model_build/tome.py). The partition is a constant of the IR: it serves
+    ``width`` x ``height`` only."""
+
+    #: Share of the highest-resolution tokens merged before each patched self-attention.
+    ratio: Number
+    width: int
+    height: int
+    tokens: int | None = None
+    merged_tokens: int | None = None
+    self_attentions: int | None = None
+    method: str | None = None
+
+    def size_refusal(self, sizes: list[tuple[int, int]], where: object) -> str | None:
+        """Why ``sizes`` cannot be served from this IR, or None when each is its size."""
+        other = [f"{w}x{h}" for w, h in sizes if (w, h) != (self.width, self.height)]
+        if not other:
+            return None
+        return (
+            f"refusing to serve {', '.join(other)} from {where}: its UNet merges tokens "
+            f"(--tome {self.ratio}) with a partition fixed for {self.width}x{self.height}; "
+            "serve that size only, or build one artifact per size class"
+        )
+
+
 class Encryption(Section):
     """The artifact's IR files are encrypted at rest (worker/model/crypto.py).
 
@@ -231,6 +257,7 @@ class ArtifactInfo(Section):
     build: BuildRecord | None = None
     model: ModelInfo | None = None
     encryption: Encryption | None = None
+    tome: TomeRecord | None = None
 
 
 class Manifest(ArtifactInfo):

@@ -146,6 +146,10 @@ def open_artifact(
         logger.warning(
             "serving %dx%d; the artifact was calibrated at %sx%s", w, h, shape.width, shape.height
         )
+    if manifest.tome is not None:
+        refusal = manifest.tome.size_refusal([(int(w), int(h))], path)
+        if refusal is not None:
+            raise ModelLoadError(refusal)
     cfg = not _unet_config(path).get("time_cond_proj_dim")
     guidance = float(shape.guidance_scale or (1.0 if cfg else 8.0))
     return ServedModel(
