@@ -23,6 +23,7 @@ PATHS = (
     "ov_int8_vae_int8w",
     "ov_int8_vae_int8",
     "ov_int8_vae_taesd",
+    "ov_int8_tome",
 )
 STAGES = ("total_s", "text_encoder_s", "unet_s", "vae_s")
 #: openvino.genai reports the text encoder's and the VAE decoder's durations in whole
@@ -68,6 +69,8 @@ def test_bench_pipeline_smoke(tmp_path: Path) -> None:
         assert path["speedup_total"] > 0 and path["speedup_unet"] > 0, key
     assert result["paths"]["pytorch_fp32"]["speedup_total"] == 1.0
     assert result["paths"]["ov_int8_worker"]["precision"] == "default"
+    # The token-merging path says whether the reference model's --tome build passed its gate.
+    assert isinstance(result["paths"]["ov_int8_tome"]["gate_passed"], bool)
     quantize = result["build"]["quantize"]
     assert quantize["fake_quantize_count"] > 0 and quantize["peak_rss_gib"] > 0
     assert result["machine"]["cpu_model"] and result["machine"]["ram_gib"] > 0
