@@ -66,7 +66,7 @@ def test_keys_are_stored_as_peppered_digests_and_verify() -> None:
     record, key = store.create("alice", rate_per_minute=5)
     assert split_key(key) == record.key_id and record.rate_per_minute == 5
     stored = redis.hashes[f"lcm-fleet:api:key:{record.key_id}"]
-    assert key not in str(stored) and key.split("_")[2] not in str(stored)
+    assert key not in str(stored) and key.split("_", 2)[2] not in str(stored)
     assert (
         stored["digest"]
         == key_digest(settings, key)
