@@ -145,7 +145,7 @@ class SlotPool(Generic[T]):
                         continue
                     self._wait(deadline, cap_s=GIVE_BACK_POLL_S)
                     free = bool(self._idle) and not self._interactive_waiters
-                if free and (self.interactive_waiting is None or not give_back):
+                if free and not give_back:  # (give_back implies interactive_waiting)
                     done_yielding = (
                         self.interactive_waiting is None
                         or self._interactive_grants > grants_at_start
