@@ -14,6 +14,8 @@ Three guards, each where kombu or Celery would otherwise raise in the consumer's
    it as ``broker_transport`` (lcm_fleet/consuming/config.py, for ``lcm-worker`` and
    ``lcm-webhooks``), so the URL stays ``redis://`` or ``rediss://``. With the option
    ``lcm_interactive_burst`` its queue cycle is the class order of order.py.
+   Its :class:`Poller` reads every ``BRPOP`` reply at once, so that no item Redis popped
+   waits in the socket, in no unacknowledged set, for a job to finish (see the class).
 2. ``Transport._deliver``: what the screen passed and kombu still cannot build into a
    message (it should not happen) is dead-lettered instead of raised.
 3. :class:`GuardedConsumer` (Celery's ``worker_consumer``): whatever Celery's task handler
@@ -246,10 +248,43 @@ class Channel(kombu_redis.Channel):
         return callback
 
 
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, except that a ``BRPOP`` reply is read as soon as it arrives.
+
+    kombu 5.7 sends a ``BRPOP`` only while the channel has prefetch credit, but when the
+    credit drops before the reply is read (Celery takes back the credit an ETA message lent,
+    as each of its retries with a countdown does once its time comes), it leaves the reply
+    in the socket ("paused") until a job finishes. Redis has already taken that item off its
+    queue, and it is in no unacknowledged set yet: a worker killed meanwhile (kill -9, the
+    OOM killer, a lost machine) loses it, and its job stays queued with no message anywhere.
+    Read at once, the item is in kombu's unacknowledged set and in the worker's held list
+    (worker/consumer/reclaim.py) within the same loop turn, so another worker gives it back;
+    the worker holds one message over its prefetch until a job finishes. What is left is
+    the time a reply takes to be read after Redis sent it (one turn of the event loop).
+    """
+
+    def _pause_brpop(self, channel: Any, fileno: int) -> None:
+        return None  # never leave a popped item in the socket
+
+    def on_readable(self, fileno: int) -> Any:
+        # (kombu's attributes, not in its stubs)
+        chan_type = self._fd_to_chan.get(fileno)  # type: ignore[attr-defined]
+        if chan_type is not None and fileno not in self._paused_brpop:  # type: ignore[attr-defined]
+            chan, kind = chan_type
+            if kind == "BRPOP" and chan._in_poll and not chan.qos.can_consume():
+                return chan.handlers[kind]()
+        return super().on_readable(fileno)
+
+
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with the screening :class:`Channel`."""
+    """kombu's Redis transport with the screening :class:`Channel` and the :class:`Poller`
+    that never leaves a popped item unread."""
 
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
 
     def _deliver(self, message: Any, queue: str | None) -> None:
         try:
