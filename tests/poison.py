@@ -8,6 +8,7 @@ import base64
 import copy
 import json
 import uuid
+from collections import Counter
 from typing import Any
 
 from hypothesis import strategies as st
@@ -255,3 +256,15 @@ def good_items(queue: str) -> st.SearchStrategy[bytes]:
 
 def copy_of(item: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(item)
+
+
+def dead_lettered_since(redis: Any, since: float) -> Counter[str]:
+    """sha256 -> how many times it was dead-lettered at or after ``since`` (Unix seconds).
+
+    Not a difference of two counts over the whole list: the list is trimmed to its bound
+    (LCM_DEAD_LETTER_MAX) from its oldest end, so on a Redis that earlier runs filled, an
+    item common to them (the empty one) would seem dead-lettered fewer times than it was.
+    """
+    from lcm_fleet.dead_letter import DeadLetters
+
+    return Counter(e.sha256 for e in DeadLetters(redis).entries() if e.at >= since)

@@ -48,10 +48,6 @@ def _settings(producer_settings: Any, queue: str) -> ProducerSettings:
     return ProducerSettings(**{**producer_settings.model_dump(), "queue": queue})
 
 
-def _dead_counts(r: redis.Redis) -> collections.Counter[str]:
-    return collections.Counter(e.sha256 for e in DeadLetters(r).entries())
-
-
 def _sha(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
@@ -81,7 +77,7 @@ def _throw_poison(worker: WorkerProcess, producer_settings: Any, examples: int) 
     pushed: collections.Counter[str] = collections.Counter()
     rss: list[int] = []
     process = psutil.Process(poison_worker.proc.pid)
-    before = _dead_counts(r)
+    since = time.time()
 
     @settings(
         max_examples=examples,
@@ -101,7 +97,7 @@ def _throw_poison(worker: WorkerProcess, producer_settings: Any, examples: int) 
 
     throw()
     assert r.llen(QUEUE) == 0
-    counts = _dead_counts(r) - before
+    counts = poison.dead_lettered_since(r, since)
     wrong = {s: (pushed[s], counts[s]) for s in pushed if counts[s] != pushed[s]}
     assert not wrong, f"{len(wrong)} of {len(pushed)} items not dead-lettered exactly once"
     assert sum(pushed.values()) >= examples * ITEMS[0]
@@ -276,7 +272,7 @@ def test_fleet_unit_never_gives_up_because_of_a_message(
         text = log.read_text(errors="replace")
         assert text.count("started worker pid") == 1, text[-3000:]
         assert "giving up" not in text and "restarting in" not in text
-        assert _dead_counts(r)[_sha(item)] == 4
+        assert poison.dead_lettered_since(r, 0)[_sha(item)] == 4
         assert r.llen(queue) == 0
     finally:
         fleet.send_signal(signal.SIGTERM)

@@ -26,7 +26,6 @@ from celery import Celery
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from lcm_fleet.dead_letter import DeadLetters
 from lcm_fleet.keys import schedule_state_key
 from lcm_fleet.records import open_records
 from lcm_fleet.schedules import (
@@ -411,7 +410,7 @@ def test_malformed_items_on_the_schedules_queue_are_dead_lettered_and_runs_go_on
     source = write_source(tmp_path / "prompts.jsonl", ["a red circle"])
     ops.put(parse_schedule({"name": name, "cron": "0 2 * * *", "source": str(source)}, "local"))
     app = Celery(broker=TEST_REDIS_URL)
-    before = Counter(e.sha256 for e in DeadLetters(redis).entries())
+    since = time.time()
     pushed: Counter[str] = Counter()
 
     @settings(
@@ -433,7 +432,7 @@ def test_malformed_items_on_the_schedules_queue_are_dead_lettered_and_runs_go_on
         wait_until(lambda: ops.store.run(name, run.slot).state is RunState.SUBMITTED, 30, process)
 
     throw()
-    counts = Counter(e.sha256 for e in DeadLetters(redis).entries()) - before
+    counts = poison.dead_lettered_since(redis, since)
     wrong = {h: (pushed[h], counts[h]) for h in pushed if counts[h] != pushed[h]}
     assert not wrong, f"{len(wrong)} of {len(pushed)} items not dead-lettered exactly once"
     assert "Unrecoverable error" not in process.log_text()
