@@ -19,7 +19,8 @@ equally likely to be served). :class:`ClassOrder` takes the cycle's place
 
 The policy orders fetches, not renders: a worker holds at most one prefetched job per
 Celery thread (``worker_prefetch_multiplier=1``, worker/consumer/app.py), so a job fetched
-first starts first.
+first starts first. (One more, for a while, when the credit of an ETA retry was taken back
+while its fetch was out: broker_guard.Poller reads that reply rather than leave it unread.)
 """
 
 from __future__ import annotations
