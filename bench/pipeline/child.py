@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.pipeline.gates import TASKS as GATE_TASKS
 from bench.pipeline.tome import TASKS as TOME_TASKS
 from bench.pipeline.vae import TASKS as VAE_TASKS
 
@@ -333,6 +334,7 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "render_genai": task_render_genai,
     **VAE_TASKS,
     **TOME_TASKS,
+    **GATE_TASKS,
 }
 
 

@@ -19,6 +19,10 @@ def _gib(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _gate(passed: Any) -> str:
+    return "-" if passed is None else ("passed" if passed else "FAILED")
+
+
 def _step(name: str, step: dict[str, Any] | None) -> str:
     if not step:
         return f"{name}: -"
@@ -41,8 +45,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"(`{result['command']}`, {_num(result['wall_s'], 0)} s in all).",
         "",
         "| path | total s | text encoder s | UNet s | VAE s | vs PyTorch fp32 | "
-        "UNet vs PyTorch | images / core-hour | peak RSS GiB | load s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "UNet vs PyTorch | images / core-hour | gate | peak RSS GiB | load s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for path in result["paths"].values():
         m = path["median"]
@@ -50,7 +54,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {path['label']} | {_num(m['total_s'])} | {_num(m['text_encoder_s'])} | "
             f"{_num(m['unet_s'])} | {_num(m['vae_s'])} | {_ratio(path['speedup_total'])} | "
             f"{_ratio(path['speedup_unet'])} | {_num(path.get('images_per_core_hour'), 0)} | "
-            f"{_gib(path['peak_rss_gib'])} | "
+            f"{_gate(path.get('gate_passed'))} | {_gib(path['peak_rss_gib'])} | "
             f"{_num(path['load_s'], 1)} |"
         )
     lines += [
@@ -60,6 +64,10 @@ def markdown(result: dict[str, Any]) -> str:
         "- images / core-hour: 3600 / (median total s x usable cores), one render at a time "
         "on every usable core; the worker exports the same figure live "
         "(`lcm_images_per_core_hour`).",
+        "- gate: the quality gate's verdict on the reference model built with that path's "
+        "options (`lcm-build build model_build/reference/weights ...`; random weights cannot "
+        "be judged); - for PyTorch and the fp32 IR, which are no build option, or a gate not "
+        "run (`--gates`).",
         "- peak RSS: `ru_maxrss` of the process that loaded and rendered that path only.",
         "- load: PyTorch `from_pretrained`; OpenVINO read + reshape + compile of the "
         "Text2ImagePipeline with no compile cache (a worker with `LCM_CACHE_DIR` set "
@@ -106,14 +114,30 @@ def markdown(result: dict[str, Any]) -> str:
             "the real model; their images do not: the INT8 decoder's ranges come from random "
             "latents, and the TAESD's weights are random (no quality gate was run).",
         ]
-    merged = result["paths"].get("ov_int8_tome")
-    if merged:
-        gate = (result.get("build") or {}).get("tome_reference_gate") or {}
+    gates = (result.get("build") or {}).get("reference_gates") or {}
+    if gates:
         lines += [
             "",
-            f"The token-merging path is the INT8 step on the UNet exported with `--tome "
-            f"{gate.get('ratio')}`; gate_passed={merged.get('gate_passed')}: the gate's verdict "
-            "on the reference model built with the same ratio (random weights cannot be judged).",
+            "Gates on the reference model (one `lcm-build build` per path's options):",
+            "",
+        ]
+        for key, gate in gates.items():
+            q = gate.get("quality") or {}
+            label = (result["paths"].get(key) or {}).get("label", key)
+            cached = " (cached from an earlier run)" if gate.get("cached") else ""
+            lines.append(
+                f"- {label} (`{' '.join(gate.get('options') or []) or 'INT8 UNet only'}`): "
+                f"{_gate(gate.get('passed'))}; adherence {q.get('adherence_pct')}% vs fp32 "
+                f"{q.get('adherence_fp32_pct')}%, PSNR {q.get('psnr_db_mean')} dB, SSIM "
+                f"{q.get('ssim_mean')}{cached}"
+            )
+    best = [p for p in result["paths"].values() if p.get("gate_passed") and p.get("speedup_total")]
+    if best:
+        top = max(best, key=lambda p: p["speedup_total"])
+        lines += [
+            "",
+            f"Best gated path: {top['label']}, {_ratio(top['speedup_total'])} PyTorch fp32, "
+            f"{_num(top.get('images_per_core_hour'), 0)} images per core-hour.",
         ]
     notes = result.get("notes") or []
     if notes:

@@ -16,8 +16,13 @@ Paths, each in a subprocess of its own (so the peak RSS reported is that path's)
     artifact with its VAE decoder made by ``--vae-decoder int8-weights|int8|taesd``
     (:mod:`bench.pipeline.vae`; TAESD with random weights), served the same way;
 (h) ``ov_int8_tome``: the INT8 step on the UNet exported with token merging
-    (:mod:`bench.pipeline.tome`, ratio 0.5), served the same way; its ``gate_passed`` is the
-    gate's verdict on the reference model built with ``--tome 0.5``.
+    (:mod:`bench.pipeline.tome`, ratio 0.5), served the same way;
+(i) ``ov_int8_tome_taesd``: every option the gate admits together: that token-merging
+    artifact with the TAESD decoder of (g).
+
+Each path made by build options records ``gate_passed``: the quality gate's verdict on the
+reference model built with the same options (:mod:`bench.pipeline.gates`; ``--gates``
+chooses which are run); None for PyTorch and the fp32 IR, which are no build option.
 
 Each path renders one warm-up image and then ``--runs`` timed ones (same prompt, seeds
 1..runs); the table shows medians. The model is the full-size LCM_Dreamshaper_v7
@@ -46,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import machine, tome, vae
+from bench.pipeline import gates, machine, tome, vae
 from bench.pipeline.report import markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +82,7 @@ class Options:
     vae_samples: int = 8
     tag: str = ""
     build_only: bool = False
+    gates: tuple[str, ...] = tuple(gates.GATED)
 
 
 class Runner:
@@ -218,7 +224,25 @@ def build_all(opts: Options, runner: Runner) -> tuple[dict[str, Path], dict[str,
         samples=opts.samples,
         skip_build=opts.skip_build,
     )
-    return {**dirs, **variants, **merged}, {**figures, **vae_figures, **tome_figures}
+    # Every option the gate admits on the reference model, together.
+    combined = models / f"{merged[tome.PATH_KEY].name}.vae-taesd"
+    tome_figures[tome.COMBINED_KEY] = runner.cached(
+        f"build-{tome.COMBINED_KEY}",
+        "vae_variant",
+        combined,
+        {
+            "int8": str(merged[tome.PATH_KEY]),
+            "ir": str(ir_dir),
+            "kind": "taesd",
+            "taesd": str(variants["taesd_weights"]),
+        },
+        opts.skip_build,
+    )
+    tome_figures["reference_gates"] = gates.build_gates(runner, models, opts.gates, opts.skip_build)
+    return (
+        {**dirs, **variants, **merged, tome.COMBINED_KEY: combined},
+        {**figures, **vae_figures, **tome_figures},
+    )
 
 
 def path_specs(
@@ -260,18 +284,19 @@ def path_specs(
             for _kind, key, label in vae.VAE_PATHS
             if key in dirs
         ],
-        *(
-            [
-                (
-                    tome.PATH_KEY,
-                    tome.PATH_LABEL,
-                    "render_genai",
-                    {**common, "artifact": str(dirs[tome.PATH_KEY]), "precision": "default"},
-                )
-            ]
-            if tome.PATH_KEY in dirs
-            else []
-        ),
+        *[
+            (
+                key,
+                label,
+                "render_genai",
+                {**common, "artifact": str(dirs[key]), "precision": "default"},
+            )
+            for key, label in (
+                (tome.PATH_KEY, tome.PATH_LABEL),
+                (tome.COMBINED_KEY, tome.COMBINED_LABEL),
+            )
+            if key in dirs
+        ],
     ]
 
 
@@ -328,8 +353,7 @@ def run(opts: Options, command: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for key, label, task, spec in path_specs(dirs, common):
         paths[key] = {"label": label, **runner.child(f"path-{key}", task, spec)}
-    if tome.PATH_KEY in paths:
-        paths[tome.PATH_KEY]["gate_passed"] = build["tome_reference_gate"]["passed"]
+    gates.verdicts(paths, build["reference_gates"])
     base = paths["pytorch_fp32"]["median"]
     cores = machine.describe()["usable_cores"]
     for path in paths.values():
@@ -415,7 +439,18 @@ def parse_args(argv: list[str] | None) -> Options:
         action="store_true",
         help="smoke mode: the tiny model of model_build.tiny.build_tiny",
     )
+    p.add_argument(
+        "--gates",
+        default="all",
+        help="the paths whose build options are gated on the reference model (one "
+        "lcm-build build each, cached): all (default), none, or path keys separated by "
+        f"commas ({', '.join(gates.GATED)})",
+    )
     a = p.parse_args(argv)
+    try:
+        gate_keys = gates.parse_keys(a.gates)
+    except ValueError as e:
+        p.error(str(e))
     if a.runs < 3:
         p.error("--runs must be at least 3 (the table shows medians)")
     if a.size % 8 or a.size < 64:
@@ -443,6 +478,7 @@ def parse_args(argv: list[str] | None) -> Options:
         vae_samples=a.vae_samples,
         tag=a.tag,
         build_only=a.build_only,
+        gates=gate_keys,
     )
 
 

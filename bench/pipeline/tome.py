@@ -26,16 +26,19 @@ import datetime as dt
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RATIO = 0.5
+from bench.pipeline.gates import TOME_RATIO, folder_name
+
+RATIO = TOME_RATIO
 PATH_KEY = "ov_int8_tome"
 PATH_LABEL = f"INT8 UNet + token merging {RATIO}, worker path"
-REFERENCE = Path(__file__).resolve().parents[2] / "model_build" / "reference" / "weights"
+#: Every option the gate admits on the reference model, together (bench.pipeline.run).
+COMBINED_KEY = "ov_int8_tome_taesd"
+COMBINED_LABEL = f"INT8 UNet + token merging {RATIO} + TAESD decoder (random), worker path"
 #: Ops the merge must not use (tomesd's own patch converts to them; OpenVINO runs them slowly).
 SLOW_OPS = ("ScatterElementsUpdate", "GatherElements", "ScatterNDUpdate", "GatherND")
 
@@ -58,31 +61,6 @@ def task_tome_unet(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": made.seconds,
         "record": made.record,
         "ops": count_ops(made.xml, (*SLOW_OPS, "Gather", "TopK", "MatMul")),
-    }
-
-
-def task_reference_gate(spec: dict[str, Any]) -> dict[str, Any]:
-    """``lcm-build build`` of the reference model with ``--tome``: the gate's verdict and
-    figures, from the manifest it writes whether the gate passed or not."""
-    from lcm_fleet.artifact.manifest import read_manifest
-
-    out = Path(spec["out"])
-    args = [
-        *(sys.executable, "-m", "model_build.cli", "build", str(REFERENCE), str(out)),
-        *("--work-dir", str(out.with_name(out.name + ".fp32")), "--overwrite", "--no-progress"),
-        *("--samples", str(spec.get("samples", 80)), "--tome", str(spec["ratio"])),
-    ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    if proc.returncode not in (0, 3):  # 3: built, below the gate
-        raise RuntimeError(f"{shlex.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    quality = read_manifest(out).quality
-    assert quality is not None
-    return {
-        "seconds": round(time.perf_counter() - t0, 1),
-        "ratio": spec["ratio"],
-        "passed": bool(quality.passed),
-        "quality": quality.as_dict(),
     }
 
 
@@ -141,7 +119,6 @@ def task_unet_calls(spec: dict[str, Any]) -> dict[str, Any]:
 
 TASKS = {
     "tome_unet": task_tome_unet,
-    "reference_gate": task_reference_gate,
     "unet_calls": task_unet_calls,
 }
 
@@ -161,10 +138,9 @@ def build_variant(
     skip_build: bool,
     ratio: float = RATIO,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The token-merging fp32 UNet, its INT8 artifact and the reference-model gate (cached)."""
+    """The token-merging fp32 UNet and its INT8 artifact (cached)."""
     unet = models / f"{name}.tome{ratio}-unet-{size}px"
     int8 = models / f"{dirs['int8'].name}.tome{ratio}"
-    gate = models / f"reference.int8.tome{ratio}"
     figures: dict[str, Any] = {
         "tome_unet": runner.cached(
             "tome-unet",
@@ -188,9 +164,6 @@ def build_variant(
             "tome": record,
         },
         skip_build,
-    )
-    figures["tome_reference_gate"] = runner.cached(
-        "tome-reference-gate", "reference_gate", gate, {"ratio": ratio}, skip_build
     )
     return {PATH_KEY: int8, "tome_unet": unet}, figures
 
@@ -228,11 +201,11 @@ def markdown(result: dict[str, Any]) -> str:
         )
     gate = result.get("reference_gate")
     if gate:
-        q = gate["quality"]
+        q, verdict = gate["quality"], "passed" if gate["passed"] else "FAILED"
         lines += [
             "",
             f"Reference model (`lcm-build build model_build/reference/weights --tome "
-            f"{gate['ratio']}`, INT8): gate {'passed' if gate['passed'] else 'FAILED'}; "
+            f"{result['config']['ratio']}`, INT8): gate {verdict}; "
             f"adherence {q.get('adherence_pct')}% vs fp32 {q.get('adherence_fp32_pct')}% "
             f"(drop {q.get('adherence_drop_points')} points), PSNR {q.get('psnr_db_mean')} dB, "
             f"SSIM {q.get('ssim_mean')} (worst {q.get('ssim_min')}).",
@@ -374,8 +347,8 @@ def _fp32_only(
         "tome_reference_gate": runner.cached(
             "tome-reference-gate",
             "reference_gate",
-            models / f"reference.int8.tome{a.ratio}",
-            {"ratio": a.ratio},
+            models / folder_name(("--tome", str(a.ratio))),
+            {"options": ["--tome", str(a.ratio)]},
             a.skip_build,
         ),
     }

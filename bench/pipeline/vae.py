@@ -383,6 +383,7 @@ def build_variants(
             spec["taesd"] = str(taesd)
         figures[key] = runner.cached(f"build-{key}", "vae_variant", target, spec, skip_build)
         out[key] = target
+    out["taesd_weights"] = taesd
     return out, figures
 
 

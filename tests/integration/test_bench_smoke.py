@@ -24,6 +24,7 @@ PATHS = (
     "ov_int8_vae_int8",
     "ov_int8_vae_taesd",
     "ov_int8_tome",
+    "ov_int8_tome_taesd",
 )
 STAGES = ("total_s", "text_encoder_s", "unet_s", "vae_s")
 #: openvino.genai reports the text encoder's and the VAE decoder's durations in whole
@@ -46,6 +47,9 @@ def test_bench_pipeline_smoke(tmp_path: Path) -> None:
             str(tmp_path / "work"),
             "--results-dir",
             str(results),
+            # One reference build (a few minutes), not one per option: the glue is the same.
+            "--gates",
+            "ov_int8_tome",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -69,8 +73,12 @@ def test_bench_pipeline_smoke(tmp_path: Path) -> None:
         assert path["speedup_total"] > 0 and path["speedup_unet"] > 0, key
     assert result["paths"]["pytorch_fp32"]["speedup_total"] == 1.0
     assert result["paths"]["ov_int8_worker"]["precision"] == "default"
-    # The token-merging path says whether the reference model's --tome build passed its gate.
+    # The token-merging path says whether the reference model's --tome build passed its gate;
+    # a path that is no build option, or whose gate was not run, says None.
     assert isinstance(result["paths"]["ov_int8_tome"]["gate_passed"], bool)
+    assert result["build"]["reference_gates"]["ov_int8_tome"]["options"] == ["--tome", "0.5"]
+    assert result["paths"]["pytorch_fp32"]["gate_passed"] is None
+    assert result["paths"]["ov_int8_tome_taesd"]["gate_passed"] is None
     quantize = result["build"]["quantize"]
     assert quantize["fake_quantize_count"] > 0 and quantize["peak_rss_gib"] > 0
     assert result["machine"]["cpu_model"] and result["machine"]["ram_gib"] > 0
