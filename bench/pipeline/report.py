@@ -112,7 +112,8 @@ def markdown(result: dict[str, Any]) -> str:
             "The VAE paths are the INT8-UNet artifact with its decoder made by "
             "`--vae-decoder int8-weights|int8|taesd`. On random weights their speed stands for "
             "the real model; their images do not: the INT8 decoder's ranges come from random "
-            "latents, and the TAESD's weights are random (no quality gate was run).",
+            "latents, and the TAESD's weights are random. Their quality is judged on the "
+            "reference model built with the same option (the gate column and the list below).",
         ]
     gates = (result.get("build") or {}).get("reference_gates") or {}
     if gates:
