@@ -267,9 +267,8 @@ class Poller(kombu_redis.MultiChannelPoller):
         return None  # never leave a popped item in the socket
 
     def on_readable(self, fileno: int) -> Any:
-        # (kombu's attributes, not in its stubs)
-        chan_type = self._fd_to_chan.get(fileno)  # type: ignore[attr-defined]
-        if chan_type is not None and fileno not in self._paused_brpop:  # type: ignore[attr-defined]
+        chan_type = self._fd_to_chan.get(fileno)  # type: ignore[attr-defined]  # (not in stubs)
+        if chan_type is not None:
             chan, kind = chan_type
             if kind == "BRPOP" and chan._in_poll and not chan.qos.can_consume():
                 return chan.handlers[kind]()
