@@ -40,11 +40,10 @@ GATED: dict[str, tuple[str, ...]] = {
 def folder_name(options: tuple[str, ...] | list[str]) -> str:
     """The cache folder of the reference build with ``options``: ``reference.int8`` and one
     suffix per option (``.tome0.5``, ``.vae-taesd``)."""
-    name, rest = "reference.int8", list(options)
-    while rest:
-        flag, value = rest.pop(0), rest.pop(0)
-        name += f".tome{value}" if flag == "--tome" else f".vae-{value}"
-    return name
+    pairs = zip(options[::2], options[1::2], strict=True)
+    return "reference.int8" + "".join(
+        f".tome{value}" if flag == "--tome" else f".vae-{value}" for flag, value in pairs
+    )
 
 
 def task_reference_gate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,19 +92,20 @@ def parse_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
+def reference_gate(
+    runner: Any, models: Path, label: str, options: tuple[str, ...], skip_build: bool
+) -> dict[str, Any]:
+    """The reference build with ``options`` (cached in ``models``): its figures."""
+    spec = {"options": list(options)}
+    return runner.cached(label, "reference_gate", models / folder_name(options), spec, skip_build)
+
+
 def build_gates(
     runner: Any, models: Path, keys: tuple[str, ...], skip_build: bool
 ) -> dict[str, dict[str, Any]]:
     """The reference build of each path in ``keys`` (cached): path key -> its figures."""
     return {
-        key: runner.cached(
-            f"gate-{key}",
-            "reference_gate",
-            models / folder_name(GATED[key]),
-            {"options": list(GATED[key])},
-            skip_build,
-        )
-        for key in keys
+        key: reference_gate(runner, models, f"gate-{key}", GATED[key], skip_build) for key in keys
     }
 
 

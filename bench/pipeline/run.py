@@ -223,25 +223,12 @@ def build_all(opts: Options, runner: Runner) -> tuple[dict[str, Path], dict[str,
         steps=opts.steps,
         samples=opts.samples,
         skip_build=opts.skip_build,
+        taesd=variants["taesd_weights"],
     )
-    # Every option the gate admits on the reference model, together.
-    combined = models / f"{merged[tome.PATH_KEY].name}.vae-taesd"
-    tome_figures[tome.COMBINED_KEY] = runner.cached(
-        f"build-{tome.COMBINED_KEY}",
-        "vae_variant",
-        combined,
-        {
-            "int8": str(merged[tome.PATH_KEY]),
-            "ir": str(ir_dir),
-            "kind": "taesd",
-            "taesd": str(variants["taesd_weights"]),
-        },
-        opts.skip_build,
-    )
-    tome_figures["reference_gates"] = gates.build_gates(runner, models, opts.gates, opts.skip_build)
+    reference_gates = gates.build_gates(runner, models, opts.gates, opts.skip_build)
     return (
-        {**dirs, **variants, **merged, tome.COMBINED_KEY: combined},
-        {**figures, **vae_figures, **tome_figures},
+        {**dirs, **variants, **merged},
+        {**figures, **vae_figures, **tome_figures, "reference_gates": reference_gates},
     )
 
 

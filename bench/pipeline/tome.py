@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline.gates import TOME_RATIO, folder_name
+from bench.pipeline.gates import TOME_RATIO, reference_gate
 
 RATIO = TOME_RATIO
 PATH_KEY = "ov_int8_tome"
@@ -136,9 +136,12 @@ def build_variant(
     steps: int,
     samples: int,
     skip_build: bool,
+    taesd: Path | None = None,
     ratio: float = RATIO,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The token-merging fp32 UNet and its INT8 artifact (cached)."""
+    """The token-merging fp32 UNet and its INT8 artifact (cached); with ``taesd`` (the TAESD
+    weights of bench.pipeline.vae) also that artifact with the TAESD decoder
+    (:data:`COMBINED_KEY`: every option the gate admits on the reference model, together)."""
     unet = models / f"{name}.tome{ratio}-unet-{size}px"
     int8 = models / f"{dirs['int8'].name}.tome{ratio}"
     figures: dict[str, Any] = {
@@ -165,7 +168,14 @@ def build_variant(
         },
         skip_build,
     )
-    return {PATH_KEY: int8, "tome_unet": unet}, figures
+    out = {PATH_KEY: int8, "tome_unet": unet}
+    if taesd is not None:
+        out[COMBINED_KEY] = int8.with_name(int8.name + ".vae-taesd")
+        spec = {"int8": str(int8), "ir": str(dirs["ir"]), "kind": "taesd", "taesd": str(taesd)}
+        figures[COMBINED_KEY] = runner.cached(
+            f"build-{COMBINED_KEY}", "vae_variant", out[COMBINED_KEY], spec, skip_build
+        )
+    return out, figures
 
 
 def isa_label(machine: dict[str, Any]) -> str:
@@ -344,12 +354,8 @@ def _fp32_only(
             {"model": str(dirs["model"]), "ir": str(dirs["ir"]), "size": a.size, "ratio": a.ratio},
             a.skip_build,
         ),
-        "tome_reference_gate": runner.cached(
-            "tome-reference-gate",
-            "reference_gate",
-            models / folder_name(("--tome", str(a.ratio))),
-            {"options": ["--tome", str(a.ratio)]},
-            a.skip_build,
+        "tome_reference_gate": reference_gate(
+            runner, models, "tome-reference-gate", ("--tome", str(a.ratio)), a.skip_build
         ),
     }
     return {"tome_unet": unet}, figures
