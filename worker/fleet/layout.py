@@ -16,11 +16,11 @@ from enum import Enum
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Fewest cores per render process by default: one. bench/streams on the 2-core AMX machine
-#: (docs/performance.md#streams-per-socket-benchstreams): two pinned 1-thread processes gave
-#: 2.50x the images/s of one 2-thread process on the reference model and 1.03x-1.20x at
-#: 512x512, never less; each image takes longer (1.5x at 512x512) and each process holds
-#: its own pipelines (2x the peak RSS). OpenVINO's THROUGHPUT rule gives compute-bound models one
+#: Fewest cores per render process by default: one, the split bench/streams measured best for
+#: images per second on the 2-core AMX machine: pinned 1-thread processes never rendered fewer
+#: than one process with both cores, and more for small renders (figures in
+#: docs/performance.md#streams-per-socket-benchstreams). Each image takes longer and each
+#: process holds its own pipelines. OpenVINO's THROUGHPUT rule gives compute-bound models one
 #: thread per stream too.
 DEFAULT_CORES_PER_PROCESS = 1
 #: Most render processes per unit by default: each holds its own compiled pipelines (+3.2 GiB
